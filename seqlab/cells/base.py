@@ -1,0 +1,39 @@
+"""What every cell provides, and the helpers cells share.
+
+A cell is a frozen dataclass of hyperparameters with pure functions:
+
+  init(key, input_size) -> params            a dict of float32 arrays
+  initial_carry(batch_shape) -> carry        float32 zeros, a pytree
+  project(params, x) -> px                   [..., input_size] -> [..., proj_size]
+  recur(params, carry, px_t) -> (carry, y_t) one timestep: scan me
+  output(carry) -> h                         the hidden state a carry exposes
+
+``project`` is everything that does not depend on the carry (the input kernel of
+every gate and its bias), so ``seqlab.scan`` may run it over all timesteps at once
+outside the loop, or inside it step by step; ``recur`` is the recurrence alone.
+A full step is ``recur(params, carry, project(params, x_t))``.
+
+Compute dtype: ``recur`` does its matmuls in the dtype of ``px_t`` and its gate
+arithmetic and carry in float32, so bfloat16 compute keeps float32 carries.
+"""
+import jax.numpy as jnp
+
+
+def step(cell, params, carry, x_t):
+  """One full timestep ``(params, carry, x_t) -> (carry, y_t)`` of ``cell``."""
+  return cell.recur(params, carry, cell.project(params, x_t))
+
+
+def dense_project(params, x):
+  """``x @ kernel + bias`` in the dtype of ``x``: [..., in] -> [..., proj]."""
+  kernel = params['kernel'].astype(x.dtype)
+  return x @ kernel + params['bias'].astype(x.dtype)
+
+
+def matmul(h, u, dtype):
+  """``h @ u`` in the compute ``dtype``, returned as float32: [..., H] -> [..., G*H]."""
+  return (h.astype(dtype) @ u.astype(dtype)).astype(jnp.float32)
+
+
+def zeros(batch_shape, hidden_size):
+  return jnp.zeros(tuple(batch_shape) + (hidden_size,), jnp.float32)

@@ -1,0 +1,65 @@
+"""GRU (Cho et al. 2014) in its two conventions.
+
+  r = sigmoid(x W_r + h U_r + b_r)       reset gate
+  z = sigmoid(x W_z + h U_z + b_z)       update gate
+  reset_after=False (the paper):          n = tanh(x W_n + (r * h) U_n + b_n)
+  reset_after=True  (cuDNN, PyTorch, Flax): n = tanh(x W_n + b_n + r * (h U_n + b_hn))
+  h_t = (1 - z) * n + z * h_{t-1}
+
+Gate order in the fused kernels is [r, z, n], as in PyTorch, so weights move across
+by slicing. ``reset_after`` keeps a separate recurrent bias (PyTorch's ``b_hh``).
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from seqlab.cells import base
+from seqlab.cells import initializers
+
+
+@dataclasses.dataclass(frozen=True)
+class GRU:
+  """GRU cell. Carry: h [..., hidden]."""
+  hidden_size: int
+  reset_after: bool = True
+  kernel_init: str = 'glorot_uniform'
+  recurrent_init: str = 'orthogonal'
+
+  def init(self, key, input_size):
+    k1, k2 = jax.random.split(key)
+    h = self.hidden_size
+    params = {
+        'kernel': initializers.fused(self.kernel_init, k1, input_size, h, 3),
+        'recurrent_kernel': initializers.fused(self.recurrent_init, k2, h, h, 3),
+        'bias': jnp.zeros((3 * h,), jnp.float32),
+    }
+    if self.reset_after:
+      params['recurrent_bias'] = jnp.zeros((3 * h,), jnp.float32)
+    return params
+
+  def initial_carry(self, batch_shape):
+    return base.zeros(batch_shape, self.hidden_size)
+
+  project = staticmethod(base.dense_project)
+
+  def recur(self, params, h, px_t):
+    hs = self.hidden_size
+    px = px_t.astype(jnp.float32)
+    if self.reset_after:
+      ph = base.matmul(h, params['recurrent_kernel'], px_t.dtype) + params['recurrent_bias'].astype(jnp.float32)
+      r = jax.nn.sigmoid(px[..., :hs] + ph[..., :hs])
+      z = jax.nn.sigmoid(px[..., hs:2 * hs] + ph[..., hs:2 * hs])
+      n = jnp.tanh(px[..., 2 * hs:] + r * ph[..., 2 * hs:])
+    else:
+      u = params['recurrent_kernel']
+      rz = base.matmul(h, u[:, :2 * hs], px_t.dtype)
+      r = jax.nn.sigmoid(px[..., :hs] + rz[..., :hs])
+      z = jax.nn.sigmoid(px[..., hs:2 * hs] + rz[..., hs:])
+      n = jnp.tanh(px[..., 2 * hs:] + base.matmul(r * h, u[:, 2 * hs:], px_t.dtype))
+    h = (1.0 - z) * n + z * h
+    return h, h
+
+  @staticmethod
+  def output(carry):
+    return carry
