@@ -1,0 +1,127 @@
+"""The task interface: a ``Spec`` of shapes and metrics, and deterministic batches.
+
+A task turns ``(seed, split, step, batch_size)`` into a batch of NumPy arrays, as a
+pure function: the generator is ``np.random.default_rng([seed, split_id, step])``.
+Restoring the step of a checkpoint therefore restores the data position, and the
+'train' and 'eval' splits (different ``split_id``) never share a batch.
+
+Batch keys (see ``Task.batch``):
+  inputs       int32 [batch, time] tokens (``Spec.input_vocab > 0``) or
+               float32 [batch, time, input_features] (``input_vocab == 0``).
+  targets      target='sequence': int32 [batch] (cross_entropy) or float32
+               [batch, num_outputs] (mse); target='steps': int32 [batch, time] or
+               float32 [batch, time, num_outputs].
+  lengths      optional int32 [batch]: valid steps, padding after them.
+  target_mask  optional float32 [batch, time]: 1 where a step's target counts.
+"""
+import dataclasses
+import typing
+
+import numpy as np
+
+SPLITS = {'train': 0, 'eval': 1}  # split name -> split id in the generator's seed
+TARGETS = ('sequence', 'steps')
+LOSS_METRICS = {  # loss -> the metrics ``losses.loss_and_metrics`` returns for it
+    'cross_entropy': ('loss', 'count', 'cross_entropy', 'accuracy', 'bpc', 'perplexity'),
+    'mse': ('loss', 'count', 'mse', 'mae'),
+}
+METRIC_MODES = ('max', 'min')
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """What the model and the loss need to know about a task.
+
+  input_vocab: > 0: inputs are int32 tokens [batch, time]; 0: float32 features
+    [batch, time, input_features].
+  input_features: feature count when ``input_vocab == 0``, else 0.
+  target: 'sequence' (one target per sequence) or 'steps' (one per step).
+  num_outputs: classes for 'cross_entropy', output dims for 'mse'.
+  loss: 'cross_entropy' or 'mse'.
+  metric: the main eval metric, a key of ``losses.loss_and_metrics``'s metrics.
+  metric_mode: 'max' or 'min' (which direction of ``metric`` is better).
+  baseline: the published trivial-baseline value of ``metric``, if any.
+  fixed_length: the time length when every sequence has the same length.
+  """
+  input_vocab: int
+  input_features: int
+  target: str
+  num_outputs: int
+  loss: str
+  metric: str
+  metric_mode: str
+  baseline: float | None = None
+  fixed_length: int | None = None
+
+  def __post_init__(self):
+    _check_choice('target', self.target, TARGETS)
+    _check_choice('loss', self.loss, tuple(LOSS_METRICS))
+    _check_choice('metric', self.metric, LOSS_METRICS[self.loss])
+    _check_choice('metric_mode', self.metric_mode, METRIC_MODES)
+    if self.input_vocab < 0 or (self.input_vocab > 0) == (self.input_features > 0):
+      raise ValueError('Spec needs exactly one of input_vocab > 0 (tokens) or '
+                       f'input_features > 0 (features), got input_vocab={self.input_vocab}, '
+                       f'input_features={self.input_features}')
+    if self.num_outputs <= 0:
+      raise ValueError(f'Spec.num_outputs must be positive, got {self.num_outputs}')
+
+
+class Task(typing.Protocol):
+  """A source of deterministic batches described by ``spec``."""
+  spec: Spec
+
+  def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
+    """Batch ``step`` of ``split``; a pure function of (task seed, split, step, batch_size)."""
+
+  def num_eval_batches(self, batch_size: int) -> int:
+    """The held-out 'eval' split is batches ``0 .. num_eval_batches(batch_size) - 1``."""
+
+
+def _check_choice(name: str, value, choices: tuple):
+  if value not in choices:
+    raise ValueError(f'Spec.{name}={value!r} is not valid; choose one of: {", ".join(choices)}')
+
+
+def check_int(key: str, value, minimum: int = 1) -> int:
+  """``value`` as an int if it is an integer >= ``minimum``; else ValueError naming ``key``."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    need = 'a positive integer' if minimum == 1 else f'an integer >= {minimum}'
+    raise ValueError(f'{key} must be {need}, got {value!r}')
+  return int(value)
+
+
+def read_config(task_cfg, defaults: dict) -> dict:
+  """The task's keys from ``task_cfg`` (never written), ``defaults`` filling the gaps.
+
+  ``defaults`` maps every key the task accepts to its default, ``None`` for a
+  required key. Unknown or missing keys raise ValueError naming the key.
+  """
+  name = task_cfg['name']
+  unknown = sorted(set(task_cfg.keys()) - set(defaults) - {'name'})
+  if unknown:
+    raise ValueError(f'task.{unknown[0]} is not a key of task {name!r}; valid keys: '
+                     f'{", ".join(["name", *defaults])}')
+  values = {k: task_cfg[k] if k in task_cfg else v for k, v in defaults.items()}
+  missing = [k for k, v in values.items() if v is None]
+  if missing:
+    raise ValueError(f'task.{missing[0]} is required by task {name!r}')
+  return values
+
+
+def rng(seed: int, split: str, step: int) -> np.random.Generator:
+  """The generator of batch ``step`` of ``split``: ``default_rng([seed, split_id, step])``."""
+  if split not in SPLITS:
+    raise ValueError(f'split={split!r} is not valid; choose one of: {", ".join(SPLITS)}')
+  check_int('step', step, minimum=0)
+  return np.random.default_rng([seed, SPLITS[split], step])
+
+
+def num_batches(examples: int, batch_size: int) -> int:
+  """Batches of ``batch_size`` that cover ``examples``: ceil(examples / batch_size).
+
+  The last batch is full size (shapes stay fixed, so eval compiles once), so the
+  eval set holds ``num_batches * batch_size >= examples`` examples; like every
+  batch, it depends on ``batch_size`` (keep the eval batch size fixed to compare runs).
+  """
+  check_int('batch_size', batch_size)
+  return -(-examples // batch_size)
