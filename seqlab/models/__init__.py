@@ -1,0 +1,39 @@
+"""Sequence models, built from the ``model`` section of a config."""
+import dataclasses
+
+import jax.numpy as jnp
+
+from seqlab import cells
+from seqlab import layers
+from seqlab.models.lm import sample
+from seqlab.models.sequence import POOLS, SequenceModel
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+HOIST = {'auto': None, 'on': True, 'off': False}
+# Config keys passed to a cell when its dataclass has a field of that name.
+CELL_OPTION_KEYS = ('forget_bias', 'kernel_init', 'recurrent_init')
+
+
+def cell_options(model_cfg) -> dict:
+  """The ``model`` config keys that the chosen cell takes, as keyword options."""
+  layers.check_choice('model.cell', model_cfg.cell, tuple(cells.CELLS))
+  probe = cells.make_cell(model_cfg.cell, 1)
+  fields = {f.name for f in dataclasses.fields(probe)}
+  return {k: model_cfg[k] for k in CELL_OPTION_KEYS if k in fields and k in model_cfg}
+
+
+def build_model(model_cfg, spec) -> SequenceModel:
+  """``model`` config + task ``Spec`` -> an uninitialised ``SequenceModel``."""
+  layers.check_choice('model.dtype', model_cfg.dtype, tuple(DTYPES))
+  layers.check_choice('model.hoist', model_cfg.hoist, tuple(HOIST))
+  dtype = DTYPES[model_cfg.dtype]
+  encoder = layers.StackedRNN(
+      cell=model_cfg.cell, hidden_size=model_cfg.hidden_size, num_layers=model_cfg.num_layers,
+      bidirectional=model_cfg.bidirectional, merge=model_cfg.merge, dropout=model_cfg.dropout,
+      residual=model_cfg.residual, cell_options=cell_options(model_cfg),
+      hoist=HOIST[model_cfg.hoist], unroll=model_cfg.unroll,
+      dtype=None if dtype == jnp.float32 else dtype)
+  return SequenceModel(
+      encoder=encoder, num_outputs=spec.num_outputs, target=spec.target,
+      vocab_size=spec.input_vocab, embed_dim=model_cfg.embed_dim if spec.input_vocab else 0,
+      pool=model_cfg.pool, dtype=None if dtype == jnp.float32 else dtype)

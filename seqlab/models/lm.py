@@ -1,0 +1,46 @@
+"""Autoregressive sampling from a token language model.
+
+The prompt is read once; each new token is then one step of the recurrence from
+the carried state (no re-reading of the prefix), inside one ``lax.scan``.
+"""
+import jax
+import jax.numpy as jnp
+
+
+def sample_logits(key, logits, temperature: float = 1.0, top_k: int = 0):
+  """Draws tokens from logits [batch, vocab]; temperature 0 is greedy (argmax).
+
+  top_k > 0 keeps the k largest logits of each row before sampling.
+  """
+  if temperature == 0:
+    return jnp.argmax(logits, axis=-1)
+  logits = logits / temperature
+  if top_k > 0:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  return jax.random.categorical(key, logits, axis=-1)
+
+
+def sample(model, params, prompt, key, num_steps: int, temperature: float = 1.0, top_k: int = 0):
+  """Continues ``prompt`` [batch, prompt_len] int tokens by ``num_steps`` tokens.
+
+  ``model`` is a ``SequenceModel`` with token inputs and target='steps'. Returns
+  ``(tokens [batch, num_steps], logits [batch, num_steps, vocab])`` where logits[:, i]
+  is the distribution token i was drawn from. Deterministic for a fixed key.
+  """
+  if prompt.ndim != 2 or prompt.shape[1] < 1:
+    raise ValueError(f'prompt must be int tokens [batch, length >= 1], got shape {tuple(prompt.shape)}')
+  if model.encoder.bidirectional or model.target != 'steps' or model.vocab_size <= 0:
+    raise ValueError('sampling needs a unidirectional token model with target=\'steps\'')
+  logits, carry = model.apply(params, prompt)
+  first = logits[:, -1]
+
+  def step(state, key_t):
+    carry, logits_t = state
+    token = sample_logits(key_t, logits_t, temperature, top_k)
+    new_logits, carry = model.apply(params, token[:, None], initial_carry=carry)
+    return (carry, new_logits[:, 0]), (token, logits_t)
+
+  keys = jax.random.split(key, num_steps)
+  _, (tokens, logits) = jax.lax.scan(step, (carry, first), keys)
+  return tokens.T, jnp.swapaxes(logits, 0, 1)

@@ -1,0 +1,95 @@
+"""Launches one experiment.
+
+  python -m seqlab.run --config experiments/adding.py:quick --workdir runs/adding \\
+      [--config.model.cell=gru --config.optim.lr=3e-3 ...]
+
+Running the same command on the same workdir resumes from its latest checkpoint.
+"""
+import logging as logging_std
+import os
+import re
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from seqlab import config as config_lib
+from seqlab import train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file[:variant].',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default runs/<experiment>).')
+
+
+def default_workdir(config_path: str) -> str:
+  name, _, variant = config_path.partition(':')
+  stem = os.path.splitext(os.path.basename(name))[0]
+  return os.path.join('runs', stem + (f'_{variant}' if variant else ''))
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Keeps other libraries' INFO chatter (orbax logs every save) out of the run's log."""
+  _ours = os.path.dirname(os.path.abspath(__file__))
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or record.pathname.startswith(self._ours)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS['config'].present:
+    raise app.UsageError('--config experiments/<name>.py[:variant] is required')
+  path = config_flags.get_config_filename(flags.FLAGS['config'])
+  if not os.path.exists(path.partition(':')[0]):
+    print(f'seqlab: no config file {path.partition(":")[0]!r}; experiments are in experiments/',
+          file=sys.stderr)
+    return 2
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  workdir = _WORKDIR.value or default_workdir(path)
+  try:
+    metrics = train.train_and_evaluate(_CONFIG.value, workdir)
+  except config_lib.ConfigError as e:
+    print(f'seqlab: bad config: {e}', file=sys.stderr)
+    return 2
+  except train.NonFiniteError as e:
+    print(f'seqlab: training stopped: {e}', file=sys.stderr)
+    return 1
+  if metrics:
+    print('final eval: ' + ', '.join(f'{k}={v:.5g}' for k, v in sorted(metrics.items())
+                                  if k != 'count'))
+  return 0
+
+
+def _last_line(message: str) -> str:
+  """The cause, without the traceback that some flag errors embed."""
+  lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
+  return lines[-1] if 'Traceback' in message or len(lines) > 2 else ' '.join(lines)
+
+
+def parse_flags(argv):
+  """absl's parser, with config errors (unknown key, bad value, missing file) as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f'seqlab: bad command line: {_last_line(str(e))}', file=sys.stderr)
+  except OSError as e:
+    print(f'seqlab: cannot load the config file: {_last_line(str(e))}', file=sys.stderr)
+  except (AttributeError, KeyError) as e:
+    message = ' '.join(re.sub(r"\\n|\\|'|\"", ' ', str(e)).split())
+    print(f'seqlab: unknown config key in the overrides: {message}', file=sys.stderr)
+  except (TypeError, ValueError) as e:
+    print(f'seqlab: bad config override: {_last_line(str(e))}', file=sys.stderr)
+  print('Config keys and their meaning are listed in README.md (Config schema).', file=sys.stderr)
+  sys.exit(2)
+
+
+def run():
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,148 @@
+"""What a run writes beside its checkpoints: config, run info, metrics, progress."""
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from absl import logging
+import jax
+
+PACKAGES = ('seqlab', 'jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml-collections',
+            'numpy')
+
+
+def _git_commit() -> str | None:
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True,
+                         text=True, timeout=5, check=True)
+    return out.stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def _versions() -> dict:
+  versions = {}
+  for name in PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return versions
+
+
+def flat_diff(old: dict, new: dict, prefix='') -> list[str]:
+  """Keys whose values differ between two nested dicts, as 'a.b: old -> new'."""
+  out = []
+  for k in sorted(set(old) | set(new)):
+    a, b = old.get(k), new.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += flat_diff(a, b, f'{prefix}{k}.')
+    elif a != b:
+      out.append(f'{prefix}{k}: {a!r} -> {b!r}')
+  return out
+
+
+def prepare(workdir: str, config) -> None:
+  """Creates ``workdir`` and writes config.json (the resolved config) and run_info.json."""
+  os.makedirs(workdir, exist_ok=True)
+  resolved = json.loads(config.to_json_best_effort())
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      changed = flat_diff(json.load(f), resolved)
+    if changed:
+      logging.warning('Resuming %s with a changed config: %s', workdir, '; '.join(changed))
+  _write_json(path, resolved)
+  _write_json(os.path.join(workdir, 'run_info.json'), {
+      'command': sys.argv,
+      'seed': config.seed,
+      'started': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'git_commit': _git_commit(),
+      'versions': _versions(),
+      'python': platform.python_version(),
+      'host': platform.node(),
+      'backend': jax.default_backend(),
+      'devices': [str(d) for d in jax.devices()],
+  })
+
+
+def _write_json(path, obj):
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The rows of ``workdir/metrics.jsonl``."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricWriter:
+  """Appends rows to metrics.jsonl and TensorBoard event files (tensorboardX).
+
+  On resume, rows logged after the restored step (written before an interruption
+  but not covered by a checkpoint) are dropped, so the file reads as one run.
+  """
+
+  def __init__(self, workdir: str, resume_step: int = 0):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    kept = [r for r in read_metrics(workdir) if r['step'] <= resume_step]
+    with open(self.path, 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in kept)
+    self._file = open(self.path, 'a')
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, split: str, metrics: dict) -> None:
+    row = {'step': int(step), 'split': split}
+    row.update({k: float(v) for k, v in metrics.items()})
+    self._file.write(json.dumps(row) + '\n')
+    self._file.flush()
+    for k, v in row.items():
+      if k not in ('step', 'split'):
+        self._tb.add_scalar(f'{split}/{k}', v, step)
+    if split == 'eval':
+      logging.info('step %d eval %s', step, ', '.join(f'{k}={v:.5g}' for k, v in metrics.items()))
+
+  def close(self) -> None:
+    self._file.close()
+    self._tb.close()
+
+
+class Progress:
+  """A live progress line on a terminal; plain log lines otherwise."""
+
+  def __init__(self, total: int, start: int, stream=None):
+    self.total, self.start = total, start
+    self.stream = stream or sys.stderr
+    self.tty = self.stream.isatty()
+    self.t0 = time.perf_counter()
+
+  def update(self, step: int, loss: float) -> None:
+    elapsed = time.perf_counter() - self.t0
+    rate = (step - self.start) / max(elapsed, 1e-9)
+    eta = (self.total - step) / max(rate, 1e-9)
+    line = (f'step {step}/{self.total}  loss {loss:.4g}  {rate:.2f} steps/s  '
+            f'ETA {datetime.timedelta(seconds=int(eta))}')
+    if self.tty:
+      width = 30
+      done = int(width * step / self.total)
+      self.stream.write(f'\r[{"#" * done}{"." * (width - done)}] {line}\033[K')
+      self.stream.flush()
+    else:
+      print(line, file=self.stream, flush=True)
+
+  def close(self) -> None:
+    if self.tty:
+      self.stream.write('\n')
+      self.stream.flush()
