@@ -5,7 +5,6 @@
 
 Running the same command on the same workdir resumes from its latest checkpoint.
 """
-import logging as logging_std
 import os
 import re
 import sys
@@ -17,6 +16,7 @@ from ml_collections import config_flags
 
 from seqlab import config as config_lib
 from seqlab import train
+from seqlab import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file[:variant].',
                                           lock_config=True)
@@ -29,14 +29,6 @@ def default_workdir(config_path: str) -> str:
   return os.path.join('runs', stem + (f'_{variant}' if variant else ''))
 
 
-class _QuietLibraries(logging_std.Filter):
-  """Keeps other libraries' INFO chatter (orbax logs every save) out of the run's log."""
-  _ours = os.path.dirname(os.path.abspath(__file__))
-
-  def filter(self, record):
-    return record.levelno >= logging_std.WARNING or record.pathname.startswith(self._ours)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -47,8 +39,7 @@ def main(argv):
     print(f'seqlab: no config file {path.partition(":")[0]!r}; experiments are in experiments/',
           file=sys.stderr)
     return 2
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  workdir_lib.quiet_logging()
   workdir = _WORKDIR.value or default_workdir(path)
   try:
     metrics = train.train_and_evaluate(_CONFIG.value, workdir)

@@ -7,6 +7,7 @@ uninterrupted one.
 """
 import functools
 import json
+import json
 import os
 import signal
 import time
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from seqlab import checkpoint
 from seqlab import config as config_lib
@@ -43,41 +45,61 @@ def build(config):
   return task, model, optimizer
 
 
-TARGET_KEYS = ('targets', 'target_mask')
+NON_MODEL_KEYS = ('targets', 'target_mask', 'reset', 'example_weight')
 
 
 def model_inputs(batch) -> dict:
-  """The batch entries a model takes as keyword arguments (all but the targets)."""
-  return {k: v for k, v in batch.items() if k not in TARGET_KEYS}
+  """The batch entries a model takes as keyword arguments (inputs, lengths, ...)."""
+  return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
 
 
-def create_state(model, optimizer, batch, seed: int):
-  """Initial train state from a (shape-only is enough) example batch."""
+def apply_model(model, params, batch, carry=None, **kwargs):
+  """``model.apply`` on a batch -> (outputs, aux); ``carry`` continues stateful streams.
+
+  For stateful tasks ``carry`` is the previous batch's final carry, zeroed where
+  ``batch['reset']`` says the streams start again; aux is then the new carry.
+  """
+  inputs = model_inputs(batch)
+  if carry is not None:
+    reset = batch['reset']
+    inputs['initial_carry'] = jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c),
+                                           carry)
+  return model.apply(params, **inputs, **kwargs)
+
+
+def create_state(model, optimizer, batch, seed: int, stateful: bool = False):
+  """Initial train state from an example batch (shapes are enough: eval_shape works)."""
   init_rng, dropout_rng = jax.random.split(jax.random.key(seed))
   params = model.init(init_rng, **model_inputs(batch))
-  return {
+  state = {
       'step': jnp.zeros((), jnp.int32),
       'params': params,
       'opt_state': optimizer.init(params),
       'rng': jax.random.key_data(dropout_rng),
-      'bad_step': jnp.full((), -1, jnp.int32),  # first step whose loss/grad was not finite
+      'bad_step': jnp.zeros((), jnp.int32),  # first update whose loss/grad was not finite
   }
+  if stateful:
+    state['carry'] = model.encoder.initial_carry(batch['inputs'].shape[0])
+  return state
 
 
 def train_step(state, batch, *, model, optimizer, spec):
   """One update. Pure: (state, batch) -> (state, metrics).
 
-  A step whose loss or gradient is not finite changes nothing but ``bad_step``,
-  so the state stays the last good one and the loop can stop naming the step.
+  An update whose loss or gradient is not finite changes nothing but ``bad_step``
+  (set to its 1-based number), so the state stays the last good one and the loop
+  can stop naming the step. The dropout key of step s is ``fold_in(rng, s)``.
   """
   rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
+  carry = state.get('carry')
 
   def loss_fn(params):
-    outputs, _ = model.apply(params, **model_inputs(batch), deterministic=False,
-                             rngs={'dropout': rng})
-    return losses.loss_and_metrics(spec, outputs, batch)
+    outputs, aux = apply_model(model, params, batch, carry, deterministic=False,
+                               rngs={'dropout': rng})
+    loss, metrics = losses.loss_and_metrics(spec, outputs, batch)
+    return loss, (metrics, aux)
 
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+  (loss, (metrics, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
   grad_norm = optax.global_norm(grads)
   updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
@@ -88,24 +110,64 @@ def train_step(state, batch, *, model, optimizer, spec):
       'params': keep(params, state['params']),
       'opt_state': keep(opt_state, state['opt_state']),
       'rng': state['rng'],
-      'bad_step': jnp.where((state['bad_step'] < 0) & ~ok, state['step'], state['bad_step']),
+      'bad_step': jnp.where((state['bad_step'] == 0) & ~ok, state['step'] + 1,
+                            state['bad_step']),
   }
-  metrics = dict(metrics, grad_norm=grad_norm)
-  return new_state, metrics
+  if carry is not None:
+    new_state['carry'] = keep(jax.lax.stop_gradient(aux), carry)
+  return new_state, dict(metrics, grad_norm=grad_norm)
 
 
-def eval_step(params, batch, *, model, spec):
-  """Metrics of one held-out batch (dropout off)."""
-  outputs, _ = model.apply(params, **model_inputs(batch), deterministic=True)
-  return losses.loss_and_metrics(spec, outputs, batch)[1]
+def eval_step(params, batch, carry, *, model, spec):
+  """Metrics of one held-out batch (dropout off) and the carry for the next batch."""
+  outputs, aux = apply_model(model, params, batch, carry, deterministic=True)
+  return losses.loss_and_metrics(spec, outputs, batch)[1], (aux if carry is not None else None)
 
 
-def evaluate(eval_fn, params, task, batch_size: int) -> dict:
-  """Aggregated metrics over the task's whole held-out split."""
+def evaluate(eval_fn, params, task, batch_size: int, carry=None, put=lambda b: b) -> dict:
+  """Aggregated metrics over the task's whole held-out split, read in order.
+
+  ``carry`` (stateful tasks) is the zero carry the eval streams start from.
+  """
   results = []
   for i in range(task.num_eval_batches(batch_size)):
-    results.append(jax.device_get(eval_fn(params, task.batch('eval', i, batch_size))))
+    metrics, carry = eval_fn(params, put(task.batch('eval', i, batch_size)), carry)
+    results.append(jax.device_get(metrics))
   return losses.aggregate(results, [float(r['count']) for r in results])
+
+
+# --- Devices -------------------------------------------------------------------------
+
+
+def make_mesh():
+  """A 1-D mesh 'data' over every visible device (all hosts)."""
+  return Mesh(np.array(jax.devices()), ('data',))  # automatic (not explicit) sharding
+
+
+def batch_sharding(mesh, batch) -> dict:
+  """Arrays with a batch axis are split over 'data'; scalars are replicated."""
+  return {k: NamedSharding(mesh, P('data') if np.ndim(v) else P()) for k, v in batch.items()}
+
+
+def state_sharding(mesh, abstract_state):
+  """Everything replicated, except stateful carries, split over the batch like the data."""
+  replicated = NamedSharding(mesh, P())
+  shardings = jax.tree.map(lambda _: replicated, abstract_state)
+  if 'carry' in abstract_state:
+    shardings['carry'] = jax.tree.map(lambda _: NamedSharding(mesh, P('data')),
+                                      abstract_state['carry'])
+  return shardings
+
+
+def put_batch(batch, shardings):
+  """Host batch -> global arrays; each process contributes its own rows of the batch."""
+  out = {}
+  for k, v in batch.items():
+    if np.ndim(v) and jax.process_count() > 1:
+      rows = len(v) // jax.process_count()
+      v = v[jax.process_index() * rows:(jax.process_index() + 1) * rows]
+    out[k] = jax.make_array_from_process_local_data(shardings[k], np.asarray(v))
+  return out
 
 
 class _Interrupt:
@@ -135,8 +197,9 @@ class _Interrupt:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` in ``workdir``, resuming there if a checkpoint exists.
 
-  Returns the final eval metrics. Raises ``ConfigError`` for a bad config (before
-  any compile) and ``NonFiniteError`` naming the step where training diverged.
+  Data-parallel over every visible device. Returns the final eval metrics. Raises
+  ``ConfigError`` for a bad config (before any compile) and ``NonFiniteError``
+  naming the step where training diverged.
   """
   config = ml_collections.FrozenConfigDict(config)  # never mutated from here on
   # --- Input, model and optimizer -----------------------------------------------
@@ -144,18 +207,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   spec, tc = task.spec, config.train
   eval_bs = tc.eval_batch_size or tc.batch_size
   best_metric = tc.best_metric or spec.metric
+  mesh = make_mesh()
+  for key, size in (('batch_size', tc.batch_size), ('eval_batch_size', eval_bs)):
+    if size % jax.device_count():
+      raise config_lib.ConfigError(
+          f'config.train.{key}={size} does not split over {jax.device_count()} devices; '
+          'use a multiple of the device count')
   workdir_lib.prepare(workdir, config)
   schedule = optim.make_schedule(config.optim, tc.steps)
 
   example = task.batch('train', 0, tc.batch_size)
-  abstract = jax.eval_shape(functools.partial(create_state, model, optimizer, seed=config.seed),
-                            example)
+  put = functools.partial(put_batch, shardings=batch_sharding(mesh, example))
+  init = functools.partial(create_state, model, optimizer, seed=config.seed,
+                           stateful=spec.stateful)
+  abstract = jax.eval_shape(init, example)
+  shardings = state_sharding(mesh, abstract)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
   # --- Resume before anything else ------------------------------------------------
   ckpt = checkpoint.Checkpointer(workdir, keep=tc.keep_checkpoints, best_metric=best_metric,
                                  best_mode=spec.metric_mode)
   restored = ckpt.restore_latest(abstract)
   if restored is None:
-    state = create_state(model, optimizer, example, config.seed)
+    state = jax.jit(init, out_shardings=shardings)(example)
     logging.info('Starting %s from scratch in %s', config.task.name, workdir)
   else:
     state, step = restored
@@ -165,16 +239,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # --- Update and eval steps --------------------------------------------------------
   p_train = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer, spec=spec),
-                    donate_argnums=0)
+                    donate_argnums=0, out_shardings=(shardings, None))
   p_eval = jax.jit(functools.partial(eval_step, model=model, spec=spec))
+  eval_carry = (model.encoder.initial_carry(eval_bs) if spec.stateful else None)
   tokens_per_step = int(np.prod(example['inputs'].shape[:2]))
   t0 = time.perf_counter()
-  p_train = p_train.lower(state, example).compile()  # compile time apart from step time
-  logging.info('Compiled the train step in %.1f s', time.perf_counter() - t0)
+  p_train = p_train.lower(state, put(example)).compile()  # compile time apart from step time
+  logging.info('Compiled the train step in %.1f s on %d device(s)', time.perf_counter() - t0,
+               jax.device_count())
 
   def check_finite(state):
     bad = int(state['bad_step'])
-    if bad >= 0:
+    if bad > 0:
       last = ckpt.latest_step()
       raise NonFiniteError(
           f'loss or gradient is not finite at step {bad}; the last good checkpoint '
@@ -182,7 +258,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           'optim.lr, set optim.clip_norm, or check the data.')
 
   def run_eval(state, step):
-    metrics = evaluate(p_eval, state['params'], task, eval_bs)
+    eval_put = functools.partial(put_batch, shardings=batch_sharding(
+        mesh, task.batch('eval', 0, eval_bs)))
+    metrics = evaluate(p_eval, state['params'], task, eval_bs, eval_carry, eval_put)
     writer.write(step, 'eval', metrics)
     ckpt.save_best(step, state, {best_metric: metrics[best_metric]})
     return metrics
@@ -192,8 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pending, t_log, eval_metrics = [], time.perf_counter(), None
   with _Interrupt() as interrupt:
     for step in range(start + 1, tc.steps + 1):
-      batch = task.batch('train', step - 1, tc.batch_size)
-      state, metrics = p_train(state, batch)
+      state, metrics = p_train(state, put(task.batch('train', step - 1, tc.batch_size)))
       pending.append(metrics)
       if step % tc.log_every == 0 or step == tc.steps:
         check_finite(state)
@@ -227,3 +304,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt.close()
   writer.close()
   return eval_metrics or {}
+
+
+def load_run(workdir: str, which: str = 'best'):
+  """A finished or running workdir -> (config, task, model, state, step).
+
+  ``which`` is 'best' (the best-by-metric checkpoint, else the latest) or 'latest'.
+  """
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{workdir} holds no run (no config.json); pass the --workdir '
+                            'of a python -m seqlab.run')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  task, model, optimizer = build(config)
+  example = task.batch('train', 0, config.train.batch_size)
+  abstract = jax.eval_shape(functools.partial(create_state, model, optimizer, seed=config.seed,
+                                              stateful=task.spec.stateful), example)
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                                 best_metric=config.train.best_metric or task.spec.metric,
+                                 best_mode=task.spec.metric_mode)
+  restored = ckpt.restore_best(abstract) if which == 'best' else ckpt.restore_latest(abstract)
+  ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f'no restorable checkpoint in {workdir}')
+  state, step = restored
+  return config, task, model, state, step

@@ -2,6 +2,7 @@
 import datetime
 import importlib.metadata
 import json
+import logging as logging_std
 import os
 import platform
 import subprocess
@@ -13,6 +14,20 @@ import jax
 
 PACKAGES = ('seqlab', 'jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml-collections',
             'numpy')
+
+
+class _OnlySeqlabInfo(logging_std.Filter):
+  """Drops other libraries' INFO records (orbax logs every save); keeps warnings."""
+  _ours = os.path.dirname(os.path.abspath(__file__))
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or record.pathname.startswith(self._ours)
+
+
+def quiet_logging() -> None:
+  """INFO logging for seqlab's own lines, warnings and errors from everything."""
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_OnlySeqlabInfo())
 
 
 def _git_commit() -> str | None:

@@ -4,12 +4,14 @@ A new task is one module with a ``from_config(task_cfg, seed) -> Task`` and one 
 in ``TASKS``.
 """
 from seqlab.tasks import adding
+from seqlab.tasks import charlm
 from seqlab.tasks import copy
 from seqlab.tasks.base import Spec, Task
 
 TASKS = {
     'adding': adding.from_config,
     'copy': copy.from_config,
+    'charlm': charlm.from_config,
 }
 
 

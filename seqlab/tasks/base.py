@@ -13,6 +13,7 @@ Batch keys (see ``Task.batch``):
                float32 [batch, time, num_outputs].
   lengths      optional int32 [batch]: valid steps, padding after them.
   target_mask  optional float32 [batch, time]: 1 where a step's target counts.
+  reset        stateful tasks only: bool [], start the streams again from zeros.
 """
 import dataclasses
 import typing
@@ -42,6 +43,10 @@ class Spec:
   metric_mode: 'max' or 'min' (which direction of ``metric`` is better).
   baseline: the published trivial-baseline value of ``metric``, if any.
   fixed_length: the time length when every sequence has the same length.
+  stateful: batches are consecutive chunks of ``batch`` parallel streams; the
+    model's final carry of one batch is the initial carry of the next (truncated
+    backpropagation through time), reset to zeros where the batch's scalar 'reset'
+    is true (a stream starts again). Eval batches are read in order the same way.
   """
   input_vocab: int
   input_features: int
@@ -52,6 +57,7 @@ class Spec:
   metric_mode: str
   baseline: float | None = None
   fixed_length: int | None = None
+  stateful: bool = False
 
   def __post_init__(self):
     _check_choice('target', self.target, TARGETS)

