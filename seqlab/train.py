@@ -100,7 +100,7 @@ def train_step(state, batch, *, model, optimizer, spec):
     return loss, (metrics, aux)
 
   (loss, (metrics, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

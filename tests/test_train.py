@@ -1,0 +1,259 @@
+"""The training loop: resume, interruption, faults, outputs, many devices."""
+import json
+import os
+import shutil
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqlab import checkpoint
+from seqlab import config as config_lib
+from seqlab import tasks
+from seqlab import train
+from seqlab import workdir as workdir_lib
+from conftest import load_config, run_module
+
+
+def _final_state(workdir, config):
+  task, model, optimizer = train.build(config)
+  example = task.batch('train', 0, config.train.batch_size)
+  abstract = jax.eval_shape(lambda b: train.create_state(model, optimizer, b, config.seed,
+                                                         task.spec.stateful), example)
+  ckpt = checkpoint.Checkpointer(workdir)
+  state, step = ckpt.restore_latest(abstract)
+  ckpt.close()
+  return state, step
+
+
+def _assert_trees_bitwise_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+class _SignalAt:
+  """Wraps a task so that fetching train batch ``index`` sends ``signum`` to us."""
+
+  def __init__(self, task, index, signum=signal.SIGTERM):
+    self.task, self.index, self.signum = task, index, signum
+    self.spec = task.spec
+
+  def batch(self, split, step, batch_size):
+    if split == 'train' and step == self.index:
+      os.kill(os.getpid(), self.signum)
+    return self.task.batch(split, step, batch_size)
+
+  def num_eval_batches(self, batch_size):
+    return self.task.num_eval_batches(batch_size)
+
+
+class _NanAt(_SignalAt):
+  def batch(self, split, step, batch_size):
+    batch = self.task.batch(split, step, batch_size)
+    if split == 'train' and step == self.index:
+      batch = dict(batch, inputs=np.full_like(batch['inputs'], np.nan))
+    return batch
+
+
+def _wrap_task(monkeypatch, wrapper, index):
+  make = tasks.make_task
+  monkeypatch.setattr(tasks, 'make_task', lambda cfg, seed: wrapper(make(cfg, seed), index))
+
+
+@pytest.mark.parametrize('experiment,stop_at', [('adding', 13), ('charlm', 27)])
+def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, monkeypatch, experiment, stop_at):
+  config = load_config(experiment)
+  config.model.num_layers = 2
+  config.model.dropout = 0.1  # the dropout RNG must resume too
+  full = str(tmp_path / 'full')
+  train.train_and_evaluate(config, full)
+
+  parts = str(tmp_path / 'parts')
+  with monkeypatch.context() as m:
+    _wrap_task(m, _SignalAt, stop_at)  # SIGTERM while fetching batch `stop_at`
+    train.train_and_evaluate(config, parts)
+  ckpt = checkpoint.Checkpointer(parts)
+  assert ckpt.latest_step() == stop_at + 1  # that step finished, then saved
+  ckpt.close()
+  train.train_and_evaluate(config, parts)  # same command again: resumes
+
+  (a, step_a), (b, step_b) = _final_state(full, config), _final_state(parts, config)
+  assert step_a == step_b == config.train.steps
+  _assert_trees_bitwise_equal(a, b)
+  rows = workdir_lib.read_metrics(parts)
+  train_steps = [r['step'] for r in rows if r['split'] == 'train']
+  assert train_steps == sorted(set(train_steps))  # no duplicated rows after the resume
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+  config = load_config('adding')
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)  # 40 steps, checkpoints at 20 and 40
+  before = {f: open(os.path.join(dp, f), 'rb').read()
+            for dp, _, fs in os.walk(os.path.join(workdir, 'checkpoints', '40')) for f in fs}
+  config.train.steps = 80
+  _wrap_task(monkeypatch, _NanAt, 52)  # batch 52 is used by step 53
+  with pytest.raises(train.NonFiniteError, match=r'not finite at step 53.*step 40'):
+    train.train_and_evaluate(config, workdir)
+  ckpt = checkpoint.Checkpointer(workdir)
+  assert ckpt.latest_step() == 40
+  ckpt.close()
+  after = {f: open(os.path.join(dp, f), 'rb').read()
+           for dp, _, fs in os.walk(os.path.join(workdir, 'checkpoints', '40')) for f in fs}
+  assert before == after
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path):
+  config = load_config('adding')
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  latest = os.path.join(workdir, 'checkpoints', '40')
+  for dp, _, fs in os.walk(latest):
+    for f in fs:
+      if not f.startswith('_'):
+        with open(os.path.join(dp, f), 'wb') as fh:
+          fh.write(b'garbage')
+  config.train.steps = 60
+  train.train_and_evaluate(config, workdir)
+  rows = workdir_lib.read_metrics(workdir)
+  train_rows = [r['step'] for r in rows if r['split'] == 'train']
+  assert train_rows == [10, 20, 30, 40, 50, 60]  # steps 21.. were redone from step 20
+
+
+def test_workdir_outputs(tmp_path):
+  config = load_config('copy')
+  workdir = str(tmp_path / 'run')
+  metrics = train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['task']['name'] == 'copy'
+  with open(os.path.join(workdir, 'run_info.json')) as f:
+    info = json.load(f)
+  assert info['seed'] == config.seed and info['versions']['jax'] == jax.__version__
+  rows = workdir_lib.read_metrics(workdir)
+  tr = [r for r in rows if r['split'] == 'train']
+  ev = [r for r in rows if r['split'] == 'eval']
+  assert [r['step'] for r in tr] == [10, 20, 30, 40] and [r['step'] for r in ev] == [20, 40]
+  for key in ('loss', 'cross_entropy', 'accuracy', 'grad_norm', 'learning_rate',
+              'tokens_per_sec', 'step_time'):
+    assert all(np.isfinite(r[key]) for r in tr), key
+  assert ev[-1]['cross_entropy'] == pytest.approx(metrics['cross_entropy'])
+  assert tr[-1]['learning_rate'] == pytest.approx(config.optim.lr)
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  assert sorted(os.listdir(os.path.join(workdir, 'best'))) == ['40']
+
+
+def test_config_is_never_mutated(tmp_path):
+  config = load_config('adding')
+  before = config.to_json()
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert config.to_json() == before
+
+
+def test_training_reduces_loss_on_adding(tmp_path):
+  config = load_config('adding')
+  config.train.steps = 150
+  config.train.eval_every = 150
+  config.optim.lr = 1e-2
+  metrics = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert metrics['mse'] < 0.167  # beats the memoryless baseline
+
+
+def test_stateful_chunks_equal_one_long_sequence():
+  config = load_config('charlm')
+  task, model, optimizer = train.build(config)
+  b0, b1 = task.batch('train', 0, 4), task.batch('train', 1, 4)
+  assert bool(b0['reset']) and not bool(b1['reset'])
+  np.testing.assert_array_equal(b0['targets'][:, -1], b1['inputs'][:, 0])  # contiguous streams
+  state = train.create_state(model, optimizer, b0, 0, stateful=True)
+  params = state['params']
+  out0, carry = train.apply_model(model, params, b0, state['carry'])
+  out1, _ = train.apply_model(model, params, b1, carry)
+  whole, _ = model.apply(params, np.concatenate([b0['inputs'], b1['inputs']], axis=1))
+  np.testing.assert_allclose(np.concatenate([out0, out1], axis=1), whole, rtol=1e-5, atol=1e-5)
+  reset, _ = train.apply_model(model, params, b0, carry)  # reset=True ignores the carry
+  np.testing.assert_array_equal(reset, out0)
+
+
+@pytest.mark.parametrize('override,message', [
+    ('--config.model.hiden_size=3', 'hiden_size'),
+    ('--config.model.hidden_size=-3', 'model.hidden_size must be a positive integer'),
+    ('--config.model.hidden_size=abc', 'hidden_size'),
+    ('--config.model.cell=lstmm', 'choose one of: rnn, irnn, lstm'),
+    ('--config.optim.name=adm', 'choose one of: sgd, adam, adamw, rmsprop'),
+    ('--config.optim.schedule=cosin', 'constant'),
+    ('--config.task.name=nope', 'adding, copy'),
+    ('--config.task.length=-2', 'task.length'),
+    ('--config.optim.lr=-1.0', 'optim.lr must be positive'),
+])
+def test_bad_config_fails_before_compiling_without_traceback(tmp_path, override, message):
+  workdir = tmp_path / 'run'
+  proc = run_module('seqlab.run', '--config', 'experiments/adding.py:quick', '--workdir',
+                    str(workdir), override)
+  assert proc.returncode == 2, proc.stderr
+  assert message in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not (workdir / 'checkpoints').exists()
+
+
+def test_missing_config_file_and_variant(tmp_path):
+  proc = run_module('seqlab.run', '--config', 'experiments/nope.py', '--workdir', str(tmp_path))
+  assert proc.returncode == 2 and 'no config file' in proc.stderr
+  proc = run_module('seqlab.run', '--config', 'experiments/adding.py:nope', '--workdir',
+                    str(tmp_path))
+  assert proc.returncode == 2 and 'unknown variant' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path):
+  workdir = tmp_path / 'run'
+  import subprocess, sys, time  # pylint: disable=g-import-not-at-top,multiple-imports
+  from conftest import ROOT  # pylint: disable=g-import-not-at-top
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'seqlab.run', '--config', 'experiments/adding.py:quick',
+       '--workdir', str(workdir), '--config.train.steps=100000', '--config.train.log_every=5',
+       '--config.train.eval_every=100000', '--config.train.checkpoint_every=100000'],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while time.time() < deadline and not workdir_lib.read_metrics(str(workdir)):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err
+  assert 'SIGTERM: saved the checkpoint at step' in out
+  step = int(out.split('at step ')[1].split()[0])
+  assert str(step) in os.listdir(workdir / 'checkpoints')
+
+
+def test_eight_devices_match_one(tmp_path):
+  """Data parallel over 8 CPU devices: same losses as 1 device; checkpoints move across."""
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  args = ['--config', 'experiments/copy.py:quick', '--config.train.steps=20']
+  one = run_module('seqlab.run', *args, '--workdir', str(tmp_path / 'one'))
+  eight = run_module('seqlab.run', *args, '--workdir', str(tmp_path / 'eight'), env=env)
+  assert one.returncode == 0 and eight.returncode == 0, eight.stderr
+  info = json.load(open(tmp_path / 'eight' / 'run_info.json'))
+  assert len(info['devices']) == 8
+  rows1 = workdir_lib.read_metrics(str(tmp_path / 'one'))
+  rows8 = workdir_lib.read_metrics(str(tmp_path / 'eight'))
+  for r1, r8 in zip(rows1, rows8, strict=True):
+    assert r1['step'] == r8['step']
+    assert r8['loss'] == pytest.approx(r1['loss'], rel=1e-4)
+  # The 8-device checkpoint resumes on 1 device, and that one back on 8.
+  more = ['--config.train.steps=30']
+  back = run_module('seqlab.run', *args, *more, '--workdir', str(tmp_path / 'eight'))
+  assert back.returncode == 0, back.stderr
+  more = ['--config.train.steps=40']
+  again = run_module('seqlab.run', *args, *more, '--workdir', str(tmp_path / 'eight'), env=env)
+  assert again.returncode == 0, again.stderr
+  steps = [r['step'] for r in workdir_lib.read_metrics(str(tmp_path / 'eight'))
+           if r['split'] == 'train']
+  assert steps == [10, 20, 30, 40]
+
+
+def test_batch_not_divisible_by_devices_is_a_config_error(tmp_path):
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  proc = run_module('seqlab.run', '--config', 'experiments/copy.py:quick',
+                    '--config.train.batch_size=12', '--workdir', str(tmp_path), env=env)
+  assert proc.returncode == 2 and 'does not split over 8 devices' in proc.stderr
