@@ -1,0 +1,224 @@
+"""orbax: restore-or-init and save, nothing else.
+
+Two orbax CheckpointManagers under ``workdir``:
+  checkpoints/<step>/   the last ``keep`` steps, written asynchronously by ``save``
+  best/<step>/          the single best step by an eval metric, written by ``save_best``
+
+A state is any pytree of jax arrays, numpy arrays and Python scalars (in seqlab,
+``{'step', 'params', 'opt_state', 'rng'}``); NamedTuple nodes such as optax states are
+rebuilt from the target you restore into, so restore into ``jax.eval_shape(init)``.
+
+Crash safety is orbax's: a step is written into ``<step>.orbax-checkpoint-tmp-<t>``
+and renamed into place only once complete, so a save killed half-way leaves the older
+steps untouched; the leftover tmp directory is ignored and removed on the next start.
+A step damaged afterwards (files deleted or truncated) is skipped with a warning and
+the previous one restored instead.
+"""
+import contextlib
+import gc
+import logging as std_logging
+import math
+import os
+import sys
+
+from absl import logging
+import orbax.checkpoint as ocp
+
+BEST_MODES = ('min', 'max')
+
+
+def _manager(directory, *, keep, async_save, best_fn=None, best_mode='min'):
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, best_fn=best_fn, best_mode=best_mode,
+      keep_checkpoints_without_metrics=False, enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True)
+  # One unnamed item with its handler fixed up front: left to itself, orbax infers
+  # "one item or many" from the first step directory it reads, and a damaged one
+  # would lock the manager into the wrong mode for every older step as well.
+  return ocp.CheckpointManager(directory, options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())
+
+
+def _reason(error: Exception) -> str:
+  """'Type: first line of the message', cut short: tensorstore errors run to pages."""
+  lines = str(error).strip().splitlines()
+  text = lines[0] if lines else ''
+  return f'{type(error).__name__}: {text[:300]}'
+
+
+def _restore_newest(manager, abstract_state):
+  """(state, step) from the newest restorable step of ``manager``, and the newer
+  steps that failed; (None, failed) when none restores."""
+  restored, failed = None, []
+  with _quiet_abandoned_reads():
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract_state)), step
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        # orbax and tensorstore raise anything from FileNotFoundError to ValueError
+        # and JSONDecodeError for a damaged step; each one only means "try older".
+        logging.warning('checkpoint %s/%d cannot be restored (%s); trying an older one.',
+                        manager.directory, step, _reason(e))
+        failed.append(step)
+    if failed:
+      gc.collect()  # the failed attempts' abandoned reads report now, while filtered
+  return restored, failed
+
+
+class _DropAbandonedTasks(std_logging.Filter):
+
+  def filter(self, record):
+    return not record.getMessage().startswith(
+        ('Task exception was never retrieved', 'Future exception was never retrieved'))
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads():
+  """Silences the echoes of a failed restore, which are not errors of their own.
+
+  orbax restores in a fresh asyncio loop and closes it at the first failed read; the
+  other reads of the damaged step, still in flight in tensorstore, then call back
+  into the closed loop ("RuntimeError: Event loop is closed", through
+  sys.unraisablehook) or are collected unawaited ("Task/Future exception was never
+  retrieved", on the 'asyncio' logger), each with a traceback. The one-line warning
+  above already says what happened; only those two messages are dropped.
+  """
+  previous_hook = sys.unraisablehook
+
+  def hook(args):
+    if not (isinstance(args.exc_value, RuntimeError)
+            and str(args.exc_value) == 'Event loop is closed'):
+      previous_hook(args)
+
+  task_filter = _DropAbandonedTasks()
+  sys.unraisablehook = hook
+  std_logging.getLogger('asyncio').addFilter(task_filter)
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous_hook
+    std_logging.getLogger('asyncio').removeFilter(task_filter)
+
+
+class Checkpointer:
+  """Saves and restores training states under ``workdir``.
+
+  Args:
+    workdir: the run's directory; checkpoints go to ``workdir/checkpoints`` and
+      ``workdir/best``.
+    keep: how many of the latest steps to keep in ``checkpoints/``.
+    best_metric: the eval metric ``save_best`` ranks by; None disables ``save_best``.
+    best_mode: 'min' (a loss) or 'max' (an accuracy).
+    async_save: write in a background thread; ``save`` returns once the arrays are
+      copied to host memory.
+  """
+
+  def __init__(self, workdir: str, *, keep: int = 3, best_metric: str | None = None,
+               best_mode: str = 'min', async_save: bool = True):
+    if keep < 1:
+      raise ValueError(f'keep={keep} must be >= 1')
+    if best_mode not in BEST_MODES:
+      raise ValueError(f"best_mode={best_mode!r} must be one of: {', '.join(BEST_MODES)}")
+    self._best_metric = best_metric
+    self._best_mode = best_mode
+    if '://' not in workdir:  # orbax wants absolute local paths; gs://... stays
+      workdir = os.path.abspath(workdir)
+    self._latest = _manager(f'{workdir}/checkpoints', keep=keep, async_save=async_save)
+    best_fn = (lambda metrics: metrics[best_metric]) if best_metric else None
+    self._best = _manager(f'{workdir}/best', keep=1, async_save=async_save,
+                          best_fn=best_fn, best_mode=best_mode)
+    self._best_value = self._saved_best_value()
+    self._superseded = []  # damaged steps newer than the one restore_latest used
+
+  def _saved_best_value(self) -> float | None:
+    step = self._best.best_step() if self._best_metric else None
+    metrics = self._best.metrics(step) if step is not None else None
+    if metrics is None:
+      return None
+    if self._best_metric not in metrics:
+      raise ValueError(f'best_metric={self._best_metric!r}, but {self._best.directory} '
+                       f"was ranked by: {', '.join(sorted(metrics))}")
+    return float(metrics[self._best_metric])
+
+  def latest_step(self) -> int | None:
+    """The newest step in ``checkpoints/`` (written or being written), or None."""
+    return self._latest.latest_step()
+
+  def restore_latest(self, abstract_state):
+    """Restores the newest restorable step of ``checkpoints/``.
+
+    Args:
+      abstract_state: the target pytree: jax.ShapeDtypeStruct leaves (e.g. from
+        ``jax.eval_shape``) or arrays; restored leaves take their dtypes, shardings
+        and the pytree structure (NamedTuples included) from it. Leaves saved as
+        numpy arrays or Python scalars come back as numpy arrays (0-d for scalars)
+        into a ShapeDtypeStruct, and as they were into a leaf of their own type.
+
+    Returns:
+      (state, step), or None when no step restores. Damaged steps are skipped with
+      a warning naming the step and the reason; they are deleted by the next ``save``,
+      which continues the run from the step restored here.
+    """
+    restored, failed = _restore_newest(self._latest, abstract_state)
+    self._superseded = failed if restored is not None else []
+    return restored
+
+  def restore_best(self, abstract_state):
+    """(state, step) from ``best/``, or ``restore_latest`` when it has none to give."""
+    restored, _ = _restore_newest(self._best, abstract_state)
+    if restored is None:
+      logging.info('no restorable checkpoint in %s; using the latest instead.',
+                   self._best.directory)
+      return self.restore_latest(abstract_state)
+    return restored
+
+  def save(self, step: int, state, *, force: bool = False) -> None:
+    """Starts writing ``state`` as ``checkpoints/<step>`` and returns.
+
+    A step that already exists is left as it is (no-op). Without ``force`` a step
+    older than the newest one on disk is not written either (orbax's rule); with it,
+    it is. The oldest steps beyond ``keep`` are deleted once the write completes.
+    """
+    for bad in self._superseded:
+      logging.warning('deleting damaged checkpoint %s/%d, superseded by this run.',
+                      self._latest.directory, bad)
+      self._latest.delete(bad)
+    self._superseded = []
+    if step in self._latest.all_steps():
+      return
+    if not self._latest.save(step, args=ocp.args.StandardSave(state), force=force):
+      logging.warning('step %d not saved: it is older than the latest checkpoint %s '
+                      '(pass force=True to save it anyway).', step, self.latest_step())
+
+  def save_best(self, step: int, state, metrics: dict[str, float]) -> None:
+    """Writes ``state`` as ``best/<step>`` if ``metrics[best_metric]`` beats every
+    earlier one (strictly; NaN never does), replacing the previous best."""
+    if self._best_metric is None:
+      raise ValueError('save_best needs Checkpointer(best_metric=...)')
+    if self._best_metric not in metrics:
+      raise ValueError(f'best_metric={self._best_metric!r} is not among the metrics: '
+                       f"{', '.join(sorted(metrics))}")
+    metrics = {k: float(v) for k, v in metrics.items()}
+    value = metrics[self._best_metric]
+    if not self._improves(value) or step in self._best.all_steps():
+      return
+    self._best.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+    self._best_value = value
+
+  def _improves(self, value: float) -> bool:
+    if math.isnan(value):
+      return False
+    if self._best_value is None:
+      return True
+    return value < self._best_value if self._best_mode == 'min' else value > self._best_value
+
+  def wait(self) -> None:
+    """Blocks until every started save is on disk."""
+    self._latest.wait_until_finished()
+    self._best.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for the saves, then releases orbax's threads."""
+    self._latest.close()
+    self._best.close()
