@@ -1,0 +1,167 @@
+"""Runs the published-result reproductions and writes our numbers beside theirs.
+
+  python -m seqlab.reproduce [--quick] [--only adding_t100_lstm,copy_t100_lstm] \\
+      [--seeds 3] [--workdir runs/reproduce]
+
+Every entry is an ordinary experiment run (resumable: rerunning continues where it
+stopped and skips finished seeds) in ``<workdir>/<name>/seed<k>``. The table
+``<workdir>/reproduce.md`` gives task, model, the published figure and its source,
+ours as mean ± std over the seeds, wall time and device. ``--quick`` runs every
+entry's ``:quick`` variant (seconds; for the tests), so its figures mean nothing.
+"""
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from seqlab import train
+from seqlab import workdir as workdir_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One reproduction: an experiment variant, the metric read, the published figure."""
+  name: str
+  experiment: str          # experiments/<experiment>.py
+  variant: str | None      # get_config(variant)
+  model: str               # what the table calls the model
+  metric: str              # eval metric reported (scaled by ``scale``)
+  published: str           # the published figure, as text
+  source: str
+  scale: float = 1.0       # e.g. 100 for accuracy in percent
+  overrides: tuple = ()    # (('key.path', value), ...)
+
+
+ENTRIES = (
+    Entry('adding_t100_lstm', 'adding', None, 'LSTM 128', 'mse',
+          'LSTM well below the 0.167 baseline', 'Le et al. 2015, Fig. 2; Arjovsky et al. 2016'),
+    Entry('adding_t100_rnn', 'adding', 'rnn', 'tanh RNN 128', 'mse',
+          'tanh RNN stuck at the 0.167 baseline', 'Le et al. 2015, Fig. 2'),
+    Entry('adding_t200_lstm', 'adding', 't200', 'LSTM 128', 'mse',
+          'LSTM well below 0.167', 'Le et al. 2015, Fig. 2'),
+    Entry('adding_t200_rnn', 'adding', 't200', 'tanh RNN 128', 'mse',
+          'tanh RNN stuck at 0.167', 'Le et al. 2015, Fig. 2', overrides=(('model.cell', 'rnn'),)),
+    Entry('adding_t400_lstm', 'adding', 't400', 'LSTM 128', 'mse',
+          'LSTM below 0.167', 'Le et al. 2015, Fig. 2'),
+    Entry('adding_t400_rnn', 'adding', 't400', 'tanh RNN 128', 'mse',
+          'tanh RNN stuck at 0.167', 'Le et al. 2015, Fig. 2', overrides=(('model.cell', 'rnn'),)),
+    Entry('copy_t100_lstm', 'copy', None, 'LSTM 128', 'cross_entropy',
+          'LSTM beats the baseline 10 log 8/(T+20) = 0.173', 'Arjovsky et al. 2016, Fig. 1'),
+    Entry('copy_t200_lstm', 'copy', 't200', 'LSTM 128', 'cross_entropy',
+          'LSTM stuck at the baseline 0.094', 'Arjovsky et al. 2016, Fig. 1'),
+)
+
+
+def load_config(experiment: str, variant):
+  path = os.path.join(ROOT, 'experiments', f'{experiment}.py')
+  spec = importlib.util.spec_from_file_location(f'experiments_{experiment}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def entry_config(entry: Entry, seed: int, quick: bool):
+  config = load_config(entry.experiment, 'quick' if quick else entry.variant)
+  if not quick:
+    for key, value in entry.overrides:
+      *path, last = key.split('.')
+      section = config
+      for p in path:
+        section = section[p]
+      section[last] = value
+  config.seed = seed
+  return config
+
+
+def _done_path(workdir, entry, seed):
+  return os.path.join(workdir, entry.name, f'seed{seed}', 'reproduce.json')
+
+
+def run_entry(entry: Entry, seeds: int, workdir: str, quick: bool) -> bool:
+  """Runs (or resumes, or skips when finished) every seed; False if interrupted."""
+  for seed in range(seeds):
+    done = _done_path(workdir, entry, seed)
+    if os.path.exists(done):
+      continue
+    t0 = time.perf_counter()
+    metrics = train.train_and_evaluate(entry_config(entry, seed, quick), os.path.dirname(done))
+    if not metrics:  # interrupted: the run saved a checkpoint; rerun to continue
+      return False
+    with open(done, 'w') as f:
+      json.dump({'metrics': metrics, 'wall_s': time.perf_counter() - t0}, f)
+  return True
+
+
+def summarize(entry: Entry, seeds: int, workdir: str) -> dict | None:
+  """The table row of ``entry`` if all its seeds are finished, else None."""
+  paths = [_done_path(workdir, entry, seed) for seed in range(seeds)]
+  if not all(os.path.exists(p) for p in paths):
+    return None
+  results = [json.load(open(p)) for p in paths]
+  values = [r['metrics'][entry.metric] * entry.scale for r in results]
+  walls = [r['wall_s'] for r in results]
+  return {'name': entry.name, 'task': entry.experiment + (f':{entry.variant}' if entry.variant else ''),
+          'model': entry.model, 'metric': entry.metric, 'published': entry.published,
+          'source': entry.source, 'mean': float(np.mean(values)), 'std': float(np.std(values)),
+          'values': values, 'seeds': seeds, 'wall_s': float(np.sum(walls))}
+
+
+def markdown_table(rows, device: str) -> str:
+  lines = ['| task | model | metric | published | source | ours (mean ± std) | seeds | wall time | device |',
+           '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+  for r in rows:
+    lines.append(f"| {r['task']} | {r['model']} | {r['metric']} | {r['published']} | {r['source']} "
+                 f"| {r['mean']:.4g} ± {r['std']:.2g} | {r['seeds']} | {r['wall_s'] / 60:.1f} min "
+                 f'| {device} |')
+  return '\n'.join(lines) + '\n'
+
+
+def device_name() -> str:
+  d = jax.devices()[0]
+  return f'{jax.default_backend()}: {getattr(d, "device_kind", str(d))} x{jax.device_count()}'
+
+
+_QUICK = flags.DEFINE_bool('quick', False, 'Run the :quick variants (seconds; for tests).')
+_ONLY = flags.DEFINE_list('only', [], 'Entries to run (default all); the table lists every '
+                          'entry whose seeds have all finished.')
+_SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per entry.', lower_bound=1)
+_WORKDIR = flags.DEFINE_string('workdir', 'runs/reproduce', 'Where the runs and table go.')
+
+
+def main(argv):
+  del argv
+  workdir_lib.quiet_logging()
+  names = [e.name for e in ENTRIES]
+  unknown = [n for n in _ONLY.value if n not in names]
+  if unknown:
+    print(f'seqlab: unknown reproduction {unknown[0]!r}; choose from: {", ".join(names)}',
+          file=sys.stderr)
+    return 2
+  for entry in ENTRIES:
+    if not _ONLY.value or entry.name in _ONLY.value:
+      print(f'== {entry.name}', flush=True)
+      if not run_entry(entry, _SEEDS.value, _WORKDIR.value, _QUICK.value):
+        print('interrupted: rerun the same command to continue', flush=True)
+        return 0
+  rows = [r for e in ENTRIES if (r := summarize(e, _SEEDS.value, _WORKDIR.value))]
+  table = markdown_table(rows, device_name())
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  with open(os.path.join(_WORKDIR.value, 'reproduce.md'), 'w') as f:
+    f.write(table)
+  with open(os.path.join(_WORKDIR.value, 'reproduce.json'), 'w') as f:
+    json.dump(rows, f, indent=2)
+  print(table)
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(lambda argv: sys.exit(main(argv)))
