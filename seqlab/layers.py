@@ -27,6 +27,7 @@ class RNN(nn.Module):
   hoist: bool | None = None
   unroll: int = 1
   dtype: Any = None
+  engine: str = 'auto'
 
   @nn.compact
   def __call__(self, xs, lengths=None, initial_carry=None):
@@ -34,7 +35,7 @@ class RNN(nn.Module):
     params = self.param('cell', self.cell.init, xs.shape[-1])
     carry, ys = scan.run(self.cell, params, xs, lengths=lengths, initial_carry=initial_carry,
                          reverse=self.reverse, hoist=self.hoist, unroll=self.unroll,
-                         dtype=self.dtype)
+                         dtype=self.dtype, engine=self.engine)
     return ys, carry
 
 
@@ -54,11 +55,12 @@ class Bidirectional(nn.Module):
   hoist: bool | None = None
   unroll: int = 1
   dtype: Any = None
+  engine: str = 'auto'
 
   @nn.compact
   def __call__(self, xs, lengths=None, initial_carry=None):
     fwd_c, bwd_c = (None, None) if initial_carry is None else initial_carry
-    kw = dict(hoist=self.hoist, unroll=self.unroll, dtype=self.dtype)
+    kw = dict(hoist=self.hoist, unroll=self.unroll, dtype=self.dtype, engine=self.engine)
     fwd, fwd_c = RNN(self.cell, name='forward', **kw)(xs, lengths, fwd_c)
     bwd, bwd_c = RNN(self.cell, reverse=True, name='backward', **kw)(xs, lengths, bwd_c)
     return merge_directions(fwd, bwd, self.merge), (fwd_c, bwd_c)
@@ -90,9 +92,10 @@ class StackedRNN(nn.Module):
   hoist: bool | None = None
   unroll: int = 1
   dtype: Any = None
+  engine: str = 'auto'  # one of scan.ENGINES
 
   def __post_init__(self):
-    self.make_cell()  # unknown cell names and options fail here, not at trace time
+    cell = self.make_cell()  # unknown cell names and options fail here, not at trace time
     if not isinstance(self.num_layers, int) or self.num_layers < 1:
       raise ValueError(f'num_layers must be a positive integer, got {self.num_layers!r}')
     check_choice('merge', self.merge, MERGES)
@@ -100,6 +103,7 @@ class StackedRNN(nn.Module):
       raise ValueError(f'dropout must be in [0, 1), got {self.dropout!r}')
     if not isinstance(self.unroll, int) or self.unroll < 1:
       raise ValueError(f'unroll must be a positive integer, got {self.unroll!r}')
+    scan.check_engine(cell, self.engine)  # lists scan.ENGINES
     super().__post_init__()
 
   def make_cell(self):
@@ -119,7 +123,7 @@ class StackedRNN(nn.Module):
   def __call__(self, xs, lengths=None, initial_carry=None, deterministic=True):
     scan.check_inputs(xs, lengths)
     cell = self.make_cell()
-    kw = dict(hoist=self.hoist, unroll=self.unroll, dtype=self.dtype)
+    kw = dict(hoist=self.hoist, unroll=self.unroll, dtype=self.dtype, engine=self.engine)
     carries = []
     for i in range(self.num_layers):
       if self.bidirectional:

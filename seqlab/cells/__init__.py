@@ -7,6 +7,9 @@ import functools
 from seqlab.cells.base import step
 from seqlab.cells.gru import GRU
 from seqlab.cells.lstm import LSTM
+from seqlab.cells.lru import LRU
+from seqlab.cells.minrnn import MinGRU
+from seqlab.cells.minrnn import MinLSTM
 from seqlab.cells.rnn import SimpleRNN
 
 CELLS = {
@@ -16,6 +19,9 @@ CELLS = {
     'gru': functools.partial(GRU, reset_after=True),            # PyTorch / cuDNN / Flax
     'gru_reset_after': functools.partial(GRU, reset_after=True),
     'gru_reset_before': functools.partial(GRU, reset_after=False),  # Cho et al. 2014
+    'lru': LRU,          # Orvieto et al. 2023; diagonal linear: associative engine too
+    'mingru': MinGRU,    # Feng et al. 2024
+    'minlstm': MinLSTM,  # Feng et al. 2024
 }
 
 
