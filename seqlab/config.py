@@ -21,7 +21,10 @@ def base_config() -> ml_collections.ConfigDict:
       cell='lstm', hidden_size=128, num_layers=1, bidirectional=False, merge='concat',
       dropout=0.0, residual=False, embed_dim=32, pool='last', forget_bias=1.0,
       kernel_init='glorot_uniform', recurrent_init='orthogonal', hoist='auto', unroll=1,
-      dtype='float32'))
+      dtype='float32',
+      # seq2seq tasks only (seqlab.models.seq2seq): the decoder's attention, scheduled-
+      # sampling rate, layers, and hidden size (0: the encoder's output size).
+      attention='bahdanau', scheduled_sampling=0.0, decoder_layers=1, decoder_hidden_size=0))
   c.optim = ml_collections.ConfigDict(dict(
       name='adam', lr=1e-3, schedule='constant', warmup_steps=0, weight_decay=0.0,
       clip_norm=1.0, clip_kind='global_norm', momentum=0.9, nesterov=False, b1=0.9,
@@ -82,6 +85,11 @@ def validate(config) -> None:
   from seqlab.cells import initializers  # pylint: disable=g-import-not-at-top
   _choice(m, 'kernel_init', 'model', initializers.NAMES)
   _choice(m, 'recurrent_init', 'model', initializers.NAMES)
+  _choice(m, 'attention', 'model', models.seq2seq.ATTENTIONS)
+  _require(0.0 <= m.scheduled_sampling <= 1.0, 'model.scheduled_sampling',
+           f'must be in [0, 1], got {m.scheduled_sampling!r}')
+  _positive_int(m, 'decoder_layers', 'model')
+  _positive_int(m, 'decoder_hidden_size', 'model', allow_zero=True)
 
   o = config.optim
   _choice(o, 'name', 'optim', optim.OPTIMIZERS)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from seqlab import cells
 from seqlab import layers
+from seqlab.models import seq2seq
 from seqlab.models.lm import sample
 from seqlab.models.sequence import POOLS, SequenceModel
 
@@ -22,8 +23,8 @@ def cell_options(model_cfg) -> dict:
   return {k: model_cfg[k] for k in CELL_OPTION_KEYS if k in fields and k in model_cfg}
 
 
-def build_model(model_cfg, spec) -> SequenceModel:
-  """``model`` config + task ``Spec`` -> an uninitialised ``SequenceModel``."""
+def build_model(model_cfg, spec):
+  """``model`` config + task ``Spec`` -> an uninitialised ``SequenceModel`` or ``Seq2Seq``."""
   layers.check_choice('model.dtype', model_cfg.dtype, tuple(DTYPES))
   layers.check_choice('model.hoist', model_cfg.hoist, tuple(HOIST))
   dtype = DTYPES[model_cfg.dtype]
@@ -33,6 +34,8 @@ def build_model(model_cfg, spec) -> SequenceModel:
       residual=model_cfg.residual, cell_options=cell_options(model_cfg),
       hoist=HOIST[model_cfg.hoist], unroll=model_cfg.unroll,
       dtype=None if dtype == jnp.float32 else dtype)
+  if spec.model == 'seq2seq':
+    return seq2seq.from_config(model_cfg, spec, encoder)
   return SequenceModel(
       encoder=encoder, num_outputs=spec.num_outputs, target=spec.target,
       vocab_size=spec.input_vocab, embed_dim=model_cfg.embed_dim if spec.input_vocab else 0,

@@ -27,6 +27,7 @@ LOSS_METRICS = {  # loss -> the metrics ``losses.loss_and_metrics`` returns for 
     'mse': ('loss', 'count', 'mse', 'mae'),
 }
 METRIC_MODES = ('max', 'min')
+MODELS = ('sequence', 'seq2seq')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,8 @@ class Spec:
     model's final carry of one batch is the initial carry of the next (truncated
     backpropagation through time), reset to zeros where the batch's scalar 'reset'
     is true (a stream starts again). Eval batches are read in order the same way.
+  model: 'sequence' (``SequenceModel``) or 'seq2seq' (``Seq2Seq``: token inputs,
+    target='steps', cross_entropy; batches as in ``seqlab.seq2seq_metrics``).
   """
   input_vocab: int
   input_features: int
@@ -58,9 +61,15 @@ class Spec:
   baseline: float | None = None
   fixed_length: int | None = None
   stateful: bool = False
+  model: str = 'sequence'
 
   def __post_init__(self):
     _check_choice('target', self.target, TARGETS)
+    _check_choice('model', self.model, MODELS)
+    if self.model == 'seq2seq' and (self.target, self.loss, self.input_vocab > 0) != (
+        'steps', 'cross_entropy', True):
+      raise ValueError("Spec.model='seq2seq' needs token inputs, target='steps' and "
+                       "loss='cross_entropy'")
     _check_choice('loss', self.loss, tuple(LOSS_METRICS))
     _check_choice('metric', self.metric, LOSS_METRICS[self.loss])
     _check_choice('metric_mode', self.metric_mode, METRIC_MODES)
