@@ -9,8 +9,11 @@ target (a sequence, or a step whose weight is 1) counts once:
   mse            mse = mean_i mean_d (out_id - y_id)^2,  mae = mean_i mean_d |out_id - y_id|
 
 For target='steps' the mean is weighted per step by ``target_mask`` if the batch has
-one, else by ``t < lengths`` if it has ``lengths``, else uniformly. ``count`` is the
-number of weighted targets, so ``aggregate`` can combine batches exactly.
+one, else by ``t < lengths`` if it has ``lengths``, else uniformly. An optional
+``example_weight`` [batch] multiplies the weights of each sequence's targets (for
+'sequence' targets it is their weight): eval batches padded with repeated examples
+give those weight 0. ``count`` is the sum of the weights, so ``aggregate`` can
+combine batches exactly.
 """
 import math
 
@@ -44,8 +47,21 @@ def check_shapes(spec: Spec, outputs_shape: tuple, targets_shape: tuple):
 def target_weights(spec: Spec, batch: dict, shape: tuple) -> jax.Array:
   """Float32 weights of the targets: [batch] for 'sequence', [batch, time] for 'steps'.
 
-  'steps': ``target_mask`` if present, else ``t < lengths`` if present, else ones.
+  'sequence': ``example_weight`` if present, else ones. 'steps': ``target_mask``
+  if present, else ``t < lengths`` if present, else ones; times ``example_weight``
+  (one value per row) if present.
   """
+  weights = _step_weights(spec, batch, shape)
+  if 'example_weight' in batch:
+    example = jnp.asarray(batch['example_weight'])
+    _check_aux('example_weight', example.shape, shape[:1])
+    example = example.astype(jnp.float32)
+    weights = weights * (example if spec.target == 'sequence' else example[:, None])
+  return weights
+
+
+def _step_weights(spec: Spec, batch: dict, shape: tuple) -> jax.Array:
+  """The weights before ``example_weight``: ones, ``target_mask`` or ``t < lengths``."""
   if spec.target == 'sequence':
     return jnp.ones(shape[:1], jnp.float32)
   if 'target_mask' in batch:
@@ -79,7 +95,7 @@ def loss_and_metrics(spec: Spec, outputs: jax.Array, batch: dict
       for target='sequence', [batch, time, num_outputs] for 'steps'.
     batch: 'targets' (int [batch] / [batch, time] for cross_entropy, float
       [batch, num_outputs] / [batch, time, num_outputs] for mse), optional
-      'target_mask' [batch, time] and 'lengths' [batch].
+      'target_mask' [batch, time], 'lengths' [batch] and 'example_weight' [batch].
   Returns:
     (loss, metrics): metrics has 'loss', 'count' and, for cross_entropy,
     'cross_entropy', 'accuracy', 'bpc', 'perplexity'; for mse, 'mse', 'mae'.

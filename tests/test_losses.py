@@ -208,3 +208,49 @@ def test_jit_does_not_recompile_for_new_values():
     outputs, data, _ = make_data(rng, 'steps', 'mse', 'lengths')
     fn(outputs, data)
   assert fn._cache_size() == 1  # pylint: disable=protected-access
+
+
+# --- example_weight: padded eval batches ------------------------------------------------
+
+
+@pytest.mark.parametrize('target,loss,masking', [
+    ('sequence', 'cross_entropy', None), ('sequence', 'mse', None),
+    ('steps', 'cross_entropy', 'lengths'), ('steps', 'mse', 'target_mask'),
+    ('steps', 'mse', None)])
+@pytest.mark.parametrize('jit', [False, True])
+def test_example_weight_multiplies_each_sequences_weights(target, loss, masking, jit):
+  rng = np.random.default_rng(6)
+  outputs, data, weights = make_data(rng, target, loss, masking)
+  example = np.array([1.0, 0.0, 2.0, 1.0, 0.5], np.float32)
+  data['example_weight'] = example
+  fn = functools.partial(losses.loss_and_metrics, make_spec(target, loss))
+  _, metrics = (jax.jit(fn) if jit else fn)(outputs, data)
+  lead = (1,) * (weights.ndim - 1)
+  want = reference(loss, outputs, data['targets'], weights * example.reshape((B,) + lead))
+  for key, w in want.items():
+    np.testing.assert_allclose(float(metrics[key]), w, rtol=2e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize('target,loss', [('sequence', 'cross_entropy'), ('sequence', 'mse'),
+                                         ('steps', 'cross_entropy')])
+def test_zero_weight_padding_rows_change_nothing(target, loss):
+  """A batch padded with repeated rows of weight 0 scores as the unpadded batch."""
+  rng = np.random.default_rng(7)
+  spec = make_spec(target, loss)
+  outputs, data, _ = make_data(rng, target, loss, None, batch=3)
+  _, whole = losses.loss_and_metrics(spec, outputs, data)
+  rows = np.array([0, 1, 2, 0, 1])
+  padded = {k: v[rows] for k, v in data.items()}
+  padded['example_weight'] = np.array([1, 1, 1, 0, 0], np.float32)
+  _, got = losses.loss_and_metrics(spec, outputs[rows], padded)
+  for key in whole:
+    np.testing.assert_allclose(float(got[key]), float(whole[key]), rtol=1e-6, err_msg=key)
+  assert float(got['count']) == float(whole['count'])
+
+
+def test_wrong_example_weight_shape_raises():
+  spec = make_spec('sequence', 'mse')
+  with pytest.raises(ValueError, match=r'example_weight of shape \(4,\).*\(5,\)'):
+    losses.loss_and_metrics(spec, np.zeros((B, K), np.float32),
+                            {'targets': np.zeros((B, K), np.float32),
+                             'example_weight': np.ones(B - 1, np.float32)})

@@ -29,8 +29,11 @@ CONFIGS = {
 }
 
 
-def test_tasks_registry_lists_both():
-  assert list(tasks.TASKS) == ['adding', 'copy']
+def test_tasks_registry_lists_every_task_module():
+  expected = {'adding', 'copy', 'charlm', 'mnist1d', 'uea', 'forecast', 'sentiment', 'reverse',
+              'g2p'}
+  assert set(tasks.TASKS) == expected
+  assert all(callable(f) for f in tasks.TASKS.values())
 
 
 @pytest.mark.parametrize('name', CONFIGS)

@@ -6,12 +6,24 @@ in ``TASKS``.
 from seqlab.tasks import adding
 from seqlab.tasks import charlm
 from seqlab.tasks import copy
+from seqlab.tasks import forecast
+from seqlab.tasks import g2p
+from seqlab.tasks import mnist1d
+from seqlab.tasks import reverse
+from seqlab.tasks import sentiment
+from seqlab.tasks import uea
 from seqlab.tasks.base import Spec, Task
 
 TASKS = {
     'adding': adding.from_config,
     'copy': copy.from_config,
     'charlm': charlm.from_config,
+    'mnist1d': mnist1d.from_config,
+    'uea': uea.from_config,
+    'forecast': forecast.from_config,
+    'sentiment': sentiment.from_config,
+    'reverse': reverse.from_config,
+    'g2p': g2p.from_config,
 }
 
 

@@ -1,0 +1,250 @@
+"""Forecasting a real univariate series: ``context`` past values -> the next ``horizon``.
+
+Series that need no download: yearly sunspot numbers 1700-2008 shipped by statsmodels
+(``task.series='sunspots'``), monthly airline passengers 1949-1960 (Box & Jenkins)
+shipped by aeon or sktime (``'airline'``); or any numeric column of a CSV file
+(``task.csv``, ``task.column``: a header name, a 0-based index, or '' for the last).
+
+The split is chronological: the last ``test_fraction`` of the values are held out.
+A window whose targets start at time t has inputs y[t-C .. t-1] and targets
+y[t .. t+H-1]; training windows lie wholly in the training part, test windows are
+every window whose targets lie in the test part (their inputs may reach back into
+the training part, as when forecasting from the end of the training data). Values
+are scaled by the training part's mean and standard deviation, z = (y - mean) / std,
+and the model is trained on the MSE of the scaled targets.
+
+Because the scaling is one affine map, the errors in the series' own units are the
+scaled ones times std: MAE = std * mae and RMSE = std * sqrt(mse) over the same
+windows. ``forecast_report`` gives them beside the seasonal-naive forecast on the
+same test windows: y^[t+h] = y[t+h - m (floor(h/m) + 1)] for h = 0..H-1, the value
+one season (``task.season`` m) back that was already observed (m = 1: the last
+value). ``Spec.baseline`` is that forecast's MSE in scaled units, the eval 'mse'
+the model has to beat.
+"""
+import csv
+import dataclasses
+import functools
+import importlib.util
+import math
+import os
+
+import numpy as np
+
+from seqlab.tasks import arrays
+from seqlab.tasks import base
+
+# name -> (packages that may ship it, path inside the package, column)
+SERIES = {
+    'sunspots': (('statsmodels',), ('datasets', 'sunspots', 'sunspots.csv'), 'SUNACTIVITY'),
+    'airline': (('aeon', 'sktime'), ('datasets', 'data', 'Airline', 'Airline.csv'),
+                'Passengers'),
+}
+
+
+def shipped_csv(series: str) -> tuple[str, str]:
+  """(path, column) of a series shipped by an installed package, found without importing it."""
+  if series not in SERIES:
+    raise ValueError(f'task.series={series!r} is not valid; choose one of: '
+                     f'{", ".join(SERIES)}, or set task.csv to a CSV file')
+  packages, parts, column = SERIES[series]
+  tried = []
+  for package in packages:
+    spec = importlib.util.find_spec(package)
+    if spec is not None and spec.submodule_search_locations:
+      path = os.path.join(spec.submodule_search_locations[0], *parts)
+      if os.path.exists(path):
+        return path, column
+      tried.append(path)
+  raise FileNotFoundError(
+      f'task.series={series!r} reads {"/".join(parts)} shipped by '
+      f'{" or ".join(packages)}; tried {", ".join(tried) or "nothing (not installed)"}. '
+      f'pip install {packages[0]}, or set task.csv to a CSV file holding the series')
+
+
+def _is_number(text: str) -> bool:
+  """Whether ``text`` reads as a finite float."""
+  try:
+    return math.isfinite(float(text))
+  except ValueError:
+    return False
+
+
+@functools.lru_cache(maxsize=8)
+def read_column(path: str, column: str = '') -> np.ndarray:
+  """The values float64 [n] of one column of the CSV file at ``path``, in file order.
+
+  The first row is a header when one of its cells is not a number. ``column`` is a
+  header name, a 0-based index, or '' for the last column.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'task.csv={path!r} does not exist; point it at a CSV file, or '
+                            f'use task.series (one of: {", ".join(SERIES)})')
+  with open(path, newline='', encoding='utf-8') as f:
+    rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+  if not rows:
+    raise ValueError(f'{path} holds no rows')
+  header = None if all(_is_number(c) for c in rows[0]) else [c.strip() for c in rows[0]]
+  body = rows[1:] if header else rows
+  if column == '':
+    index = len(rows[0]) - 1
+  elif column.isdigit():
+    index = int(column)
+  elif header and column in header:
+    index = header.index(column)
+  else:
+    raise ValueError(f'task.column={column!r} is not a column of {path}; columns: '
+                     f'{", ".join(header) if header else f"0..{len(rows[0]) - 1} (no header)"}')
+  values = []
+  for line, row in enumerate(body, 2 if header else 1):
+    if index >= len(row) or not _is_number(row[index]):
+      raise ValueError(f'{path}, row {line}: column {column or index!r} is not a finite number: '
+                       f'{row[index] if index < len(row) else "(missing)"!r}')
+    values.append(float(row[index]))
+  return np.array(values, np.float64)
+
+
+def windows(values: np.ndarray, starts: np.ndarray, context: int, horizon: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """Inputs [k, context] = values[t - context: t] and targets [k, horizon] =
+  values[t: t + horizon] for each target start t in ``starts``."""
+  inputs = np.stack([values[t - context:t] for t in starts])
+  targets = np.stack([values[t:t + horizon] for t in starts])
+  return inputs, targets
+
+
+def seasonal_naive(values: np.ndarray, starts: np.ndarray, horizon: int, season: int
+                   ) -> np.ndarray:
+  """[k, horizon]: y^[t + h] = y[t + h - season (h // season + 1)], observed before t."""
+  h = np.arange(horizon)
+  return values[starts[:, None] + h - season * (h // season + 1)]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Forecast:
+  """Windows of ``values`` (float64 [n], original units): inputs float32 [batch, context, 1]
+  and targets float32 [batch, horizon], both scaled by the training statistics."""
+  seed: int
+  values: np.ndarray
+  context: int
+  horizon: int = 1
+  test_fraction: float = 0.2
+  season: int = 1
+
+  def __post_init__(self):
+    base.check_int('seed', self.seed, minimum=0)
+    base.check_int('task.context', self.context)
+    base.check_int('task.horizon', self.horizon)
+    base.check_int('task.season', self.season)
+    if self.season > self.context:
+      raise ValueError(f'task.season ({self.season}) must be at most task.context '
+                       f'({self.context}): the seasonal-naive forecast reads the inputs')
+    if not 0.0 < self.test_fraction < 1.0:
+      raise ValueError(f'task.test_fraction must be in (0, 1), got {self.test_fraction!r}')
+    n, cut = len(self.values), self.cut
+    if cut - self.horizon < self.context or n - self.horizon < cut:
+      raise ValueError(f'{n} values split at {cut} leave no training or no test window of '
+                       f'context {self.context} + horizon {self.horizon}; use a longer '
+                       'series, a shorter context or horizon, or another test_fraction')
+
+  @property
+  def cut(self) -> int:
+    """Index of the first held-out value."""
+    return len(self.values) - round(self.test_fraction * len(self.values))
+
+  @property
+  def offset(self) -> float:
+    """The training part's mean (scaled = (y - offset) / scale)."""
+    return float(self.values[:self.cut].mean())
+
+  @property
+  def scale(self) -> float:
+    """The training part's standard deviation (1 if it is 0)."""
+    return float(self.values[:self.cut].std()) or 1.0
+
+  def starts(self, split: str) -> np.ndarray:
+    """Target start times of the split's windows, in time order."""
+    if split == 'train':
+      return np.arange(self.context, self.cut - self.horizon + 1)
+    return np.arange(self.cut, len(self.values) - self.horizon + 1)
+
+  @functools.cached_property
+  def _examples(self) -> dict[str, arrays.Examples]:
+    scaled = (self.values - self.offset) / self.scale
+    out = {}
+    for split in ('train', 'eval'):
+      inputs, targets = windows(scaled, self.starts(split), self.context, self.horizon)
+      out[split] = arrays.Examples(inputs=inputs.astype(np.float32)[:, :, None],
+                                   targets=targets.astype(np.float32))
+    return out
+
+  @property
+  def train(self) -> arrays.Examples:
+    """Training windows, scaled: inputs float32 [k, context, 1], targets [k, horizon]."""
+    return self._examples['train']
+
+  @property
+  def test(self) -> arrays.Examples:
+    """Test windows in time order, scaled, as ``train``."""
+    return self._examples['eval']
+
+  @property
+  def spec(self) -> base.Spec:
+    naive = (seasonal_naive(self.values, self.starts('eval'), self.horizon, self.season)
+             - windows(self.values, self.starts('eval'), self.context, self.horizon)[1])
+    return base.Spec(input_vocab=0, input_features=1, target='sequence',
+                     num_outputs=self.horizon, loss='mse', metric='mse', metric_mode='min',
+                     baseline=float(np.mean((naive / self.scale) ** 2)),
+                     fixed_length=self.context)
+
+  def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
+    """inputs [B, context, 1], targets [B, horizon], example_weight [B] (scaled units)."""
+    return arrays.batch(self.train if split == 'train' else self.test, self.seed, split, step,
+                        batch_size)
+
+  def num_eval_batches(self, batch_size: int) -> int:
+    return base.num_batches(len(self.test), batch_size)
+
+
+def forecast_report(task: Forecast, predictions) -> dict[str, float]:
+  """Test errors in the series' units, beside the seasonal-naive forecast's.
+
+  Args:
+    task: the ``Forecast`` task.
+    predictions: the model's outputs (scaled units) on the test windows, in order,
+      [windows, horizon]: the eval batches concatenated, zero-weight rows dropped.
+  Returns:
+    'mae_orig', 'rmse_orig' (the model), 'naive_mae', 'naive_rmse' (seasonal naive,
+    season ``task.season``), each over every test window and horizon step, and
+    'windows', their number.
+  """
+  starts = task.starts('eval')
+  predictions = np.asarray(predictions, np.float64)
+  if predictions.shape != (len(starts), task.horizon):
+    raise ValueError(f'predictions of shape {predictions.shape} do not fit the '
+                     f'{len(starts)} test windows of horizon {task.horizon}')
+  targets = windows(task.values, starts, task.context, task.horizon)[1]
+  error = predictions * task.scale + task.offset - targets
+  naive = seasonal_naive(task.values, starts, task.horizon, task.season) - targets
+  return {'mae_orig': float(np.mean(np.abs(error))),
+          'rmse_orig': math.sqrt(np.mean(error ** 2)),
+          'naive_mae': float(np.mean(np.abs(naive))),
+          'naive_rmse': math.sqrt(np.mean(naive ** 2)),
+          'windows': float(len(starts))}
+
+
+def from_config(task_cfg, seed: int) -> Forecast:
+  """``task.series`` or ``task.csv`` (+ ``task.column``), ``task.context``,
+  ``task.horizon``, ``task.test_fraction``, ``task.season``."""
+  cfg = base.read_config(task_cfg, {'series': '', 'csv': '', 'column': '', 'context': None,
+                                    'horizon': 1, 'test_fraction': 0.2, 'season': 1})
+  if bool(cfg['series']) == bool(cfg['csv']):
+    raise ValueError('set exactly one of task.series (one of: '
+                     f'{", ".join(SERIES)}) and task.csv (a CSV file), got '
+                     f'series={cfg["series"]!r}, csv={cfg["csv"]!r}')
+  if cfg['csv']:
+    values = read_column(cfg['csv'], str(cfg['column']))
+  else:
+    path, column = shipped_csv(cfg['series'])
+    values = read_column(path, cfg['column'] or column)
+  return Forecast(seed=seed, values=values, context=cfg['context'], horizon=cfg['horizon'],
+                  test_fraction=cfg['test_fraction'], season=cfg['season'])
