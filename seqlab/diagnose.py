@@ -16,13 +16,13 @@ import json
 import os
 import sys
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from seqlab import cli
 from seqlab import config as config_lib
 from seqlab import losses
 from seqlab import scan
@@ -99,13 +99,16 @@ def norms_for_config(config, params=None, batch_size: int = 64) -> np.ndarray:
   return carry_gradient_norms(model, params, batch, task.spec)
 
 
+FLAGS = flags.FlagValues()  # our own: see seqlab.cli
 _WORKDIR = flags.DEFINE_list('workdir', [], 'Runs to diagnose (their best checkpoints), '
-                             'drawn in one picture.')
-_CELLS = flags.DEFINE_list('cells', ['rnn', 'lstm', 'gru'], 'Cells to compare (no --workdir).')
-_LENGTH = flags.DEFINE_integer('length', 100, 'Adding-problem length T (no --workdir).')
-_HIDDEN = flags.DEFINE_integer('hidden', 128, 'Hidden size (no --workdir).')
+                             'drawn in one picture.', flag_values=FLAGS)
+_CELLS = flags.DEFINE_list('cells', ['rnn', 'lstm', 'gru'], 'Cells to compare (no --workdir).',
+                           flag_values=FLAGS)
+_LENGTH = flags.DEFINE_integer('length', 100, 'Adding-problem length T (no --workdir).',
+                               flag_values=FLAGS)
+_HIDDEN = flags.DEFINE_integer('hidden', 128, 'Hidden size (no --workdir).', flag_values=FLAGS)
 _OUT = flags.DEFINE_string('out', None, 'PNG path (default <first workdir>/gradient_norms.png '
-                           'or vanishing_gradients.png).')
+                           'or vanishing_gradients.png).', flag_values=FLAGS)
 
 
 def compare_cells(cells, length, hidden, seed=0) -> dict:
@@ -150,4 +153,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main, FLAGS)

@@ -16,11 +16,11 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 
+from seqlab import cli
 from seqlab import train
 from seqlab import workdir as workdir_lib
 
@@ -130,11 +130,14 @@ def device_name() -> str:
   return f'{jax.default_backend()}: {getattr(d, "device_kind", str(d))} x{jax.device_count()}'
 
 
-_QUICK = flags.DEFINE_bool('quick', False, 'Run the :quick variants (seconds; for tests).')
+FLAGS = flags.FlagValues()  # our own: see seqlab.cli
+_QUICK = flags.DEFINE_bool('quick', False, 'Run the :quick variants (seconds; for tests).',
+                           flag_values=FLAGS)
 _ONLY = flags.DEFINE_list('only', [], 'Entries to run (default all); the table lists every '
-                          'entry whose seeds have all finished.')
-_SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per entry.', lower_bound=1)
-_WORKDIR = flags.DEFINE_string('workdir', 'runs/reproduce', 'Where the runs and table go.')
+                          'entry whose seeds have all finished.', flag_values=FLAGS)
+_SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per entry.', lower_bound=1, flag_values=FLAGS)
+_WORKDIR = flags.DEFINE_string('workdir', 'runs/reproduce', 'Where the runs and table go.',
+                               flag_values=FLAGS)
 
 
 def main(argv):
@@ -164,4 +167,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main, FLAGS)

@@ -1,0 +1,565 @@
+"""Training-step speed and memory of seqlab's recurrent layers, beside Flax and PyTorch.
+
+  python -m seqlab.bench                             # lstm, gru, rnn at the standard shapes
+  python -m seqlab.bench --cells lstm --shapes 8x1024x256 --steps 5 --rounds 4 --json b.json
+  python -m seqlab.bench --quick --json /tmp/b.json  # tiny shapes, a few seconds a cell
+  python -m seqlab.bench --memory                    # temp memory of the step vs sequence length
+  python -m seqlab.bench --crossover --cells mingru,lru  # scan.run's engines, narrow to wide
+
+A training step is forward, backward and an Adam update of a recurrent layer under a
+linear head with an MSE loss, on inputs [batch, time, input] (shapes are given as
+batch x time x hidden). seqlab's ``StackedRNN`` is measured with the input projection
+hoisted out of the loop and inside it; the peers are Flax ``nn.RNN`` (OptimizedLSTMCell,
+GRUCell, SimpleCell) and PyTorch ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (batch_first, with as
+many threads as XLA:CPU uses) when torch is installed.
+
+Measurements are interleaved: in each round every implementation runs ``--steps``
+steps, and the first round is thrown away (first-touch memory, caches), so machine
+noise hits all alike. tokens/s = batch * time / median step time; compile time (the
+first call: ``lower().compile()``) is reported apart. Ratios are tokens/s over the
+peer's. ``--memory`` reports XLA's compiled memory analysis (temp buffers) of the
+step against sequence length, for a plain scan and one whose timestep is under
+``jax.checkpoint`` (remat). ``--crossover`` times every engine of ``scan.run``
+(``scan.ENGINES``) per cell and shape, and is skipped when ``run`` has no ``engine``.
+The load average before and after goes with the results: on a shared machine other
+processes slow multi-threaded work most.
+"""
+import dataclasses
+import inspect
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import typing
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+import optax
+
+from seqlab import cli
+from seqlab import cells
+from seqlab import layers
+from seqlab import scan
+from seqlab import workdir as workdir_lib
+
+CELLS = ('lstm', 'gru', 'rnn')  # the cells with peers; any of seqlab.cells.CELLS runs
+PEERS = ('flax', 'torch')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+SHAPES = ['32x128x256', '128x64x512', '8x1024x256']
+CROSSOVER_SHAPES = ['1x64x64', '1x1024x64', '8x64x256', '8x1024x256']  # narrow and wide steps
+QUICK = dict(shapes=['4x16x32'], input=16, steps=2, rounds=2, lengths=[64, 256])
+
+FLAGS = flags.FlagValues()  # our own: see seqlab.cli
+_CELLS = flags.DEFINE_list('cells', list(CELLS), 'Cells to measure (seqlab.cells.CELLS; '
+                           f'Flax and PyTorch peers exist for {", ".join(CELLS)}).',
+                           flag_values=FLAGS)
+_SHAPES = flags.DEFINE_list('shapes', SHAPES, 'Shapes, each batch x time x hidden '
+                            f'(--crossover: default {",".join(CROSSOVER_SHAPES)}).',
+                            flag_values=FLAGS)
+_INPUT = flags.DEFINE_integer('input', 128, 'Input features.', flag_values=FLAGS)
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per implementation per round.',
+                              flag_values=FLAGS)
+_ROUNDS = flags.DEFINE_integer('rounds', 4, 'Rounds, the first a discarded warm-up.',
+                               flag_values=FLAGS)
+_PEERS = flags.DEFINE_list('peers', list(PEERS), f'Peers to compare with: {", ".join(PEERS)}.',
+                           flag_values=FLAGS)
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', list(DTYPES), 'Compute dtype of the matmuls.',
+                           flag_values=FLAGS)
+_JSON = flags.DEFINE_string('json', None, 'Write the results and the machine here.',
+                            flag_values=FLAGS)
+_QUICK = flags.DEFINE_bool('quick', False, 'Tiny shapes and few steps (tests).',
+                           flag_values=FLAGS)
+_MEMORY = flags.DEFINE_bool('memory', False, 'Report temp memory of the step vs sequence length.',
+                            flag_values=FLAGS)
+_LENGTHS = flags.DEFINE_list('lengths', ['1000', '4000', '10000'],
+                             'Sequence lengths for --memory (batch 8, hidden 256).',
+                             flag_values=FLAGS)
+_CROSSOVER = flags.DEFINE_bool('crossover', False, "Compare scan.run's engines vs length.",
+                               flag_values=FLAGS)
+
+FLAX_CELLS = {'lstm': nn.OptimizedLSTMCell, 'gru': nn.GRUCell, 'rnn': nn.SimpleCell}
+TORCH_CELLS = {'lstm': 'LSTM', 'gru': 'GRU', 'rnn': 'RNN'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  batch: int
+  time: int
+  hidden: int
+
+  @classmethod
+  def parse(cls, text: str) -> 'Shape':
+    try:
+      batch, time_, hidden = (int(n) for n in text.lower().split('x'))
+    except ValueError:
+      raise ValueError(f'shape {text!r} is not batch x time x hidden, e.g. 32x128x256') from None
+    return cls(batch, time_, hidden)
+
+  def __str__(self):
+    return f'{self.batch}x{self.time}x{self.hidden}'
+
+
+@dataclasses.dataclass
+class Impl:
+  """One implementation ready to train: ``step()`` runs one blocking training step."""
+  name: str
+  step: Callable[[], None]
+  compile_s: float | None  # None where there is nothing to compile (eager PyTorch)
+  times: list = dataclasses.field(default_factory=list)
+
+
+# --- The machine ------------------------------------------------------------------
+
+def cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def core_count() -> int:
+  """The cores this process may run on, which is what XLA:CPU sizes its pool by."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def torch_module():
+  """``torch`` with its threads set to XLA's core count, or None when not installed.
+
+  Its OpenMP threads sleep rather than spin between parallel regions (unless
+  OMP_WAIT_POLICY is set already): spinning threads take the cores XLA's threads are
+  about to use, and on a busy machine they wait for descheduled siblings (measured 8x
+  slower steps with 2 threads on 2 shared cores).
+  """
+  os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')  # read when libgomp loads
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  torch.set_num_threads(core_count())
+  return torch
+
+
+def machine(torch) -> dict:
+  return {
+      'cpu': cpu_model(),
+      'cores': core_count(),
+      'platform': platform.platform(),
+      'load_average': os.getloadavg(),  # other processes on the machine skew every number
+      'jax_backend': jax.default_backend(),
+      'jax_devices': [str(d) for d in jax.devices()],
+      'torch_threads': torch.get_num_threads() if torch else None,
+      'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'),
+      'versions': {
+          'python': platform.python_version(),
+          'jax': jax.__version__,
+          'jaxlib': jaxlib.__version__,
+          'flax': flax.__version__,
+          'optax': optax.__version__,
+          'numpy': np.__version__,
+          'torch': torch.__version__ if torch else None,
+      },
+  }
+
+
+# --- JAX implementations -------------------------------------------------------------
+
+class SeqlabModel(nn.Module):
+  """seqlab's ``StackedRNN`` (one layer) under a linear head: [B, T, I] -> [B, T, 1]."""
+  cell: str
+  hidden: int
+  hoist: bool
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, xs):
+    ys, _ = layers.StackedRNN(self.cell, self.hidden, hoist=self.hoist, dtype=self.dtype)(xs)
+    return nn.Dense(1)(ys)
+
+
+class FlaxModel(nn.Module):
+  """Flax's ``nn.RNN`` over its own cell under a linear head: [B, T, I] -> [B, T, 1]."""
+  cell: str
+  hidden: int
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, xs):
+    cell = FLAX_CELLS[self.cell](self.hidden, dtype=self.dtype, param_dtype=jnp.float32)
+    return nn.Dense(1)(nn.RNN(cell)(xs).astype(jnp.float32))
+
+
+def mse_train_step(apply_fn, optimizer):
+  """``(params, opt_state, xs, targets) -> (params, opt_state, loss)``: MSE, grad, update."""
+  def loss_fn(params, xs, targets):
+    return jnp.mean((apply_fn(params, xs) - targets) ** 2)
+
+  def train_step(params, opt_state, xs, targets):
+    loss, grads = jax.value_and_grad(loss_fn)(params, xs, targets)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+  return train_step
+
+
+def data(shape: Shape, input_size: int):
+  """Fixed random inputs [B, T, I] and targets [B, T, 1] (float32 numpy)."""
+  rng = np.random.default_rng(0)
+  xs = rng.standard_normal((shape.batch, shape.time, input_size), np.float32)
+  targets = rng.standard_normal((shape.batch, shape.time, 1), np.float32)
+  return xs, targets
+
+
+def jax_impl(name: str, apply_fn, params, xs, targets) -> Impl:
+  """Compiles the training step of ``apply_fn`` (timed) and keeps its state between steps."""
+  optimizer = optax.adam(1e-3)
+  state = [params, optimizer.init(params)]
+  xs, targets = jnp.asarray(xs), jnp.asarray(targets)
+  jitted = jax.jit(mse_train_step(apply_fn, optimizer), donate_argnums=(0, 1))
+  start = time.perf_counter()
+  compiled = jitted.lower(*state, xs, targets).compile()
+  compile_s = time.perf_counter() - start
+
+  def step():
+    state[0], state[1], loss = compiled(*state, xs, targets)
+    jax.block_until_ready((state, loss))
+  return Impl(name, step, compile_s)
+
+
+def flax_module_impl(name: str, model: nn.Module, xs, targets) -> Impl:
+  params = model.init(jax.random.key(0), jnp.asarray(xs[:1]))
+  return jax_impl(name, model.apply, params, xs, targets)
+
+
+# --- PyTorch --------------------------------------------------------------------------
+
+def torch_impl(torch, cell: str, shape: Shape, xs, targets, dtype: str) -> Impl:
+  """``nn.LSTM``/``nn.GRU``/``nn.RNN`` (batch_first) + ``nn.Linear``, MSE, Adam.
+
+  bfloat16 runs the forward under CPU autocast (parameters stay float32).
+  """
+  torch.manual_seed(0)
+  rnn = getattr(torch.nn, TORCH_CELLS[cell])(xs.shape[-1], shape.hidden, batch_first=True)
+  head = torch.nn.Linear(shape.hidden, 1)
+  params = list(rnn.parameters()) + list(head.parameters())
+  optimizer = torch.optim.Adam(params, lr=1e-3)
+  xs, targets = torch.from_numpy(xs), torch.from_numpy(targets)
+  autocast = torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    with autocast:
+      ys, _ = rnn(xs)
+      loss = torch.nn.functional.mse_loss(head(ys).float(), targets)
+    loss.backward()
+    optimizer.step()
+  return Impl('torch', step, None)
+
+
+# --- Speed ----------------------------------------------------------------------------
+
+def build_impls(cell: str, shape: Shape, input_size: int, peers, dtype: str, torch):
+  """The implementations for one (cell, shape), seqlab first."""
+  xs, targets = data(shape, input_size)
+  jdtype = None if dtype == 'float32' else DTYPES[dtype]
+  impls = [flax_module_impl(f'seqlab hoist={"on" if hoist else "off"}',
+                            SeqlabModel(cell, shape.hidden, hoist, jdtype), xs, targets)
+           for hoist in (True, False)]
+  if 'flax' in peers and cell in FLAX_CELLS:
+    impls.append(flax_module_impl('flax', FlaxModel(cell, shape.hidden, jdtype), xs, targets))
+  if 'torch' in peers and torch is not None and cell in TORCH_CELLS:
+    impls.append(torch_impl(torch, cell, shape, xs, targets, dtype))
+  return impls
+
+
+def measure(impls, steps: int, rounds: int) -> None:
+  """Interleaved rounds; each implementation's step times after round 0 go to ``.times``."""
+  for r in range(rounds):
+    for impl in impls:
+      for _ in range(steps):
+        start = time.perf_counter()
+        impl.step()
+        if r > 0:
+          impl.times.append(time.perf_counter() - start)
+
+
+def speed_rows(cell: str, shape: Shape, impls) -> list[dict]:
+  """One result row per implementation, with ratios of tokens/s to each peer's."""
+  tokens = shape.batch * shape.time
+  tps = {i.name: tokens / statistics.median(i.times) for i in impls}
+  return [{
+      'cell': cell, 'shape': str(shape), 'batch': shape.batch, 'time': shape.time,
+      'hidden': shape.hidden, 'impl': i.name, 'tokens_per_sec': tps[i.name],
+      'median_step_s': statistics.median(i.times), 'step_times_s': i.times,
+      'compile_s': i.compile_s,
+      'ratio_vs_torch': tps[i.name] / tps['torch'] if 'torch' in tps else None,
+      'ratio_vs_flax': tps[i.name] / tps['flax'] if 'flax' in tps else None,
+  } for i in impls]
+
+
+def run_speed(cells_, shapes, input_size, steps, rounds, peers, dtype, torch) -> list[dict]:
+  rows = []
+  for cell in cells_:
+    for shape in shapes:
+      log(f'{cell} {shape}: compiling')
+      impls = build_impls(cell, shape, input_size, peers, dtype, torch)
+      log(f'{cell} {shape}: ' + ', '.join(f'{i.name} {i.compile_s or 0:.1f}s' for i in impls))
+      measure(impls, steps, rounds)
+      rows += speed_rows(cell, shape, impls)
+      log(format_table(rows[-len(impls):], SPEED_COLUMNS, header=False))
+  return rows
+
+
+# --- Memory ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Remat:
+  """``cell`` whose timestep runs under ``jax.checkpoint``.
+
+  The backward pass recomputes each step's gates from the saved carry and projected
+  input instead of keeping them for all T steps. (A cell wrapper so the bench needs
+  nothing from ``scan.run``; as a library option it is ``step = jax.checkpoint(step)``.)
+  """
+  cell: Any
+
+  @property
+  def hidden_size(self):
+    return self.cell.hidden_size
+
+  def init(self, key, input_size):
+    return self.cell.init(key, input_size)
+
+  def initial_carry(self, batch_shape):
+    return self.cell.initial_carry(batch_shape)
+
+  def project(self, params, x):
+    return self.cell.project(params, x)
+
+  def recur(self, params, carry, px_t):
+    return jax.checkpoint(self.cell.recur)(params, carry, px_t)
+
+  def output(self, carry):
+    return self.cell.output(carry)
+
+
+MEMORY_VARIANTS = {'scan': lambda cell: cell, 'remat': Remat}
+
+
+class CellModel(nn.Module):
+  """``layers.RNN`` over a cell object under a linear head: [B, T, I] -> [B, T, 1]."""
+  cell: Any
+  hoist: bool
+
+  @nn.compact
+  def __call__(self, xs):
+    engine = {} if scan_engines() is None else {'engine': 'sequential'}  # lax.scan, always
+    ys, _ = layers.RNN(self.cell, hoist=self.hoist, **engine)(xs)
+    return nn.Dense(1)(ys)
+
+
+def memory_stats(model: nn.Module, shape: Shape, input_size: int) -> dict:
+  """XLA's memory analysis of the compiled training step (nothing is run)."""
+  optimizer = optax.adam(1e-3)
+  xs = jax.ShapeDtypeStruct((shape.batch, shape.time, input_size), jnp.float32)
+  targets = jax.ShapeDtypeStruct((shape.batch, shape.time, 1), jnp.float32)
+  params = jax.eval_shape(model.init, jax.random.key(0), xs)
+  opt_state = jax.eval_shape(optimizer.init, params)
+  step = jax.jit(mse_train_step(model.apply, optimizer), donate_argnums=(0, 1))
+  m = step.lower(params, opt_state, xs, targets).compile().memory_analysis()
+  peak = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+  return {'temp_bytes': m.temp_size_in_bytes, 'argument_bytes': m.argument_size_in_bytes,
+          'peak_bytes': peak + m.temp_size_in_bytes}
+
+
+def run_memory(cells_, lengths, batch, hidden, input_size) -> list[dict]:
+  rows = []
+  for cell_name in cells_:
+    for t in lengths:
+      shape = Shape(batch, t, hidden)
+      for variant, wrap in MEMORY_VARIANTS.items():
+        for hoist in (True, False):
+          model = CellModel(wrap(cells.make_cell(cell_name, hidden)), hoist)
+          stats = memory_stats(model, shape, input_size)
+          rows.append({'cell': cell_name, 'shape': str(shape), 'time': t, 'variant': variant,
+                       'hoist': hoist, **stats,
+                       'temp_bytes_per_step': stats['temp_bytes'] / t})
+      log(format_table(rows[-4:], MEMORY_COLUMNS, header=False))
+  return rows
+
+
+# --- Engine crossover -----------------------------------------------------------------
+
+def scan_engines():
+  """``scan.run``'s engines, or None when it has no ``engine`` argument."""
+  parameter = inspect.signature(scan.run).parameters.get('engine')
+  if parameter is None:
+    return None
+  engines = getattr(scan, 'ENGINES', None)
+  if engines is None and typing.get_origin(parameter.annotation) is typing.Literal:
+    engines = typing.get_args(parameter.annotation)
+  return tuple(engines) if engines else None
+
+
+class EngineModel(nn.Module):
+  """One cell through ``scan.run(..., engine=engine)`` under a linear head."""
+  cell: Any
+  engine: Any
+
+  @nn.compact
+  def __call__(self, xs):
+    params = self.param('cell', self.cell.init, xs.shape[-1])
+    _, ys = scan.run(self.cell, params, xs, engine=self.engine)
+    return nn.Dense(1)(ys)
+
+
+def run_crossover(cells_, shapes, input_size, steps, rounds) -> list[dict]:
+  """Every engine of ``scan.run`` on every (cell, shape), interleaved; n/a where it fails."""
+  engines = scan_engines()
+  rows = []
+  for cell_name in cells_:
+    for shape in shapes:
+      hidden = shape.hidden
+      xs, targets = data(shape, input_size)
+      impls = []
+      for engine in engines:
+        model = EngineModel(cells.make_cell(cell_name, hidden), engine)
+        try:
+          impls.append(flax_module_impl(str(engine), model, xs, targets))
+        except (ValueError, NotImplementedError, TypeError) as e:
+          log(f'{cell_name} {shape} engine {engine!r}: n/a ({e})')
+      measure(impls, steps, rounds)
+      best = min(impls, key=lambda i: statistics.median(i.times)).name if impls else None
+      for row in speed_rows(cell_name, shape, impls):
+        rows.append({k: row[k] for k in ('cell', 'shape', 'time', 'impl', 'tokens_per_sec',
+                                         'compile_s')} | {'fastest': row['impl'] == best})
+      log(format_table(rows[-len(impls):], CROSSOVER_COLUMNS, header=False))
+  return rows
+
+
+# --- Output ---------------------------------------------------------------------------
+
+def fmt(value, spec):
+  return '-' if value is None else format(value, spec)
+
+
+SPEED_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('impl', 'impl', 's'),
+                 ('tokens_per_sec', 'tokens/s', ',.0f'), ('compile_s', 'compile s', '.1f'),
+                 ('ratio_vs_torch', 'vs torch', '.2f'), ('ratio_vs_flax', 'vs flax', '.2f')]
+MEMORY_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('variant', 'step', 's'),
+                  ('hoist', 'hoist', ''), ('temp_bytes', 'temp MiB', 'mib'),
+                  ('peak_bytes', 'peak MiB', 'mib'), ('temp_bytes_per_step', 'temp KiB/step', 'kib')]
+CROSSOVER_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('impl', 'engine', 's'),
+                     ('tokens_per_sec', 'tokens/s', ',.0f'), ('compile_s', 'compile s', '.1f'),
+                     ('fastest', 'fastest', '')]
+
+
+def format_table(rows, columns, header=True) -> str:
+  """A markdown table of ``rows`` (dicts) with ``columns`` (key, title, format)."""
+  def cell(row, key, spec):
+    value = row.get(key)
+    if spec == 'mib':
+      return f'{value / 2**20:,.1f}'
+    if spec == 'kib':
+      return f'{value / 2**10:,.1f}'
+    return fmt(value, spec)
+  lines = ['| ' + ' | '.join(c[1] for c in columns) + ' |',
+           '|' + '---|' * len(columns)] if header else []
+  lines += ['| ' + ' | '.join(cell(r, k, s) for k, _, s in columns) + ' |' for r in rows]
+  return '\n'.join(lines)
+
+
+def fmt_load(load) -> str:
+  return ' '.join(f'{x:.1f}' for x in load)
+
+
+def log(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def flag_or_quick(flag, key):
+  return QUICK[key] if _QUICK.value and not flag.present else flag.value
+
+
+def check_choices(name, values, choices):
+  bad = [v for v in values if v not in choices]
+  if bad:
+    raise app.UsageError(f'--{name}: unknown {", ".join(bad)}; choose from {", ".join(choices)}')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  workdir_lib.quiet_logging()
+  check_choices('cells', _CELLS.value, tuple(cells.CELLS))
+  check_choices('peers', _PEERS.value, PEERS)
+  shapes = flag_or_quick(_SHAPES, 'shapes')
+  if _CROSSOVER.value and not (_SHAPES.present or _QUICK.value):
+    shapes = CROSSOVER_SHAPES
+  try:
+    shapes = [Shape.parse(s) for s in shapes]
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  input_size = flag_or_quick(_INPUT, 'input')
+  steps, rounds = flag_or_quick(_STEPS, 'steps'), flag_or_quick(_ROUNDS, 'rounds')
+  if steps < 1 or rounds < 2:
+    raise app.UsageError('--steps must be >= 1 and --rounds >= 2 (round 0 is a warm-up)')
+  lengths = [int(t) for t in flag_or_quick(_LENGTHS, 'lengths')]
+  torch = torch_module() if 'torch' in _PEERS.value else None
+  if 'torch' in _PEERS.value and torch is None:
+    log('torch is not installed: measuring without it')
+  settings = {'cells': _CELLS.value, 'input': input_size, 'steps': steps, 'rounds': rounds,
+              'warmup_rounds': 1, 'dtype': _DTYPE.value, 'peers': _PEERS.value,
+              'loss': 'linear head [hidden, 1] + MSE, Adam(1e-3)'}
+  result = {'machine': machine(torch), 'settings': settings}
+  print(f'machine: {result["machine"]["cpu"]}, {result["machine"]["cores"]} cores, '
+        f'jax {jax.__version__} on {jax.default_backend()}, flax {flax.__version__}, '
+        f'torch {torch.__version__ if torch else "-"}\n')
+
+  settings['shapes'] = [str(s) for s in shapes]
+  if not (_MEMORY.value or _CROSSOVER.value):
+    result['speed'] = run_speed(_CELLS.value, shapes, input_size, steps, rounds,
+                                _PEERS.value, _DTYPE.value, torch)
+    print(f'training step, {_DTYPE.value}, input {input_size}, median of '
+          f'{steps * (rounds - 1)} steps over {rounds - 1} interleaved rounds\n')
+    print(format_table(result['speed'], SPEED_COLUMNS))
+  if _MEMORY.value:
+    batch, hidden = (4, 32) if _QUICK.value else (8, 256)
+    settings['lengths'] = lengths
+    result['memory'] = run_memory(_CELLS.value, lengths, batch, hidden, input_size)
+    print('training step memory (XLA memory_analysis; peak = arguments + outputs - aliased '
+          '+ temp)\n')
+    print(format_table(result['memory'], MEMORY_COLUMNS))
+  if _CROSSOVER.value:
+    if scan_engines() is None:
+      message = 'seqlab.scan.run has no engine argument (or no scan.ENGINES): skipped'
+      print(f'crossover: {message}')
+      result['crossover'] = {'skipped': message}
+    else:
+      result['crossover'] = run_crossover(_CELLS.value, shapes, input_size, steps, rounds)
+      print(format_table(result['crossover'], CROSSOVER_COLUMNS))
+  result['machine']['load_average_after'] = os.getloadavg()
+  print(f'\nload average (1, 5, 15 min): before {fmt_load(result["machine"]["load_average"])}, '
+        f'after {fmt_load(result["machine"]["load_average_after"])} on '
+        f'{result["machine"]["cores"]} cores')
+  if _JSON.value:
+    with open(_JSON.value, 'w') as f:
+      json.dump(result, f, indent=1)
+  return 0
+
+
+if __name__ == '__main__':
+  cli.run(main, FLAGS)

@@ -1,0 +1,35 @@
+"""Command-line plumbing shared by the ``python -m seqlab.<tool>`` entry points.
+
+Each tool defines its flags in its own ``flags.FlagValues`` (``own``), not absl's global
+``FLAGS``, so that importing several tools in one process (a test session, a notebook)
+defines nothing twice. ``run(main, own)`` parses ``own`` and exits with ``main``'s code.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+
+def parser(own: flags.FlagValues):
+  """An absl ``flags_parser`` for ``own``: --help prints its flags; errors are one line."""
+
+  def parse(argv):
+    if any(a in ('-h', '--help', '--helpfull', '-?') for a in argv[1:]):
+      print(f'usage: python -m {own.main_module_name or argv[0]} [flags]\n')
+      print(own.get_help(include_special_flags=False))
+      sys.exit(0)
+    try:
+      rest = own(argv)
+    except flags.Error as e:
+      print(f'seqlab: bad command line: {e}', file=sys.stderr)
+      sys.exit(2)
+    flags.FLAGS(argv[:1])  # absl's own flags (logging) at their defaults
+    return rest
+
+  return parse
+
+
+def run(main, own: flags.FlagValues) -> None:
+  """``app.run(main)`` over ``own``'s flags; ``main(argv)`` returns the exit code."""
+  app.run(lambda argv: sys.exit(main(argv) or 0), flags_parser=parser(own))

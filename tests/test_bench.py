@@ -1,0 +1,83 @@
+"""``python -m seqlab.bench``: the quick run ends, and its JSON holds every implementation."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import run_module
+from seqlab import bench
+
+IMPLS = {'seqlab hoist=on', 'seqlab hoist=off', 'flax', 'torch'}
+
+
+def test_quick_run_writes_json(tmp_path):
+  pytest.importorskip('torch')
+  out = tmp_path / 'bench.json'
+  proc = run_module('seqlab.bench', '--quick', '--json', str(out), timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result['machine']['cores'] >= 1
+  assert result['machine']['jax_backend'] and result['machine']['versions']['jax']
+  rows = result['speed']
+  assert {(r['cell'], r['impl']) for r in rows} == {(c, i) for c in bench.CELLS for i in IMPLS}
+  for row in rows:
+    assert row['tokens_per_sec'] > 0, row
+    assert row['ratio_vs_torch'] > 0 and row['ratio_vs_flax'] > 0, row
+    assert row['impl'] == 'torch' or row['compile_s'] > 0, row
+  assert '| tokens/s |' in proc.stdout
+
+
+def test_memory_and_crossover_quick(tmp_path):
+  out = tmp_path / 'memory.json'
+  proc = run_module('seqlab.bench', '--quick', '--memory', '--crossover', '--cells', 'lstm',
+                    '--json', str(out), timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  rows = result['memory']
+  assert {(r['variant'], r['hoist']) for r in rows} == {(v, h) for v in ('scan', 'remat')
+                                                        for h in (True, False)}
+  assert all(r['temp_bytes'] > 0 for r in rows)
+  remat = {(r['time'], r['hoist']): r['temp_bytes'] for r in rows if r['variant'] == 'remat'}
+  assert all(remat[r['time'], r['hoist']] <= r['temp_bytes'] for r in rows
+             if r['variant'] == 'scan')
+  crossover = result['crossover']
+  if bench.scan_engines() is None:
+    assert 'skipped' in crossover and 'skipped' in proc.stdout
+  else:
+    assert crossover and all(r['tokens_per_sec'] > 0 for r in crossover)
+
+
+@pytest.mark.parametrize('text, shape', [('32x128x256', bench.Shape(32, 128, 256)),
+                                         ('8X1024x256', bench.Shape(8, 1024, 256))])
+def test_shape_parse(text, shape):
+  assert bench.Shape.parse(text) == shape and str(bench.Shape.parse(str(shape))) == str(shape)
+
+
+@pytest.mark.parametrize('text', ['32x128', 'axbxc', ''])
+def test_shape_parse_rejects(text):
+  with pytest.raises(ValueError, match='batch x time x hidden'):
+    bench.Shape.parse(text)
+
+
+def test_ratios_against_peers():
+  impls = [bench.Impl('seqlab hoist=on', None, 1.0, [0.5, 0.5, 2.0]),
+           bench.Impl('flax', None, 1.0, [1.0]), bench.Impl('torch', None, None, [2.0])]
+  rows = bench.speed_rows('lstm', bench.Shape(2, 5, 3), impls)
+  assert [r['tokens_per_sec'] for r in rows] == [20.0, 10.0, 5.0]  # 10 tokens / median
+  assert [r['ratio_vs_torch'] for r in rows] == [4.0, 2.0, 1.0]
+  assert [r['ratio_vs_flax'] for r in rows] == [2.0, 1.0, 0.5]
+
+
+@pytest.mark.parametrize('cell_name', bench.CELLS)
+def test_remat_cell_has_the_same_gradient(cell_name):
+  cell = bench.cells.make_cell(cell_name, 8)
+  xs = jax.random.normal(jax.random.key(1), (2, 5, 3))
+  params = cell.init(jax.random.key(0), 3)
+
+  def loss(params, cell):
+    return jnp.sum(bench.scan.run(cell, params, xs)[1] ** 2)
+  plain = jax.grad(loss)(params, cell)
+  remat = jax.grad(loss)(params, bench.Remat(cell))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), plain, remat)
