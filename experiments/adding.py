@@ -47,3 +47,16 @@ def get_config(arg=None):
     raise ValueError(f'unknown variant {arg!r} of adding.py; choose one of: lstm, gru, rnn, '
                      't200, t400, quick')
   return c
+
+
+def get_sweep(arg=None):
+  """The points of ``python -m seqlab.sweep --config experiments/adding.py[:variant]``.
+
+  The learning rate against the seed, 3 x 2 points (``:quick``: 2 x 2). The points
+  differ only in vmappable values, so ``--mode=vmap`` trains them in one program;
+  ``python -m seqlab.report <workdir>`` then ranks them by eval mse.
+  """
+  from seqlab import sweep  # pylint: disable=g-import-not-at-top
+  if arg == 'quick':
+    return sweep.grid({'optim.lr': [1e-3, 1e-2], 'seed': [0, 1]})
+  return sweep.grid({'optim.lr': [1e-3, 3e-3, 1e-2], 'seed': [0, 1]})

@@ -15,8 +15,10 @@ warmup from 0 to ``lr`` over ``warmup_steps``, then the named decay over the rem
 ``total_steps - warmup_steps`` (the decay horizon). With ``total_steps == 0`` there is
 no horizon and the lr stays at ``lr`` after the warmup.
 
-The config (``optim``) is read, never written. Keys, with defaults for the optional
-ones:
+The config (``optim``) is read, never written. seqlab.population trains many points in
+one program by passing a view of it whose ``traced`` dict holds one point's ``lr``,
+``clip_norm`` and ``weight_decay`` as arrays (everything is checked on the plain values).
+Keys, with defaults for the optional ones:
   name           one of OPTIMIZERS
   lr             peak learning rate, > 0
   schedule       one of SCHEDULES ('constant')
@@ -69,6 +71,13 @@ def _number(cfg, key, default, *, low=None, low_open=False, high=None):
   if high is not None and value > high:
     _fail(key, value, f'must be <= {high}')
   return float(value)
+
+
+def _traced(cfg, key, value):
+  """``value``, or the array standing in for it in ``cfg.traced`` (a population's view
+  of one point, seqlab.population); checks and branches always use ``value``."""
+  traced = getattr(cfg, 'traced', None) or {}
+  return traced.get(key, value)
 
 
 def _warmup_steps(cfg, total_steps):
@@ -133,7 +142,7 @@ def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
   """
   if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 0:
     raise ValueError(f'total_steps={total_steps!r} must be an integer >= 0')
-  lr = _number(optim_cfg, 'lr', None, low=0.0, low_open=True)
+  lr = _traced(optim_cfg, 'lr', _number(optim_cfg, 'lr', None, low=0.0, low_open=True))
   kind = _choice(optim_cfg, 'schedule', SCHEDULES, 'schedule', 'constant')
   warmup = _warmup_steps(optim_cfg, total_steps)
   schedule = _decay(optim_cfg, kind, lr, total_steps, warmup)
@@ -165,8 +174,8 @@ def _clipping(cfg) -> list[optax.GradientTransformation]:
   if kind == 'none' or c == 0.0:
     return []
   if kind == 'global_norm':
-    return [optax.clip_by_global_norm(c)]
-  return [optax.clip(c)]
+    return [optax.clip_by_global_norm(_traced(cfg, 'clip_norm', c))]
+  return [optax.clip(_traced(cfg, 'clip_norm', c))]
 
 
 def _momentum(cfg, default) -> list[optax.GradientTransformation]:
@@ -210,7 +219,8 @@ def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
   name = _choice(optim_cfg, 'name', OPTIMIZERS, 'optimizer')
   schedule = make_schedule(optim_cfg, total_steps)
   wd = _number(optim_cfg, 'weight_decay', 0.0, low=0.0)
-  decay = [optax.add_decayed_weights(wd)] if wd > 0.0 else []
+  decay = ([optax.add_decayed_weights(_traced(optim_cfg, 'weight_decay', wd))]
+           if wd > 0.0 else [])
   tx = optax.chain(*_clipping(optim_cfg), *_preconditioner(optim_cfg, name), *decay,
                    optax.scale_by_learning_rate(schedule))
   return optax.GradientTransformationExtraArgs(_standard_promotion(tx.init),

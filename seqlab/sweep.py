@@ -1,0 +1,674 @@
+"""Sweeps: many runs of one experiment, each point a normal run in its own sub-workdir.
+
+  python -m seqlab.sweep --config experiments/adding.py:quick --workdir runs/adding_sweep \\
+      [--sweep 'optim.lr=[0.001,0.003]' --sweep 'seed=[0,1,2]'] [--mode=processes|vmap] \\
+      [--parallel N] [--shard i/n] [--config.train.steps=100 ...]
+  python -m seqlab.report runs/adding_sweep
+
+A point is a dict of config overrides, ``{'optim.lr': 0.001, 'seed': 1}``. The points
+are the grid over the ``--sweep`` lists when there are any, else the experiment file's
+``get_sweep(variant)``, built with ``grid``, ``product`` and ``random`` below;
+``--config.k=v`` overrides apply to every point. Every point is checked (its keys
+exist, its values have the config's types, its config validates, its task, model and
+optimizer build) before anything runs; a bad point or zero points exits with code 2.
+
+Point ``p`` runs in ``<workdir>/<point_name(p)>`` (e.g. ``optim.lr=0.001,seed=1``),
+which holds a normal run's files plus ``point.json`` (its status: running, done,
+failed with the error, interrupted; wall time) and, in process mode, ``log.txt``.
+``<workdir>/sweep.json`` lists every point with its status. A point is done when its
+metrics.jsonl reaches train.steps; running the same command again skips done points
+and resumes the others from their checkpoints (failed ones are tried again).
+
+  --mode=processes  each point is ``python -m seqlab.run`` in a subprocess, ``--parallel``
+                    at a time, so a crash in one point cannot take the others down.
+  --mode=vmap       points that differ only in ``population.VMAPPABLE`` values (seed, lr,
+                    clip norm, weight decay, init options) train together in one compiled
+                    program, in this process (seqlab.population). Points that differ in
+                    anything else (a shape, dropout) form one population per program; a
+                    point alone in its program falls back to a process. A message says so.
+  --shard i/n       run only points j with j % n == i (0 <= i < n): n machines split the
+                    sweep without talking to each other (e.g. a scheduler's job array).
+
+Exit code 0 when every point of the shard is done (or saved after SIGTERM), 1 when one
+failed, 2 for a bad sweep.
+"""
+import ast
+import collections
+import dataclasses
+import datetime
+import hashlib
+import importlib.util
+import itertools
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import traceback
+
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from seqlab import config as config_lib
+from seqlab import workdir as workdir_lib
+
+MODES = ('processes', 'vmap')
+
+
+class SweepError(ValueError):
+  """A sweep that cannot run: a missing key, a wrongly typed value, zero points."""
+
+
+# --- Declaring points -----------------------------------------------------------------
+
+
+def grid(axes: dict) -> list[dict]:
+  """Every combination of the listed values, the last key varying fastest.
+
+    grid({'optim.lr': [1e-3, 3e-3], 'seed': [0, 1]})
+    -> [{'optim.lr': 0.001, 'seed': 0}, {'optim.lr': 0.001, 'seed': 1}, ...]  (4 points)
+
+  An empty list gives zero points; ``grid({})`` is one point without overrides.
+  """
+  keys = list(axes)
+  for k in keys:
+    if isinstance(axes[k], (str, bytes)) or not hasattr(axes[k], '__iter__'):
+      raise SweepError(f'grid: {k} needs a list of values, got {axes[k]!r}')
+  return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def product(*sweeps: list[dict]) -> list[dict]:
+  """Every combination of one point from each sweep, merged (keys must not repeat)."""
+  points = [{}]
+  for sweep in sweeps:
+    merged = []
+    for a, b in itertools.product(points, sweep):
+      common = sorted(set(a) & set(b))
+      if common:
+        raise SweepError(f'product: {common[0]} is set by two of the sweeps')
+      merged.append({**a, **b})
+    points = merged
+  return points
+
+
+def _significant(value: float, digits: int) -> float:
+  return float(f'{value:.{digits}g}')
+
+
+def uniform(low: float, high: float, digits: int = 4):
+  """A draw from U(low, high), rounded to ``digits`` significant digits (for ``random``)."""
+  return lambda rng: _significant(rng.uniform(low, high), digits)
+
+
+def log_uniform(low: float, high: float, digits: int = 4):
+  """``exp(U(log low, log high))``, for scales such as learning rates (for ``random``)."""
+  if not 0 < low < high:
+    raise SweepError(f'log_uniform needs 0 < low < high, got {low}, {high}')
+  return lambda rng: _significant(math.exp(rng.uniform(math.log(low), math.log(high))), digits)
+
+
+def choice(values):
+  """One of ``values``, uniformly (a list given to ``random`` means this)."""
+  values = list(values)
+  return lambda rng: values[int(rng.integers(len(values)))]
+
+
+def random(n: int, axes: dict, seed: int = 0) -> list[dict]:
+  """``n`` points, each key drawn from its distribution, reproducibly from ``seed``.
+
+    random(8, {'optim.lr': log_uniform(1e-4, 1e-1), 'model.cell': ['lstm', 'gru']})
+
+  Args:
+    n: number of points.
+    axes: key -> ``uniform``/``log_uniform``/``choice``, or a list (a choice).
+    seed: the draws are those of ``np.random.default_rng(seed)``, point by point in
+      the order of ``axes``.
+  """
+  rng = np.random.default_rng(seed)
+  draws = {k: choice(v) if isinstance(v, (list, tuple)) else v for k, v in axes.items()}
+  return [{k: draw(rng) for k, draw in draws.items()} for _ in range(n)]
+
+
+# --- The command line's --sweep -------------------------------------------------------
+
+
+def _literal(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text  # a bare word: model.cell=[lstm,gru]
+
+
+def _split_top(text: str) -> list[str]:
+  """Splits on the commas that are not inside brackets or quotes."""
+  items, depth, quote, start = [], 0, None, 0
+  for i, ch in enumerate(text):
+    if quote:
+      quote = None if ch == quote else quote
+    elif ch in '\'"':
+      quote = ch
+    elif ch in '([{':
+      depth += 1
+    elif ch in ')]}':
+      depth -= 1
+    elif ch == ',' and depth == 0:
+      items.append(text[start:i])
+      start = i + 1
+  return items + [text[start:]]
+
+
+def parse_sweep_arg(text: str) -> tuple[str, list]:
+  """``'optim.lr=[0.001,0.003]'`` -> ``('optim.lr', [0.001, 0.003])``; ``'seed=3'`` -> one value.
+
+  Values are Python literals; words that are not (``[lstm,gru]``) are strings.
+  """
+  key, sep, values = (s.strip() for s in text.partition('='))
+  if not sep or not key or not values:
+    raise SweepError(f'--sweep {text!r}: expected key=[value,value,...]')
+  if values.startswith('[') and values.endswith(']'):
+    inner = values[1:-1].strip()
+    return key, [_literal(v.strip()) for v in _split_top(inner)] if inner else []
+  return key, [_literal(values)]
+
+
+def cli_points(args: list[str]) -> list[dict]:
+  """The grid over every ``--sweep key=[...]``, in the order given."""
+  axes = {}
+  for text in args:
+    key, values = parse_sweep_arg(text)
+    if key in axes:
+      raise SweepError(f'--sweep names {key} twice')
+    axes[key] = values
+  return grid(axes)
+
+
+# --- Checking points ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class Point:
+  """One run of the sweep: its overrides, its resolved config, its sub-workdir."""
+  index: int
+  overrides: dict
+  config: ml_collections.ConfigDict
+  name: str
+  workdir: str
+
+
+def _coerce(key: str, old, new):
+  """``new`` converted to the type of the config's value ``old``; SweepError if it can't."""
+  if isinstance(old, bool):
+    ok = isinstance(new, bool)
+  elif isinstance(old, int):
+    ok = isinstance(new, int) and not isinstance(new, bool)
+  elif isinstance(old, float):
+    ok = isinstance(new, (int, float)) and not isinstance(new, bool)
+    new = float(new) if ok else new
+  elif isinstance(old, (tuple, list)):
+    ok = isinstance(new, (tuple, list))
+    new = tuple(new) if ok else new
+  else:
+    ok = old is None or isinstance(new, type(old))
+  if not ok:
+    raise SweepError(f'{key}={new!r} has type {type(new).__name__}; the config holds a '
+                     f'{type(old).__name__} there ({old!r})')
+  return new
+
+
+def apply_overrides(config, overrides: dict, source: str = 'the experiment'):
+  """A copy of ``config`` with ``overrides`` set; every key must exist already.
+
+  Returns (config, overrides with the values converted to the config's types).
+  """
+  config = ml_collections.ConfigDict(config.to_dict())  # a copy; sections stay open
+  normalized = {}
+  for key, value in overrides.items():
+    node, parts = config, key.split('.')
+    for depth, part in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        where = '.'.join(parts[:depth])
+        keys = ', '.join(sorted(node)) if isinstance(node, ml_collections.ConfigDict) else ''
+        raise SweepError(f'{key} is not a key of the config of {source}; keys'
+                         f'{" under " + where if where else ""}: {keys}')
+      if depth < len(parts) - 1:
+        node = node[part]
+    if isinstance(node[parts[-1]], ml_collections.ConfigDict):
+      raise SweepError(f'{key} is a section of the config; sweep one of its keys: '
+                       f'{", ".join(sorted(node[parts[-1]]))}')
+    normalized[key] = _coerce(key, node[parts[-1]], value)
+    node[parts[-1]] = normalized[key]
+  return config, normalized
+
+
+def _format(value) -> str:
+  """A value as names and --config flags spell it: 0.001, lstm, (0.5,0.75), (0.5,)."""
+  if isinstance(value, (tuple, list)):
+    return '(' + ','.join(_format(v) for v in value) + (',)' if len(value) == 1 else ')')
+  return repr(value) if isinstance(value, float) else str(value)
+
+
+def point_name(overrides: dict) -> str:
+  """A stable, filesystem-safe name: ``optim.lr=0.001,seed=1`` (keys sorted)."""
+  if not overrides:
+    return 'base'
+  name = ','.join(f'{k}={_format(overrides[k])}' for k in sorted(overrides))
+  name = re.sub(r'[^A-Za-z0-9._=,+()-]', '_', name)
+  if len(name) > 120:
+    digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=repr).encode())
+    name = f'{name[:110]}-{digest.hexdigest()[:8]}'
+  return name
+
+
+def _check_builds(config, specs: dict) -> None:
+  """Builds the point's task (once per distinct task config), model and optimizer."""
+  from seqlab import models, optim, tasks  # pylint: disable=g-import-not-at-top
+  key = json.dumps(config.task.to_dict(), sort_keys=True, default=repr)
+  if key not in specs:
+    specs[key] = tasks.make_task(config.task, config.seed).spec
+  models.build_model(config.model, specs[key])
+  optim.make_optimizer(config.optim, config.train.steps)
+
+
+def check_points(config, points: list[dict], workdir: str, source: str) -> list[Point]:
+  """Every point applied to ``config`` and validated, before anything runs.
+
+  Raises SweepError for zero points, a missing key, a wrong type, a repeated point, or
+  a point whose config does not validate or whose task, model or optimizer fails to build.
+  """
+  if not points:
+    raise SweepError('the sweep has zero points; give --sweep key=[v1,v2,...] or a '
+                     'get_sweep that returns a list of override dicts')
+  checked, names, specs = [], {}, {}
+  for i, overrides in enumerate(points):
+    if not isinstance(overrides, dict):
+      raise SweepError(f'point {i} is {overrides!r}; a point is a dict of overrides')
+    point_config, normalized = apply_overrides(config, overrides, source)
+    name = point_name(normalized)
+    if name in names:
+      raise SweepError(f'point {i} ({name}) repeats point {names[name]}')
+    names[name] = i
+    try:
+      config_lib.validate(point_config)
+      _check_builds(point_config, specs)
+    except ValueError as e:  # ConfigError, or a task's, model's or optimizer's check
+      raise SweepError(f'point {name}: {e}') from None
+    checked.append(Point(i, normalized, point_config, name, os.path.join(workdir, name)))
+  return checked
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+  """``'2/8'`` -> (2, 8): this machine's index i (0 <= i < n) and the machine count n."""
+  match = re.fullmatch(r'\s*(\d+)\s*/\s*(\d+)\s*', text or '')
+  if not match or not int(match[1]) < int(match[2]):
+    raise SweepError(f'--shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4')
+  return int(match[1]), int(match[2])
+
+
+def shard(points: list, index: int, count: int) -> list:
+  """The points of machine ``index`` of ``count``: every ``count``-th, from ``index``."""
+  return points[index::count]
+
+
+# --- State ------------------------------------------------------------------------------
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=repr)
+  os.replace(tmp, path)
+
+
+def read_point(workdir: str) -> dict:
+  """``<sub-workdir>/point.json``, or {} before the point first ran."""
+  path = os.path.join(workdir, 'point.json')
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def is_done(point: Point) -> bool:
+  """Whether the point's metrics.jsonl reaches its train.steps."""
+  steps = [r['step'] for r in workdir_lib.read_metrics(point.workdir) if r['split'] == 'train']
+  return bool(steps) and max(steps) >= point.config.train.steps
+
+
+def final_metrics(workdir: str) -> dict:
+  evals = [r for r in workdir_lib.read_metrics(workdir) if r['split'] == 'eval']
+  return evals[-1] if evals else {}
+
+
+class State:
+  """Every point's status: its own ``point.json`` and the summary ``sweep.json``."""
+
+  def __init__(self, workdir: str, points: list[Point], header: dict):
+    self.workdir, self.points, self.header = workdir, points, header
+    self.status = {p.name: read_point(p.workdir) for p in points}
+
+  def update(self, point: Point, status: str, mode: str, error: str | None = None,
+             wall_time: float = 0.0) -> None:
+    old = self.status.get(point.name, {})
+    new = {
+        'name': point.name, 'overrides': point.overrides, 'status': status, 'error': error,
+        'mode': mode, 'attempts': old.get('attempts', 0) + (status == 'running'),
+        'wall_time': old.get('wall_time', 0.0) + wall_time,
+        'updated': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+    }
+    os.makedirs(point.workdir, exist_ok=True)
+    _write_json(os.path.join(point.workdir, 'point.json'), new)
+    self.status[point.name] = new
+    self.write()
+
+  def write(self, reread: bool = False) -> None:
+    """Writes sweep.json; ``reread`` picks up what other shards wrote meanwhile."""
+    if reread:
+      self.status = {p.name: read_point(p.workdir) for p in self.points}
+    rows = []
+    for p in self.points:
+      s = self.status.get(p.name) or {}
+      rows.append({'name': p.name, 'overrides': p.overrides,
+                   'status': s.get('status', 'pending'), 'error': s.get('error'),
+                   'wall_time': s.get('wall_time')})
+    _write_json(os.path.join(self.workdir, 'sweep.json'), {**self.header, 'points': rows})
+
+
+def _finish(state: State, point: Point, mode: str, wall: float, error: str | None,
+            interrupted: bool) -> None:
+  """Records how an attempt ended and prints one line."""
+  if is_done(point):
+    status, error = 'done', None
+    result = ', '.join(f'{k}={v:.5g}' for k, v in final_metrics(point.workdir).items()
+                       if k not in ('step', 'split', 'count'))
+  elif interrupted:
+    status, result = 'interrupted', 'saved; run again to resume'
+  else:
+    status, error = 'failed', error or 'stopped before train.steps'
+    result = error
+  state.update(point, status, mode, error, wall)
+  print(f'[{status}] {point.name} ({wall:.1f} s): {result}', flush=True)
+
+
+# --- Process mode -----------------------------------------------------------------------
+
+
+def run_command(config_arg: str, overrides: dict, workdir: str) -> list[str]:
+  """The ``python -m seqlab.run`` command line of one point."""
+  return [sys.executable, '-m', 'seqlab.run', '--config', config_arg, '--workdir', workdir,
+          *(f'--config.{k}={_format(v)}' for k, v in overrides.items())]
+
+
+def _error_line(log_path: str) -> str:
+  """The reason a run failed: its last 'seqlab:' line, else its last line."""
+  with open(log_path, errors='replace') as f:
+    lines = [line.strip() for line in f.readlines()[-200:] if line.strip()]
+  ours = [line for line in lines if line.startswith('seqlab:')]
+  return ((ours or lines or ['no output'])[-1])[:500]
+
+
+class _Stop:
+  """SIGTERM/SIGINT: stop starting points and pass SIGTERM on to the running ones."""
+
+  def __init__(self):
+    self.signal, self.procs = None, []
+
+  def __enter__(self):
+    self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+    for proc in self.procs:
+      if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # each run saves its checkpoint and exits
+
+  def __exit__(self, *exc):
+    for s, old in self._old.items():
+      signal.signal(s, old)
+
+
+def run_processes(points: list[Point], state: State, config_arg: str, base_overrides: dict,
+                  parallel: int) -> bool:
+  """Runs ``points`` as subprocesses, ``parallel`` at a time; True if interrupted."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      p for p in (root, os.environ.get('PYTHONPATH')) if p))
+  if parallel > 1:  # several runs share an accelerator: allocate memory as needed
+    env.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+  queue, running = collections.deque(points), {}
+  with _Stop() as stop:
+    while queue or running:
+      while queue and len(running) < parallel and not stop.signal:
+        point = queue.popleft()
+        os.makedirs(point.workdir, exist_ok=True)
+        log = open(os.path.join(point.workdir, 'log.txt'), 'a')
+        command = run_command(config_arg, {**base_overrides, **point.overrides},
+                              os.path.abspath(point.workdir))
+        log.write(f'$ {" ".join(command)}\n')
+        log.flush()
+        state.update(point, 'running', 'processes')
+        print(f'[start] {point.name}', flush=True)
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        stop.procs.append(proc)
+        running[proc] = (point, time.perf_counter(), log)
+      for proc in [p for p in running if p.poll() is not None]:
+        point, t0, log = running.pop(proc)
+        log.close()
+        stop.procs.remove(proc)
+        rc = proc.returncode
+        error = (f'killed by {signal.Signals(-rc).name}' if rc < 0 else
+                 _error_line(log.name) if rc > 0 else None)
+        _finish(state, point, 'processes', time.perf_counter() - t0, error,
+                interrupted=rc == 0 and stop.signal is not None)
+      time.sleep(0.05)
+  return stop.signal is not None
+
+
+# --- vmap mode ---------------------------------------------------------------------------
+
+
+def plan_vmap(points: list[Point]) -> tuple[list[list[Point]], list[Point], str | None]:
+  """(populations of >= 2 points, points left to processes, a message if any are)."""
+  from seqlab import population  # pylint: disable=g-import-not-at-top
+  groups = [[points[i] for i in g] for g in population.partition([p.config for p in points])]
+  together = [g for g in groups if len(g) > 1]
+  alone = [g[0] for g in groups if len(g) == 1]
+  if len(groups) <= 1 or not points:
+    return together, alone, None
+  reasons = population.split_reasons([p.config for p in points])
+  message = (f'--mode=vmap: points that differ in {", ".join(reasons)} cannot share one '
+             f'compiled program (vmappable: {", ".join(population.VMAPPABLE)}); '
+             f'{len(together)} population(s) of {"+".join(str(len(g)) for g in together) or 0} '
+             f'points, and {len(alone)} point(s) fall back to processes.')
+  return together, alone, message
+
+
+class _Abort(BaseException):
+  """SIGTERM/SIGINT outside a population's loop (which saves and returns by itself);
+  a BaseException, like KeyboardInterrupt, so that no ``except Exception`` stops it."""
+
+
+def _abort(signum, frame):
+  del frame
+  raise _Abort(signal.Signals(signum).name)
+
+
+def run_vmap(points: list[Point], state: State, config_arg: str, base_overrides: dict,
+             parallel: int) -> bool:
+  """Trains each population in this process, then the rest as processes; True if
+  interrupted."""
+  from seqlab import population  # pylint: disable=g-import-not-at-top
+  together, alone, message = plan_vmap(points)
+  if message:
+    print(f'seqlab.sweep: {message}', flush=True)
+  old = {s: signal.signal(s, _abort) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    for group in together:
+      for p in group:
+        state.update(p, 'running', 'vmap')
+      names = ', '.join(p.name for p in group)
+      print(f'[start] population of {len(group)}: '
+            f'{names if len(names) < 300 else names[:297] + "..."}', flush=True)
+      t0 = time.perf_counter()
+      try:
+        results = population.train_population([p.config for p in group],
+                                               [p.workdir for p in group])
+      except _Abort:
+        results = [None] * len(group)  # before or after the loop: nothing left to save
+      except Exception as e:  # pylint: disable=broad-except
+        traceback.print_exc()
+        results = [f'{type(e).__name__}: {str(e).strip().splitlines()[0][:500]}'] * len(group)
+      wall = time.perf_counter() - t0
+      for p, r in zip(group, results):
+        _finish(state, p, 'vmap', wall, r if isinstance(r, str) else None,
+                interrupted=r is None)
+      if any(r is None for r in results):
+        return True
+  finally:
+    for s, handler in old.items():
+      signal.signal(s, handler)
+  return run_processes(alone, state, config_arg, base_overrides, parallel)
+
+
+# --- The command line --------------------------------------------------------------------
+
+FLAGS = flags.FlagValues()  # our own, so importing this module defines no global flags
+config_flags.DEFINE_config_file('config', None, 'Experiment file[:variant].',
+                                flag_values=FLAGS, lock_config=True)
+flags.DEFINE_string('workdir', None, 'Sweep directory (default runs/<experiment>_sweep).',
+                    flag_values=FLAGS)
+flags.DEFINE_multi_string('sweep', [], "A grid axis, key=[v1,v2,...]; replaces the file's "
+                          'get_sweep.', flag_values=FLAGS)
+flags.DEFINE_enum('mode', 'processes', MODES, 'How the points run.', flag_values=FLAGS)
+flags.DEFINE_integer('parallel', 1, 'Processes at a time.', lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_string('shard', '0/1', 'i/n: run every n-th point from the i-th.',
+                    flag_values=FLAGS)
+
+
+def _file_points(config_arg: str) -> list:
+  """The experiment file's ``get_sweep(variant)``."""
+  path, _, variant = config_arg.partition(':')
+  spec = importlib.util.spec_from_file_location('seqlab_sweep_experiment', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_sweep'):
+    raise SweepError(f'{path} has no get_sweep(arg); give the points with --sweep '
+                     'key=[v1,v2,...]')
+  try:
+    points = module.get_sweep(variant or None)
+  except (ValueError, TypeError, KeyError) as e:
+    raise SweepError(f'{path}: get_sweep({variant or None!r}) failed: {e}') from None
+  return list(points)
+
+
+def _metric(config) -> tuple[str, str]:
+  """(the eval metric that ranks the points, 'min' or 'max')."""
+  from seqlab import tasks  # pylint: disable=g-import-not-at-top
+  spec = tasks.make_task(config.task, config.seed).spec
+  return config.train.best_metric or spec.metric, spec.metric_mode
+
+
+def _points(config_arg: str, base, base_overrides: dict, workdir: str) -> list[Point]:
+  """The checked points of the --sweep flags, else of the file's get_sweep."""
+  raw = cli_points(FLAGS.sweep) if FLAGS.sweep else _file_points(config_arg)
+  both = sorted(set(base_overrides) & set().union(*raw)) if raw else []
+  if both:
+    raise SweepError(f'{both[0]} is both swept and set with --config.{both[0]}')
+  return check_points(base, raw, workdir, config_arg)
+
+
+def run_sweep(points: list[Point], workdir: str, header: dict, *, mode: str, parallel: int,
+              shard_index: int = 0, shard_count: int = 1) -> int:
+  """Runs this shard's unfinished points; returns the exit code (1 if any failed)."""
+  os.makedirs(workdir, exist_ok=True)
+  state = State(workdir, points, header)
+  state.write()
+  mine = shard(points, shard_index, shard_count)
+  todo = [p for p in mine if not is_done(p)]
+  for p in mine:
+    if p not in todo and state.status.get(p.name, {}).get('status') != 'done':
+      state.update(p, 'done', mode)  # finished, but its point.json missed it
+  print(f'sweep: {len(points)} points in {workdir}'
+        + (f', shard {shard_index}/{shard_count}: {len(mine)}' if shard_count > 1 else '')
+        + f'; {len(mine) - len(todo)} done, {len(todo)} to run ({mode}'
+        + (f', {parallel} at a time' if mode == 'processes' else '') + ')', flush=True)
+  runner = run_vmap if mode == 'vmap' else run_processes
+  interrupted = runner(todo, state, header['config'], header['overrides'], parallel)
+  state.write(reread=True)
+  counts = collections.Counter(state.status.get(p.name, {}).get('status', 'pending')
+                               for p in mine)
+  print('sweep: ' + ', '.join(f'{n} {s}' for s, n in sorted(counts.items()))
+        + f'. Table: python -m seqlab.report {workdir}', flush=True)
+  if interrupted:
+    print('sweep: interrupted; run the same command to resume.', flush=True)
+    return 0
+  return 1 if counts.get('failed') else 0
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    print(f'seqlab: unexpected arguments: {" ".join(argv[1:])}', file=sys.stderr)
+    return 2
+  if not FLAGS['config'].present:
+    print('seqlab: --config experiments/<name>.py[:variant] is required', file=sys.stderr)
+    return 2
+  config_arg = config_flags.get_config_filename(FLAGS['config'])
+  base_overrides = dict(config_flags.get_override_values(FLAGS['config']))
+  stem = os.path.splitext(os.path.basename(config_arg.partition(':')[0]))[0]
+  variant = config_arg.partition(':')[2]
+  workdir = FLAGS.workdir or os.path.join(
+      'runs', stem + (f'_{variant}' if variant else '') + '_sweep')
+  try:  # every check before anything runs
+    points = _points(config_arg, FLAGS.config, base_overrides, workdir)
+    index, count = parse_shard(FLAGS.shard)
+    metric, metric_mode = _metric(FLAGS.config)
+  except ValueError as e:  # SweepError, ConfigError, a task's ValueError
+    source = ' '.join(f'--sweep {s}' for s in FLAGS.sweep) or config_arg
+    print(f'seqlab: bad sweep ({source}): {e}', file=sys.stderr)
+    return 2
+  workdir_lib.quiet_logging()
+  header = {'config': config_arg, 'overrides': base_overrides,
+            'keys': sorted(set().union(*(p.overrides for p in points))),
+            'metric': metric, 'metric_mode': metric_mode}
+  return run_sweep(points, workdir, header, mode=FLAGS.mode, parallel=FLAGS.parallel,
+                   shard_index=index, shard_count=count)
+
+
+def _last_line(message: str) -> str:
+  """The cause, without the traceback that some flag errors embed (as seqlab.run)."""
+  lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
+  return lines[-1] if 'Traceback' in message or len(lines) > 2 else ' '.join(lines)
+
+
+def _parse_flags(argv):
+  """Our flags, with config errors (unknown key, bad value, missing file) as one line."""
+  try:
+    rest = FLAGS(argv)
+  except flags.Error as e:
+    print(f'seqlab: bad command line: {_last_line(str(e))}', file=sys.stderr)
+  except OSError as e:
+    print(f'seqlab: cannot load the config file: {_last_line(str(e))}', file=sys.stderr)
+  except (AttributeError, KeyError) as e:
+    message = ' '.join(re.sub(r"\\n|\\|'|\"", ' ', str(e)).split())
+    print(f'seqlab: unknown config key in the overrides: {message}', file=sys.stderr)
+  except (TypeError, ValueError) as e:
+    print(f'seqlab: bad config override: {_last_line(str(e))}', file=sys.stderr)
+  else:
+    flags.FLAGS(argv[:1])  # absl's own flags (logging) at their defaults
+    return rest
+  sys.exit(2)
+
+
+def run():
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
+
+
+if __name__ == '__main__':
+  run()

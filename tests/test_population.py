@@ -1,0 +1,96 @@
+"""Population (vmap) training: equal to separate runs, resumable, sharded over devices."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from seqlab import population
+from seqlab import train
+from seqlab import workdir as workdir_lib
+from conftest import load_config, run_module
+
+TIMING_KEYS = ('step_time', 'tokens_per_sec')
+
+
+def _config(steps=40, **overrides):
+  config = load_config('adding')
+  config.train.steps = steps
+  for key, value in overrides.items():
+    section, _, name = key.rpartition('__')
+    (config[section] if section else config)[name] = value
+  return config
+
+
+def _assert_rows_close(a_dir, b_dir, rtol=1e-4):
+  a, b = workdir_lib.read_metrics(a_dir), workdir_lib.read_metrics(b_dir)
+  assert [(r['step'], r['split']) for r in a] == [(r['step'], r['split']) for r in b]
+  for ra, rb in zip(a, b):
+    for key in set(ra) - {'step', 'split', *TIMING_KEYS}:
+      assert ra[key] == pytest.approx(rb[key], rel=rtol, abs=1e-7), (a_dir, ra['step'], key)
+
+
+def test_signature_separates_only_what_changes_the_program():
+  base = _config()
+  same = [_config(seed=3), _config(optim__lr=0.1), _config(optim__clip_norm=0.3),
+          _config(model__forget_bias=0.0), _config(model__kernel_init='he_normal')]
+  other = [_config(model__hidden_size=8), _config(model__dropout=0.1),
+           _config(optim__clip_norm=0.0), _config(optim__weight_decay=1e-4),
+           _config(optim__name='sgd'), _config(steps=41)]
+  assert {population.signature(c) for c in [base, *same]} == {population.signature(base)}
+  assert len({population.signature(c) for c in [base, *other]}) == 1 + len(other)
+  assert population.partition([base, other[0], same[0], other[0]]) == [[0, 2], [1, 3]]
+  assert population.split_reasons([base, other[0]]) == ['model.hidden_size']
+
+
+def test_population_equals_separate_runs_resumes_and_survives_a_diverging_point(tmp_path):
+  points = [dict(optim__lr=1e-3, seed=0), dict(optim__lr=3e-3, seed=1, optim__clip_norm=0.5),
+            dict(optim__lr=1e-2, seed=2, model__forget_bias=0.0),
+            dict(optim__lr=1e38, seed=0)]  # diverges at step 2
+  pop_dirs = [str(tmp_path / f'pop{i}') for i in range(len(points))]
+  # Two legs: 20 steps, then 40 steps resumes every point from its checkpoint; the
+  # diverged point has none, so it trains apart, from step 0 (and diverges again).
+  first = population.train_population([_config(20, **p) for p in points], pop_dirs)
+  assert 'not finite at step 2' in first[3] and 'checkpoint (none)' in first[3]
+  assert not os.listdir(os.path.join(pop_dirs[3], 'checkpoints'))
+  assert all(isinstance(r, dict) for r in first[:3])  # the others went on
+  results = population.train_population([_config(40, **p) for p in points], pop_dirs)
+  assert 'not finite at step 2' in results[3]
+
+  for i, p in enumerate(points[:3]):
+    config = _config(40, **p)
+    sep_dir = str(tmp_path / f'sep{i}')
+    separate = train.train_and_evaluate(config, sep_dir)
+    for key, value in separate.items():
+      assert results[i][key] == pytest.approx(value, rel=1e-4), key
+    _assert_rows_close(pop_dirs[i], sep_dir)
+    for name in ('config.json',):
+      assert (json.load(open(os.path.join(pop_dirs[i], name)))
+              == json.load(open(os.path.join(sep_dir, name))))
+    assert os.listdir(os.path.join(pop_dirs[i], 'best')) == os.listdir(
+        os.path.join(sep_dir, 'best'))
+    # A normal run's layout: load_run (what seqlab.evaluate uses) reads both.
+    for which in ('latest', 'best'):
+      _, _, _, a, step_a = train.load_run(pop_dirs[i], which)
+      _, _, _, b, step_b = train.load_run(sep_dir, which)
+      assert step_a == step_b
+      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+def test_population_sharded_over_two_devices_matches_one(tmp_path):
+  args = ['--config', 'experiments/adding.py:quick', '--mode', 'vmap',
+          '--sweep', 'optim.lr=[0.001,0.003]', '--sweep', 'seed=[0,1]']
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  two = run_module('seqlab.sweep', *args, '--workdir', str(tmp_path / 'two'), env=env)
+  assert two.returncode == 0, two.stderr
+  assert 'population axis split over 2 devices' in two.stderr
+  configs = [_config(optim__lr=lr, seed=seed) for lr in (1e-3, 3e-3) for seed in (0, 1)]
+  names = [f'optim.lr={lr!r},seed={seed}' for lr in (1e-3, 3e-3) for seed in (0, 1)]
+  one = population.train_population(configs, [str(tmp_path / 'one' / n) for n in names])
+  for name, metrics in zip(names, one):
+    info = json.load(open(tmp_path / 'two' / name / 'run_info.json'))
+    assert len(info['devices']) == 2
+    _assert_rows_close(str(tmp_path / 'two' / name), str(tmp_path / 'one' / name))
+    assert metrics['mse'] > 0

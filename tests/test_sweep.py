@@ -1,0 +1,193 @@
+"""Sweeps: point declaration, --sweep parsing, checks, shards, process mode end to end."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from seqlab import sweep
+from seqlab import workdir as workdir_lib
+from conftest import load_config, run_module
+
+QUICK = ['--config', 'experiments/adding.py:quick']
+
+
+# --- Declaring points -------------------------------------------------------------------
+
+
+def test_grid_is_the_product_with_the_last_key_fastest():
+  points = sweep.grid({'optim.lr': [1e-3, 3e-3], 'seed': [0, 1, 2]})
+  assert len(points) == 6
+  assert points[:3] == [{'optim.lr': 1e-3, 'seed': s} for s in (0, 1, 2)]
+  assert sweep.product(sweep.grid({'optim.lr': [1e-3, 3e-3]}),
+                       sweep.grid({'seed': [0, 1, 2]})) == points
+  assert sweep.grid({'seed': []}) == [] and sweep.grid({}) == [{}]
+  with pytest.raises(sweep.SweepError, match='seed is set by two'):
+    sweep.product(sweep.grid({'seed': [0]}), sweep.grid({'seed': [1]}))
+  with pytest.raises(sweep.SweepError, match='needs a list'):
+    sweep.grid({'model.cell': 'lstm'})
+
+
+def test_random_draws_are_reproducible_and_log_uniform():
+  axes = {'optim.lr': sweep.log_uniform(1e-4, 1e-1), 'model.dropout': sweep.uniform(0.0, 0.5),
+          'model.cell': ['lstm', 'gru']}
+  a, b = sweep.random(2000, axes, seed=3), sweep.random(2000, axes, seed=3)
+  assert a == b and a != sweep.random(2000, axes, seed=4)
+  lr = np.array([p['optim.lr'] for p in a])
+  assert lr.min() >= 1e-4 and lr.max() <= 1e-1
+  # Log-uniform: half the draws below the geometric mean, a third in each decade.
+  assert abs(np.mean(lr < math.sqrt(1e-4 * 1e-1)) - 0.5) < 0.05
+  assert abs(np.mean(lr < 1e-3) - 1 / 3) < 0.05
+  dropout = np.array([p['model.dropout'] for p in a])
+  assert 0 <= dropout.min() and dropout.max() <= 0.5 and abs(dropout.mean() - 0.25) < 0.02
+  assert {p['model.cell'] for p in a} == {'lstm', 'gru'}
+  assert all(float(f'{v:.4g}') == v for v in lr)  # rounded: readable names
+
+
+@pytest.mark.parametrize('text,key,values', [
+    ('optim.lr=[0.001,0.003]', 'optim.lr', [0.001, 0.003]),
+    ('seed=[0, 1, 2]', 'seed', [0, 1, 2]),
+    ('model.cell=[lstm,gru]', 'model.cell', ['lstm', 'gru']),
+    ("model.cell=['lstm', 'gru']", 'model.cell', ['lstm', 'gru']),
+    ('optim.boundaries=[(0.3,0.6),(0.5,0.75)]', 'optim.boundaries', [(0.3, 0.6), (0.5, 0.75)]),
+    ('optim.lr=[1e-3]', 'optim.lr', [1e-3]),
+    ('seed=3', 'seed', [3]),
+    ('seed=[]', 'seed', []),
+])
+def test_parse_sweep_arg(text, key, values):
+  assert sweep.parse_sweep_arg(text) == (key, values)
+
+
+def test_cli_points_grid_and_errors():
+  points = sweep.cli_points(['optim.lr=[0.001,0.003]', 'seed=[0,1,2]'])
+  assert points == sweep.grid({'optim.lr': [0.001, 0.003], 'seed': [0, 1, 2]})
+  for bad in (['seed'], ['=[1]'], ['seed=']):
+    with pytest.raises(sweep.SweepError, match='expected key='):
+      sweep.cli_points(bad)
+  with pytest.raises(sweep.SweepError, match='names seed twice'):
+    sweep.cli_points(['seed=[0]', 'seed=[1]'])
+
+
+# --- Checking points ----------------------------------------------------------------------
+
+
+def test_check_points_converts_names_and_validates(tmp_path):
+  config = load_config('adding')
+  points = sweep.check_points(config, [{'seed': 1, 'optim.lr': 1}, {'model.cell': 'gru'}],
+                              str(tmp_path), 'adding')
+  assert points[0].overrides == {'seed': 1, 'optim.lr': 1.0}  # int -> the config's float
+  assert points[0].name == 'optim.lr=1.0,seed=1'  # keys sorted, stable
+  assert points[0].config.optim.lr == 1.0 and points[0].config.seed == 1
+  assert points[1].config.model.cell == 'gru' and config.model.cell == 'lstm'  # a copy
+  assert points[1].workdir == os.path.join(str(tmp_path), 'model.cell=gru')
+  cases = [
+      ([{'optim.lrr': 1.0}], 'optim.lrr is not a key of the config of adding; keys under '
+                             'optim: b1, b2'),
+      ([{'task.lenght': 3}], 'task.lenght is not a key'),
+      ([{'optim': 1}], 'optim is a section of the config'),
+      ([{'model.cell': 3}], 'model.cell=3 has type int; the config holds a str'),
+      ([{'seed': 0.5}], 'seed=0.5 has type float'),
+      ([{'model.bidirectional': 1}], 'model.bidirectional=1 has type int'),
+      ([], 'zero points'),
+      ([{'seed': 1}, {'seed': 1}], r'point 1 \(seed=1\) repeats point 0'),
+      ([{'optim.lr': -1.0}], 'point optim.lr=-1.0: config.optim.lr must be positive'),
+      ([{'model.cell': 'lstmm'}], 'choose one of'),
+      ([{'task.length': 1}], 'point task.length=1: task.length must be an integer >= 2'),
+      ([{'optim.b1': 2.0}], 'optim.b1=2.0 must be <= 1'),
+  ]
+  for raw, message in cases:
+    with pytest.raises(sweep.SweepError, match=message):
+      sweep.check_points(config, raw, str(tmp_path), 'adding')
+  assert not os.listdir(tmp_path)  # checking creates nothing
+
+
+def test_point_names_are_filesystem_safe_and_short():
+  assert sweep.point_name({}) == 'base'
+  assert sweep.point_name({'task.path': 'a/b c'}) == 'task.path=a_b_c'
+  assert sweep.point_name({'optim.boundaries': (0.3, 0.6)}) == 'optim.boundaries=(0.3,0.6)'
+  long = {f'k{i}': 'x' * 20 for i in range(10)}
+  name = sweep.point_name(long)
+  assert len(name) <= 120 and name == sweep.point_name(dict(reversed(long.items())))
+  assert name != sweep.point_name({**long, 'k9': 'y' * 20})
+
+
+@pytest.mark.parametrize('count', [1, 2, 3, 7])
+def test_shards_partition_the_points(count):
+  points = list(range(20))
+  shards = [sweep.shard(points, i, count) for i in range(count)]
+  assert sorted(p for s in shards for p in s) == points  # complete and disjoint
+  assert sweep.parse_shard(f'{count - 1}/{count}') == (count - 1, count)
+  for bad in (f'{count}/{count}', '1', 'a/b', '-1/2', ''):
+    with pytest.raises(sweep.SweepError, match='expected i/n'):
+      sweep.parse_shard(bad)
+
+
+def test_vmap_plan_falls_back_for_shape_changing_keys(tmp_path):
+  config = load_config('adding')
+  check = lambda raw: sweep.check_points(config, raw, str(tmp_path), 'adding')
+  together, alone, message = sweep.plan_vmap(check(sweep.grid(
+      {'optim.lr': [1e-3, 1e-2], 'seed': [0, 1], 'optim.clip_norm': [0.5, 1.0]})))
+  assert [len(g) for g in together] == [8] and not alone and message is None
+  together, alone, message = sweep.plan_vmap(check(sweep.grid(
+      {'model.hidden_size': [8, 16], 'model.dropout': [0.0, 0.1]})))
+  assert not together and len(alone) == 4
+  assert 'model.dropout, model.hidden_size' in message
+  assert '4 point(s) fall back to processes' in message
+  together, alone, message = sweep.plan_vmap(check(sweep.grid(
+      {'model.hidden_size': [8, 16], 'seed': [0, 1]})))
+  assert [len(g) for g in together] == [2, 2] and not alone and 'model.hidden_size' in message
+  together, alone, message = sweep.plan_vmap(check(sweep.grid({'optim.clip_norm': [0.0, 1.0]})))
+  assert len(alone) == 2 and 'clipping on/off' in message  # clipping on/off: another chain
+
+
+# --- The command line -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--sweep', 'optim.lrr=[0.001]'], 'optim.lrr is not a key'),
+    (['--sweep', 'seed=[]'], 'zero points'),
+])
+def test_bad_sweep_exits_2_before_anything_runs(tmp_path, args, message):
+  workdir = tmp_path / 'sweep'
+  proc = run_module('seqlab.sweep', *QUICK, '--workdir', str(workdir), *args)
+  assert proc.returncode == 2, proc.stderr
+  assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+  assert 'Traceback' not in proc.stderr
+  assert not workdir.exists()
+
+
+def _statuses(workdir):
+  with open(workdir / 'sweep.json') as f:
+    return {p['name']: p for p in json.load(f)['points']}
+
+
+def test_process_mode_end_to_end(tmp_path):
+  workdir = tmp_path / 'sweep'
+  good, bad = 'optim.lr=0.001', 'optim.lr=1e+38'  # 1e38 diverges at step 2
+  args = [*QUICK, '--workdir', str(workdir), '--sweep', 'optim.lr=[0.001,1e38]']
+  first = run_module('seqlab.sweep', *args, '--parallel', '2', '--config.train.steps=20')
+  assert first.returncode == 1, first.stderr  # a point failed, the other finished
+  points = _statuses(workdir)
+  assert points[good]['status'] == 'done' and points[good]['error'] is None
+  assert points[bad]['status'] == 'failed' and 'not finite at step 2' in points[bad]['error']
+  assert f'[failed] {bad}' in first.stdout and f'[done] {good}' in first.stdout
+
+  # More train.steps: the point is unfinished again and resumes from its checkpoint.
+  # (Shard 0 of 2 holds only the first point.)
+  args += ['--config.train.steps=30', '--shard', '0/2']
+  second = run_module('seqlab.sweep', *args)
+  assert second.returncode == 0, second.stderr
+  assert 'shard 0/2: 1; 0 done, 1 to run' in second.stdout
+  log = (workdir / good / 'log.txt').read_text()
+  assert 'Resumed from the checkpoint at step 20' in log
+  rows = workdir_lib.read_metrics(str(workdir / good))
+  assert [r['step'] for r in rows if r['split'] == 'train'] == [10, 20, 30]
+  assert json.loads((workdir / good / 'point.json').read_text())['attempts'] == 2
+
+  # The same command again: the done point is skipped, nothing runs.
+  third = run_module('seqlab.sweep', *args)
+  assert third.returncode == 0, third.stderr
+  assert '1 done, 0 to run' in third.stdout and '[start]' not in third.stdout
+  assert (workdir / good / 'log.txt').read_text() == log
+  assert _statuses(workdir)[bad]['status'] == 'failed'  # the other shard's, untouched
