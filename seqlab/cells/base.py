@@ -27,7 +27,13 @@ def step(cell, params, carry, x_t):
 def dense_project(params, x):
   """``x @ kernel + bias`` in the dtype of ``x``: [..., in] -> [..., proj]."""
   kernel = params['kernel'].astype(x.dtype)
-  return x @ kernel + params['bias'].astype(x.dtype)
+  return add_bias(x @ kernel, params['bias'].astype(x.dtype))
+
+
+def add_bias(y, bias):
+  """``y + bias`` with the bias broadcast explicitly: [..., n] + [n] -> [..., n]
+  (no implicit rank promotion)."""
+  return y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
 
 
 def matmul(h, u, dtype):

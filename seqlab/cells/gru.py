@@ -3,11 +3,13 @@
   r = sigmoid(x W_r + h U_r + b_r)       reset gate
   z = sigmoid(x W_z + h U_z + b_z)       update gate
   reset_after=False (the paper):          n = tanh(x W_n + (r * h) U_n + b_n)
-  reset_after=True  (cuDNN, PyTorch, Flax): n = tanh(x W_n + b_n + r * (h U_n + b_hn))
+  reset_after=True  (cuDNN, PyTorch, Flax): r, z with + b_h{r,z} too, and
+                                          n = tanh(x W_n + b_n + r * (h U_n + b_hn))
   h_t = (1 - z) * n + z * h_{t-1}
 
 Gate order in the fused kernels is [r, z, n], as in PyTorch, so weights move across
-by slicing. ``reset_after`` keeps a separate recurrent bias (PyTorch's ``b_hh``).
+by slicing. ``reset_after`` keeps a separate recurrent bias for all three gates
+(PyTorch's ``b_hh`` = [b_hr, b_hz, b_hn]), added to ``h U`` before the reset gate.
 """
 import dataclasses
 
@@ -47,7 +49,8 @@ class GRU:
     hs = self.hidden_size
     px = px_t.astype(jnp.float32)
     if self.reset_after:
-      ph = base.matmul(h, params['recurrent_kernel'], px_t.dtype) + params['recurrent_bias'].astype(jnp.float32)
+      ph = base.add_bias(base.matmul(h, params['recurrent_kernel'], px_t.dtype),
+                         params['recurrent_bias'].astype(jnp.float32))
       r = jax.nn.sigmoid(px[..., :hs] + ph[..., :hs])
       z = jax.nn.sigmoid(px[..., hs:2 * hs] + ph[..., hs:2 * hs])
       n = jnp.tanh(px[..., 2 * hs:] + r * ph[..., 2 * hs:])
