@@ -57,7 +57,8 @@ def carry_gradient_norms(model, params, batch, spec) -> np.ndarray:
   def norm_at(t):
     prefix, _ = scan.run(cell, cell_params, xs, lengths=jnp.full((batch_size,), t + 1))
     grads = jax.grad(lambda h: loss_from(t, h) * batch_size)(prefix)  # per-example scale
-    sq = sum(jnp.sum(g ** 2, axis=-1) for g in jax.tree.leaves(grads))
+    # |g|^2: complex carries (LRU) count their magnitude
+    sq = sum(jnp.sum(jnp.abs(g) ** 2, axis=-1) for g in jax.tree.leaves(grads))
     return jnp.mean(jnp.sqrt(sq))
 
   return np.asarray(jax.jit(jax.vmap(norm_at))(jnp.arange(time)))
