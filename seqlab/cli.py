@@ -5,6 +5,7 @@ Each tool defines its flags in its own ``flags.FlagValues`` (``own``), not absl'
 defines nothing twice. ``run(main, own)`` parses ``own`` and exits with ``main``'s code.
 """
 
+import os
 import sys
 
 from absl import app
@@ -16,7 +17,9 @@ def parser(own: flags.FlagValues):
 
   def parse(argv):
     if any(a in ('-h', '--help', '--helpfull', '-?') for a in argv[1:]):
-      print(f'usage: python -m {own.main_module_name or argv[0]} [flags]\n')
+      spec = getattr(sys.modules['__main__'], '__spec__', None)
+      name = f'python -m {spec.name}' if spec else os.path.basename(argv[0])
+      print(f'usage: {name} [flags]\n')
       print(own.get_help(include_special_flags=False))
       sys.exit(0)
     try:

@@ -21,7 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
       cell='lstm', hidden_size=128, num_layers=1, bidirectional=False, merge='concat',
       dropout=0.0, residual=False, embed_dim=32, pool='last', forget_bias=1.0,
       kernel_init='glorot_uniform', recurrent_init='orthogonal', hoist='auto', unroll=1,
-      dtype='float32',
+      dtype='float32', engine='auto', remat=0,
       # seq2seq tasks only (seqlab.models.seq2seq): the decoder's attention, scheduled-
       # sampling rate, layers, and hidden size (0: the encoder's output size).
       attention='bahdanau', scheduled_sampling=0.0, decoder_layers=1, decoder_hidden_size=0))
@@ -85,6 +85,9 @@ def validate(config) -> None:
   from seqlab.cells import initializers  # pylint: disable=g-import-not-at-top
   _choice(m, 'kernel_init', 'model', initializers.NAMES)
   _choice(m, 'recurrent_init', 'model', initializers.NAMES)
+  from seqlab import scan  # pylint: disable=g-import-not-at-top
+  _choice(m, 'engine', 'model', scan.ENGINES)
+  _positive_int(m, 'remat', 'model', allow_zero=True)
   _choice(m, 'attention', 'model', models.seq2seq.ATTENTIONS)
   _require(0.0 <= m.scheduled_sampling <= 1.0, 'model.scheduled_sampling',
            f'must be in [0, 1], got {m.scheduled_sampling!r}')

@@ -1,38 +1,58 @@
-"""Generates text from a trained language-model run.
+"""Generates from a trained run: text from a language model, outputs from a seq2seq model.
 
   python -m seqlab.sample --workdir runs/charlm --prompt "ROMEO:" --length 300 \\
       [--temperature 0.8 --top_k 0 --seed 0 --num_samples 1]
+  python -m seqlab.sample --workdir runs/g2p --prompt "seqlab recurrent" \\
+      [--method beam --beam_width 4 --length_penalty 0.6]
 
-The prompt is read once and each new character is one recurrent step from the
-carried state.
+Language models read the prompt once and take one recurrent step per new token from
+the carried state. Seq2seq runs decode each whitespace-separated item of the prompt
+(a word for G2P, letters for the reverse task) in one batch, and print
+``item -> output  (score)``.
 """
+import json
+import os
 import sys
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 
+from seqlab import cli
 from seqlab import config as config_lib
 from seqlab import models
 from seqlab import train
 from seqlab import workdir as workdir_lib
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.', required=True)
-_PROMPT = flags.DEFINE_string('prompt', '\n', 'Text to continue.')
-_LENGTH = flags.DEFINE_integer('length', 200, 'Tokens to generate.', lower_bound=1)
-_TEMPERATURE = flags.DEFINE_float('temperature', 1.0, '0 is greedy.', lower_bound=0.0)
+FLAGS = flags.FlagValues()  # our own: see seqlab.cli
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.', flag_values=FLAGS)
+_PROMPT = flags.DEFINE_string('prompt', '\n', 'Text to continue (seq2seq: inputs to decode).',
+                              flag_values=FLAGS)
+_LENGTH = flags.DEFINE_integer('length', 200, 'Tokens to generate (language models).',
+                               lower_bound=1, flag_values=FLAGS)
+_TEMPERATURE = flags.DEFINE_float('temperature', 1.0, '0 is greedy.', lower_bound=0.0,
+                                  flag_values=FLAGS)
 _TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample from the k most likely (0: all).',
-                              lower_bound=0)
-_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-_NUM = flags.DEFINE_integer('num_samples', 1, 'Samples to draw.', lower_bound=1)
-_CHECKPOINT = flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint.')
+                              lower_bound=0, flag_values=FLAGS)
+_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.', flag_values=FLAGS)
+_NUM = flags.DEFINE_integer('num_samples', 1, 'Samples to draw.', lower_bound=1,
+                            flag_values=FLAGS)
+_CHECKPOINT = flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint.',
+                                flag_values=FLAGS)
+_METHOD = flags.DEFINE_enum('method', 'greedy', ['greedy', 'beam'], 'Seq2seq: how to decode.',
+                            flag_values=FLAGS)
+_BEAM = flags.DEFINE_integer('beam_width', 4, 'Seq2seq beam search: hypotheses kept.',
+                             lower_bound=1, flag_values=FLAGS)
+_PENALTY = flags.DEFINE_float('length_penalty', 0.0, 'Seq2seq beam search: GNMT alpha.',
+                              lower_bound=0.0, flag_values=FLAGS)
 
 
 def sample_text(workdir, prompt, length, temperature=1.0, top_k=0, seed=0, num_samples=1,
                 which='best') -> list[str]:
-  """``num_samples`` continuations of ``prompt`` from the run in ``workdir``."""
+  """``num_samples`` continuations of ``prompt`` from the language model in ``workdir``."""
   _, task, model, state, _ = train.load_run(workdir, which)
+  if task.spec.model == 'seq2seq':
+    raise ValueError(f'{workdir} is a seq2seq run: use decode_inputs (or --method)')
   if not hasattr(task, 'encode') or model.target != 'steps' or not model.vocab_size:
     raise ValueError(f'{workdir} is not a language-model run (task {type(task).__name__}); '
                      'sampling needs a text task such as charlm')
@@ -44,10 +64,56 @@ def sample_text(workdir, prompt, length, temperature=1.0, top_k=0, seed=0, num_s
   return [prompt + task.decode(row) for row in np.asarray(tokens)]
 
 
+def decode_inputs(workdir, items, method='greedy', beam_width=4, length_penalty=0.0,
+                  which='best') -> list[tuple[str, str, float]]:
+  """Seq2seq run: each source text in ``items`` -> (item, decoded text, score)."""
+  from seqlab.models import decode  # pylint: disable=g-import-not-at-top
+  _, task, model, state, _ = train.load_run(workdir, which)
+  if task.spec.model != 'seq2seq':
+    raise ValueError(f'{workdir} is not a seq2seq run (task {type(task).__name__})')
+  if not items:
+    raise ValueError('--prompt must hold at least one input to decode')
+  sources = [task.encode_text(item) for item in items]
+  lengths = np.array([len(s) for s in sources], np.int32)
+  inputs = np.zeros((len(sources), int(lengths.max())), np.int32)  # PAD = 0
+  for i, s in enumerate(sources):
+    inputs[i, :len(s)] = s
+  max_length = int(task.batch('eval', 0, 1)['targets'].shape[1])
+  tokens, scores = decode.decode(model, state['params'], inputs, lengths, method=method,
+                                 beam_width=beam_width, length_penalty=length_penalty,
+                                 max_length=max_length)
+  return [(item, task.decode_text(row), float(score))
+          for item, row, score in zip(items, np.asarray(tokens), np.asarray(scores))]
+
+
+def is_seq2seq(workdir) -> bool:
+  """Whether the run in ``workdir`` (its config.json) trains a seq2seq task."""
+  from seqlab import tasks  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{workdir} holds no run (no config.json); pass the --workdir '
+                            'of a python -m seqlab.run')
+  with open(path) as f:
+    config = json.load(f)
+  return tasks.make_task(config['task'], config['seed']).spec.model == 'seq2seq'
+
+
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    print(f'seqlab: unexpected arguments: {" ".join(argv[1:])}', file=sys.stderr)
+    return 2
+  if not _WORKDIR.value:
+    print('seqlab: --workdir is required (the directory of a python -m seqlab.run)',
+          file=sys.stderr)
+    return 2
   workdir_lib.quiet_logging()
   try:
+    if is_seq2seq(_WORKDIR.value):
+      for item, out, score in decode_inputs(_WORKDIR.value, _PROMPT.value.split(),
+                                            _METHOD.value, _BEAM.value, _PENALTY.value,
+                                            _CHECKPOINT.value):
+        print(f'{item} -> {out}  ({score:.3f})')
+      return 0
     texts = sample_text(_WORKDIR.value, _PROMPT.value, _LENGTH.value, _TEMPERATURE.value,
                         _TOP_K.value, _SEED.value, _NUM.value, _CHECKPOINT.value)
   except (FileNotFoundError, ValueError, config_lib.ConfigError) as e:
@@ -58,4 +124,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main, FLAGS)

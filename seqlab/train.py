@@ -7,7 +7,6 @@ uninterrupted one.
 """
 import functools
 import json
-import json
 import os
 import signal
 import time
@@ -136,6 +135,22 @@ def evaluate(eval_fn, params, task, batch_size: int, carry=None, put=lambda b: b
   return losses.aggregate(results, [float(r['count']) for r in results])
 
 
+def evaluate_all(eval_fn, model, params, task, batch_size: int, carry=None,
+                 put=lambda b: b) -> dict:
+  """``evaluate``, and for seq2seq tasks the decoded metrics of the split as well.
+
+  Seq2seq runs add ``decode_exact_match``, ``decode_token_error_rate`` (the G2P phoneme
+  error rate), ``decode_sequence_error_rate`` (word error rate) and
+  ``decode_token_accuracy`` from greedy decoding (``seqlab.seq2seq_metrics``).
+  """
+  metrics = evaluate(eval_fn, params, task, batch_size, carry, put)
+  if task.spec.model == 'seq2seq':
+    from seqlab import seq2seq_metrics  # pylint: disable=g-import-not-at-top
+    decoded = seq2seq_metrics.seq2seq_eval(model, params, task, batch_size)
+    metrics.update({f'decode_{k}': v for k, v in decoded.items() if k != 'count'})
+  return metrics
+
+
 # --- Devices -------------------------------------------------------------------------
 
 
@@ -260,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def run_eval(state, step):
     eval_put = functools.partial(put_batch, shardings=batch_sharding(
         mesh, task.batch('eval', 0, eval_bs)))
-    metrics = evaluate(p_eval, state['params'], task, eval_bs, eval_carry, eval_put)
+    metrics = evaluate_all(p_eval, model, state['params'], task, eval_bs, eval_carry, eval_put)
     writer.write(step, 'eval', metrics)
     ckpt.save_best(step, state, {best_metric: metrics[best_metric]})
     return metrics
@@ -303,7 +318,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt.wait()
   ckpt.close()
   writer.close()
+  plot_learning_curves(workdir, best_metric)
   return eval_metrics or {}
+
+
+def plot_learning_curves(workdir: str, metric: str) -> None:
+  """learning_curves.png in the workdir, when matplotlib is installed (the plots extra)."""
+  try:
+    from seqlab import plots  # pylint: disable=g-import-not-at-top
+    plots.plot_run(workdir, metric)
+  except ImportError:
+    logging.info('matplotlib is not installed: no learning_curves.png (pip install '
+                 "'seqlab[plots]')")
 
 
 def load_run(workdir: str, which: str = 'best'):

@@ -1,0 +1,144 @@
+"""The command-line tools: evaluate, sample (language model and seq2seq), reproduce, flags."""
+import json
+import os
+
+import pytest
+
+from seqlab import evaluate
+from seqlab import sample
+from seqlab import train
+from seqlab import workdir as workdir_lib
+from conftest import load_config, run_module
+
+
+@pytest.fixture(scope='module')
+def reverse_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('reverse') / 'run')
+  train.train_and_evaluate(load_config('reverse'), workdir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def charlm_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('charlm') / 'run')
+  train.train_and_evaluate(load_config('charlm'), workdir)
+  return workdir
+
+
+def test_seq2seq_run_logs_decoded_metrics_and_draws_its_curves(reverse_run):
+  evals = [r for r in workdir_lib.read_metrics(reverse_run) if r['split'] == 'eval']
+  assert evals
+  for row in evals:
+    for key in ('decode_exact_match', 'decode_token_error_rate', 'decode_sequence_error_rate',
+                'decode_token_accuracy'):
+      assert 0.0 <= row[key] <= (10.0 if 'error' in key else 1.0), (key, row)
+    assert row['decode_sequence_error_rate'] == pytest.approx(1 - row['decode_exact_match'])
+  assert os.path.getsize(os.path.join(reverse_run, 'learning_curves.png')) > 1000
+
+
+def test_evaluate_seq2seq_greedy_and_beam(reverse_run):
+  greedy = evaluate.evaluate_workdir(reverse_run, 'best')
+  beam = evaluate.evaluate_workdir(reverse_run, 'latest', method='beam', beam_width=3)
+  assert greedy['decode_method'] == 'greedy' and beam['decode_method'] == 'beam3'
+  assert greedy['accuracy'] == beam['accuracy'] or greedy['step'] != beam['step']
+  with open(os.path.join(reverse_run, 'eval_latest.json')) as f:
+    assert json.load(f) == beam
+  # The same figures as the run's own last eval row (greedy, the same checkpoint).
+  last = [r for r in workdir_lib.read_metrics(reverse_run) if r['split'] == 'eval'][-1]
+  latest = evaluate.evaluate_workdir(reverse_run, 'latest')
+  assert latest['decode_exact_match'] == pytest.approx(last['decode_exact_match'])
+  assert latest['loss'] == pytest.approx(last['loss'], rel=1e-5)
+
+
+def test_sample_decodes_seq2seq_inputs_in_one_batch(reverse_run):
+  items = ['abc', 'hgfedcba', 'b']
+  out = sample.decode_inputs(reverse_run, items)
+  assert [item for item, _, _ in out] == items
+  assert all(set(text) <= set('abcdefghijklmnopqrst') for _, text, _ in out)
+  alone = [sample.decode_inputs(reverse_run, [item])[0] for item in items]
+  assert [t for _, t, _ in alone] == [t for _, t, _ in out]  # padding changes nothing
+  with pytest.raises(ValueError, match='letters'):
+    sample.decode_inputs(reverse_run, ['ab9'])
+  with pytest.raises(ValueError, match='not a language-model run|seq2seq'):
+    sample.sample_text(reverse_run, 'abc', 5)
+
+
+def test_sample_cli_seq2seq_and_errors(reverse_run):
+  proc = run_module('seqlab.sample', '--workdir', reverse_run, '--prompt', 'abc cba',
+                    '--method', 'beam', '--beam_width', '2')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert lines[0].startswith('abc -> ') and lines[1].startswith('cba -> ')
+  proc = run_module('seqlab.sample', '--workdir', reverse_run, '--prompt', 'a?')
+  assert proc.returncode == 2 and 'letters' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_language_model_sample_and_evaluate(charlm_run):
+  texts = sample.sample_text(charlm_run, 'ab', 12, temperature=0.0, num_samples=2)
+  assert len(texts) == 2 and all(t.startswith('ab') and len(t) == 14 for t in texts)
+  assert texts[0] == texts[1]  # greedy
+  proc = run_module('seqlab.sample', '--workdir', charlm_run, '--prompt', 'ab', '--length',
+                    '12', '--temperature', '0')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == texts[0].strip()
+  proc = run_module('seqlab.evaluate', '--workdir', charlm_run)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(proc.stdout)
+  assert result['checkpoint'] == 'best' and result['bpc'] > 0
+  with pytest.raises(ValueError, match='not a seq2seq run'):
+    sample.decode_inputs(charlm_run, ['ab'])
+
+
+@pytest.mark.parametrize('module', ['evaluate', 'sample'])
+def test_tools_reject_missing_workdir_and_bad_flags(tmp_path, module):
+  proc = run_module(f'seqlab.{module}', '--workdir', str(tmp_path))
+  assert proc.returncode == 2 and 'no config.json' in proc.stderr
+  proc = run_module(f'seqlab.{module}')
+  assert proc.returncode == 2 and '--workdir is required' in proc.stderr
+  proc = run_module(f'seqlab.{module}', '--workdri', str(tmp_path))
+  assert proc.returncode == 2 and 'bad command line' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+def test_help_lists_the_flags():
+  proc = run_module('seqlab.bench', '--help')
+  assert proc.returncode == 0 and '--cells' in proc.stdout and '--memory' in proc.stdout
+
+
+def test_tools_import_together():
+  """Each tool defines its flags in its own FlagValues: no DuplicateFlagError."""
+  import seqlab.bench, seqlab.diagnose, seqlab.reproduce, seqlab.sweep  # pylint: disable=g-import-not-at-top,multiple-imports
+  assert seqlab.bench.FLAGS['cells'] is not seqlab.diagnose.FLAGS['cells']
+  assert seqlab.reproduce.FLAGS['workdir'] is not evaluate.FLAGS['workdir']
+
+
+@pytest.mark.parametrize('override,message', [
+    ('--config.model.engine=parallel', 'choose one of: sequential, associative, auto'),
+    ('--config.model.engine=associative', "engine='associative' needs a diagonal linear"),
+    ('--config.model.remat=-1', 'model.remat must be a non-negative integer'),
+])
+def test_engine_and_remat_keys_are_checked(tmp_path, override, message):
+  proc = run_module('seqlab.run', '--config', 'experiments/adding.py:quick', '--workdir',
+                    str(tmp_path / 'run'), override)
+  assert proc.returncode == 2, proc.stderr
+  assert message in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_reproduce_quick_writes_the_table_and_skips_finished_seeds(tmp_path):
+  args = ('--quick', '--seeds', '2', '--only', 'adding_t100_lstm,mnist1d_gru', '--workdir',
+          str(tmp_path))
+  pytest.importorskip('mnist1d')
+  proc = run_module('seqlab.reproduce', *args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / 'reproduce.json') as f:
+    rows = json.load(f)
+  assert [r['name'] for r in rows] == ['adding_t100_lstm', 'mnist1d_gru']
+  assert all(r['seeds'] == 2 and len(r['values']) == 2 for r in rows)
+  assert 0 <= rows[1]['mean'] <= 100  # accuracy in percent
+  table = (tmp_path / 'reproduce.md').read_text()
+  assert 'Greydanus & Kobak' in table and ' ± ' in table and 'cpu:' in table
+  again = run_module('seqlab.reproduce', *args)  # finished seeds are skipped
+  assert again.returncode == 0 and 'step ' not in again.stdout
+  assert (tmp_path / 'reproduce.md').read_text() == table
+  bad = run_module('seqlab.reproduce', '--only', 'nope', '--workdir', str(tmp_path))
+  assert bad.returncode == 2 and 'unknown reproduction' in bad.stderr
