@@ -39,6 +39,12 @@ class Entry:
   source: str
   scale: float = 1.0       # e.g. 100 for accuracy in percent
   overrides: tuple = ()    # (('key.path', value), ...)
+  run: str = ''            # the runs' directory (default ``name``): entries reading
+                           # several metrics of one experiment share its runs
+
+  @property
+  def directory(self) -> str:
+    return self.run or self.name
 
 
 ENTRIES = (
@@ -58,6 +64,24 @@ ENTRIES = (
           'LSTM beats the baseline 10 log 8/(T+20) = 0.173', 'Arjovsky et al. 2016, Fig. 1'),
     Entry('copy_t200_lstm', 'copy', 't200', 'LSTM 128', 'cross_entropy',
           'LSTM stuck at the baseline 0.094', 'Arjovsky et al. 2016, Fig. 1'),
+    Entry('mnist1d_gru', 'mnist1d', None, 'biGRU 6, linear over all steps', 'accuracy',
+          'GRU 91% (logistic 32%, MLP 68%, CNN 94%)', 'Greydanus & Kobak 2020 (mnist1d README table)',
+          scale=100),
+    Entry('mnist1d_shuffled_gru', 'mnist1d', 'shuffled', 'biGRU 6, shuffled steps', 'accuracy',
+          'GRU 57% (CNN 56%)', 'Greydanus & Kobak 2020 (mnist1d README table)', scale=100),
+    Entry('japanese_vowels_lstm', 'japanese_vowels', None, 'biLSTM 64', 'accuracy',
+          'FCN 99.3%, TWIESN 96.5%', 'Fawaz et al. 2019 (as cited in issue 4; not re-read)', scale=100),
+    Entry('japanese_vowels_gru', 'japanese_vowels', 'gru', 'biGRU 64', 'accuracy',
+          'FCN 99.3%, TWIESN 96.5%', 'Fawaz et al. 2019 (as cited in issue 4; not re-read)', scale=100),
+    Entry('reverse_attention', 'reverse', None, 'LSTM enc-dec, attention',
+          'decode_exact_match', 'an attention model solves it (issue target >= 0.95)',
+          'Bahdanau et al. 2015 (task: ours)'),
+    Entry('g2p_per', 'g2p', None, 'biLSTM 64 enc, LSTM dec, Luong general',
+          'decode_token_error_rate', 'PER 7.63% (enc-dec LSTM, no attention)',
+          'Yao & Zweig 2015 (as cited in issue 7; their split differs)', scale=100, run='g2p'),
+    Entry('g2p_wer', 'g2p', None, 'biLSTM 64 enc, LSTM dec, Luong general',
+          'decode_sequence_error_rate', 'WER 28.61% (enc-dec LSTM, no attention)',
+          'Yao & Zweig 2015 (as cited in issue 7; their split differs)', scale=100, run='g2p'),
 )
 
 
@@ -83,7 +107,7 @@ def entry_config(entry: Entry, seed: int, quick: bool):
 
 
 def _done_path(workdir, entry, seed):
-  return os.path.join(workdir, entry.name, f'seed{seed}', 'reproduce.json')
+  return os.path.join(workdir, entry.directory, f'seed{seed}', 'reproduce.json')
 
 
 def run_entry(entry: Entry, seeds: int, workdir: str, quick: bool) -> bool:
@@ -126,8 +150,17 @@ def markdown_table(rows, device: str) -> str:
 
 
 def device_name() -> str:
+  """'gpu: NVIDIA H100 x1', or for the CPU its model name and core count."""
   d = jax.devices()[0]
-  return f'{jax.default_backend()}: {getattr(d, "device_kind", str(d))} x{jax.device_count()}'
+  kind = getattr(d, 'device_kind', str(d))
+  if jax.default_backend() == 'cpu':
+    try:
+      with open('/proc/cpuinfo') as f:
+        kind = next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
+    except (OSError, StopIteration):
+      pass
+    return f'cpu: {kind}, {os.cpu_count()} cores'
+  return f'{jax.default_backend()}: {kind} x{jax.device_count()}'
 
 
 FLAGS = flags.FlagValues()  # our own: see seqlab.cli
