@@ -28,10 +28,15 @@ BEST_MODES = ('min', 'max')
 
 
 def _manager(directory, *, keep, async_save, best_fn=None, best_mode='min'):
+  # Both managers may save the same step at once: on many hosts their barriers need
+  # distinct names (orbax keys them by step alone otherwise).
+  prefix = os.path.basename(directory.rstrip('/'))
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, best_fn=best_fn, best_mode=best_mode,
       keep_checkpoints_without_metrics=False, enable_async_checkpointing=async_save,
-      cleanup_tmp_directories=True)
+      cleanup_tmp_directories=True,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=prefix))
   # One unnamed item with its handler fixed up front: left to itself, orbax infers
   # "one item or many" from the first step directory it reads, and a damaged one
   # would lock the manager into the wrong mode for every older step as well.

@@ -21,6 +21,47 @@ from seqlab import workdir as workdir_lib
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file[:variant].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default runs/<experiment>).')
+_DISTRIBUTED = flags.DEFINE_enum(
+    'distributed', 'auto', ['auto', 'on', 'off'],
+    'Multi-host: call jax.distributed.initialize() before anything touches the devices. '
+    "'auto' does when the environment describes a cluster of several processes (SLURM "
+    'with more than one task, JAX_COORDINATOR_ADDRESS, a multi-host TPU slice).')
+
+# Environment variables that describe a multi-process job jax.distributed can join.
+CLUSTER_ENV = ('JAX_COORDINATOR_ADDRESS', 'MEGASCALE_COORDINATOR_ADDRESS')
+
+
+def in_cluster(env=None) -> bool:
+  """Whether ``env`` (os.environ) describes a job of several processes."""
+  env = os.environ if env is None else env
+  if any(env.get(k) for k in CLUSTER_ENV):
+    return True
+  if int(env.get('SLURM_NTASKS', '1') or 1) > 1 and 'SLURM_JOB_ID' in env:
+    return True
+  hosts = env.get('TPU_WORKER_HOSTNAMES', '')
+  return len([h for h in hosts.split(',') if h]) > 1
+
+
+def initialize_distributed(mode: str, env=None) -> bool:
+  """Joins the cluster (``jax.distributed.initialize``) when ``mode`` says so; True if it did.
+
+  The coordinator, process count and index come from the environment (SLURM, TPU
+  metadata, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
+  """
+  if mode == 'off' or (mode == 'auto' and not in_cluster(env)):
+    return False
+  import jax  # pylint: disable=g-import-not-at-top
+  env = os.environ if env is None else env
+  explicit = {}  # a hand-made cluster (no SLURM / TPU metadata): all three from the env
+  if env.get('JAX_COORDINATOR_ADDRESS') and env.get('JAX_NUM_PROCESSES'):
+    explicit = dict(coordinator_address=env['JAX_COORDINATOR_ADDRESS'],
+                    num_processes=int(env['JAX_NUM_PROCESSES']),
+                    process_id=int(env.get('JAX_PROCESS_ID', '0')))
+  jax.distributed.initialize(**explicit)
+  logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+  return True
 
 
 def default_workdir(config_path: str) -> str:
@@ -41,6 +82,13 @@ def main(argv):
     return 2
   workdir_lib.quiet_logging()
   workdir = _WORKDIR.value or default_workdir(path)
+  try:
+    initialize_distributed(_DISTRIBUTED.value)
+  except (RuntimeError, ValueError) as e:
+    print(f'seqlab: cannot join the cluster (jax.distributed.initialize): '
+          f'{str(e).rstrip(".")}. Check the '
+          'coordinator address and process count, or pass --distributed=off.', file=sys.stderr)
+    return 2
   try:
     metrics = train.train_and_evaluate(_CONFIG.value, workdir)
   except config_lib.ConfigError as e:

@@ -318,7 +318,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt.wait()
   ckpt.close()
   writer.close()
-  plot_learning_curves(workdir, best_metric)
+  if jax.process_index() == 0:
+    plot_learning_curves(workdir, best_metric)
   return eval_metrics or {}
 
 

@@ -63,8 +63,13 @@ def flat_diff(old: dict, new: dict, prefix='') -> list[str]:
 
 
 def prepare(workdir: str, config) -> None:
-  """Creates ``workdir`` and writes config.json (the resolved config) and run_info.json."""
+  """Creates ``workdir`` and writes config.json (the resolved config) and run_info.json.
+
+  On many hosts only process 0 writes (the workdir is shared storage).
+  """
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() != 0:
+    return
   resolved = json.loads(config.to_json_best_effort())
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
@@ -106,11 +111,15 @@ class MetricWriter:
   """Appends rows to metrics.jsonl and TensorBoard event files (tensorboardX).
 
   On resume, rows logged after the restored step (written before an interruption
-  but not covered by a checkpoint) are dropped, so the file reads as one run.
+  but not covered by a checkpoint) are dropped, so the file reads as one run. On many
+  hosts only process 0 writes files; the others log eval rows only.
   """
 
   def __init__(self, workdir: str, resume_step: int = 0):
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.primary = jax.process_index() == 0
+    if not self.primary:
+      return
     kept = [r for r in read_metrics(workdir) if r['step'] <= resume_step]
     with open(self.path, 'w') as f:
       f.writelines(json.dumps(r) + '\n' for r in kept)
@@ -121,15 +130,19 @@ class MetricWriter:
   def write(self, step: int, split: str, metrics: dict) -> None:
     row = {'step': int(step), 'split': split}
     row.update({k: float(v) for k, v in metrics.items()})
+    if split == 'eval':
+      logging.info('step %d eval %s', step, ', '.join(f'{k}={v:.5g}' for k, v in metrics.items()))
+    if not self.primary:
+      return
     self._file.write(json.dumps(row) + '\n')
     self._file.flush()
     for k, v in row.items():
       if k not in ('step', 'split'):
         self._tb.add_scalar(f'{split}/{k}', v, step)
-    if split == 'eval':
-      logging.info('step %d eval %s', step, ', '.join(f'{k}={v:.5g}' for k, v in metrics.items()))
 
   def close(self) -> None:
+    if not self.primary:
+      return
     self._file.close()
     self._tb.close()
 
