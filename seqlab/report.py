@@ -168,6 +168,9 @@ def report(sweep_dir: str) -> str:
 
 
 def main(argv) -> int:
+  if len(argv) == 2 and argv[1] in ('-h', '--help'):
+    print(__doc__)
+    return 0
   if len(argv) != 2:
     print('usage: python -m seqlab.report <sweep workdir>', file=sys.stderr)
     return 2
