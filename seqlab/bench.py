@@ -9,24 +9,28 @@
 A training step is forward, backward and an Adam update of a recurrent layer under a
 linear head with an MSE loss, on inputs [batch, time, input] (shapes are given as
 batch x time x hidden). seqlab's ``StackedRNN`` is measured with the input projection
-hoisted out of the loop and inside it; the peers are Flax ``nn.RNN`` (OptimizedLSTMCell,
-GRUCell, SimpleCell) and PyTorch ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (batch_first, with as
-many threads as XLA:CPU uses) when torch is installed.
+hoisted out of the loop and inside it; hoisted on CPU, an LSTM or Elman RNN also gets
+its recurrent kernel's gradient as one matmul after the backward loop (``scan.deferred``),
+and only there, at batch <= ``scan.DEFERRED_MAX_BATCH_CPU``, does seqlab hoist by
+default on CPU. The peers are Flax ``nn.RNN`` (OptimizedLSTMCell, GRUCell, SimpleCell)
+and PyTorch ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (batch_first, with as many threads as
+XLA:CPU uses) when torch is installed.
 
 Measurements are interleaved: in each round every implementation runs ``--steps``
 steps, and the first round is thrown away (first-touch memory, caches), so machine
 noise hits all alike. tokens/s = batch * time / median step time; compile time (the
 first call: ``lower().compile()``) is reported apart. Ratios are tokens/s over the
 peer's. ``--memory`` reports XLA's compiled memory analysis (temp buffers) of the
-step against sequence length, for a plain scan and one whose timestep is under
-``jax.checkpoint`` (remat). ``--crossover`` times every engine of ``scan.run``
-(``scan.ENGINES``) per cell and shape, and is skipped when ``run`` has no ``engine``.
-The load average before and after goes with the results: on a shared machine other
-processes slow multi-threaded work most.
+step against sequence length, for a plain scan (remat k = 0) and for chunks of
+k = sqrt(T) steps under ``jax.checkpoint`` (``scan.run(..., remat=k)``). ``--crossover``
+times every engine of ``scan.run`` (``scan.ENGINES``) per cell and shape, and is
+skipped when ``run`` has no ``engine``. The load average before and after goes with
+the results: on a shared machine other processes slow multi-threaded work most.
 """
 import dataclasses
 import inspect
 import json
+import math
 import os
 import platform
 import statistics
@@ -326,48 +330,21 @@ def run_speed(cells_, shapes, input_size, steps, rounds, peers, dtype, torch) ->
 
 # --- Memory ---------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class Remat:
-  """``cell`` whose timestep runs under ``jax.checkpoint``.
-
-  The backward pass recomputes each step's gates from the saved carry and projected
-  input instead of keeping them for all T steps. (A cell wrapper so the bench needs
-  nothing from ``scan.run``; as a library option it is ``step = jax.checkpoint(step)``.)
-  """
-  cell: Any
-
-  @property
-  def hidden_size(self):
-    return self.cell.hidden_size
-
-  def init(self, key, input_size):
-    return self.cell.init(key, input_size)
-
-  def initial_carry(self, batch_shape):
-    return self.cell.initial_carry(batch_shape)
-
-  def project(self, params, x):
-    return self.cell.project(params, x)
-
-  def recur(self, params, carry, px_t):
-    return jax.checkpoint(self.cell.recur)(params, carry, px_t)
-
-  def output(self, carry):
-    return self.cell.output(carry)
-
-
-MEMORY_VARIANTS = {'scan': lambda cell: cell, 'remat': Remat}
+def remat_chunk(time: int) -> int:
+  """The chunk length ``--memory`` checkpoints with: about sqrt(time), which minimises
+  the O(time / k + k) carries and residuals that the backward pass keeps."""
+  return max(1, math.isqrt(time))
 
 
 class CellModel(nn.Module):
-  """``layers.RNN`` over a cell object under a linear head: [B, T, I] -> [B, T, 1]."""
+  """``layers.RNN`` (lax.scan engine) over a cell under a linear head: [B, T, I] -> [B, T, 1]."""
   cell: Any
   hoist: bool
+  remat: int = 0
 
   @nn.compact
   def __call__(self, xs):
-    engine = {} if scan_engines() is None else {'engine': 'sequential'}  # lax.scan, always
-    ys, _ = layers.RNN(self.cell, hoist=self.hoist, **engine)(xs)
+    ys, _ = layers.RNN(self.cell, hoist=self.hoist, engine='sequential', remat=self.remat)(xs)
     return nn.Dense(1)(ys)
 
 
@@ -390,11 +367,11 @@ def run_memory(cells_, lengths, batch, hidden, input_size) -> list[dict]:
   for cell_name in cells_:
     for t in lengths:
       shape = Shape(batch, t, hidden)
-      for variant, wrap in MEMORY_VARIANTS.items():
+      for remat in (0, remat_chunk(t)):
         for hoist in (True, False):
-          model = CellModel(wrap(cells.make_cell(cell_name, hidden)), hoist)
+          model = CellModel(cells.make_cell(cell_name, hidden), hoist, remat)
           stats = memory_stats(model, shape, input_size)
-          rows.append({'cell': cell_name, 'shape': str(shape), 'time': t, 'variant': variant,
+          rows.append({'cell': cell_name, 'shape': str(shape), 'time': t, 'remat': remat,
                        'hoist': hoist, **stats,
                        'temp_bytes_per_step': stats['temp_bytes'] / t})
       log(format_table(rows[-4:], MEMORY_COLUMNS, header=False))
@@ -459,7 +436,7 @@ def fmt(value, spec):
 SPEED_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('impl', 'impl', 's'),
                  ('tokens_per_sec', 'tokens/s', ',.0f'), ('compile_s', 'compile s', '.1f'),
                  ('ratio_vs_torch', 'vs torch', '.2f'), ('ratio_vs_flax', 'vs flax', '.2f')]
-MEMORY_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('variant', 'step', 's'),
+MEMORY_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('remat', 'remat k', 'd'),
                   ('hoist', 'hoist', ''), ('temp_bytes', 'temp MiB', 'mib'),
                   ('peak_bytes', 'peak MiB', 'mib'), ('temp_bytes_per_step', 'temp KiB/step', 'kib')]
 CROSSOVER_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('impl', 'engine', 's'),

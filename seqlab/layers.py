@@ -28,6 +28,7 @@ class RNN(nn.Module):
   unroll: int = 1
   dtype: Any = None
   engine: str = 'auto'
+  remat: int = 0  # k > 0: chunks of k steps under jax.checkpoint (scan.run)
 
   @nn.compact
   def __call__(self, xs, lengths=None, initial_carry=None):
@@ -35,7 +36,7 @@ class RNN(nn.Module):
     params = self.param('cell', self.cell.init, xs.shape[-1])
     carry, ys = scan.run(self.cell, params, xs, lengths=lengths, initial_carry=initial_carry,
                          reverse=self.reverse, hoist=self.hoist, unroll=self.unroll,
-                         dtype=self.dtype, engine=self.engine)
+                         dtype=self.dtype, engine=self.engine, remat=self.remat)
     return ys, carry
 
 
@@ -56,11 +57,13 @@ class Bidirectional(nn.Module):
   unroll: int = 1
   dtype: Any = None
   engine: str = 'auto'
+  remat: int = 0
 
   @nn.compact
   def __call__(self, xs, lengths=None, initial_carry=None):
     fwd_c, bwd_c = (None, None) if initial_carry is None else initial_carry
-    kw = dict(hoist=self.hoist, unroll=self.unroll, dtype=self.dtype, engine=self.engine)
+    kw = dict(hoist=self.hoist, unroll=self.unroll, dtype=self.dtype, engine=self.engine,
+              remat=self.remat)
     fwd, fwd_c = RNN(self.cell, name='forward', **kw)(xs, lengths, fwd_c)
     bwd, bwd_c = RNN(self.cell, reverse=True, name='backward', **kw)(xs, lengths, bwd_c)
     return merge_directions(fwd, bwd, self.merge), (fwd_c, bwd_c)
@@ -93,6 +96,7 @@ class StackedRNN(nn.Module):
   unroll: int = 1
   dtype: Any = None
   engine: str = 'auto'  # one of scan.ENGINES
+  remat: int = 0  # 0: off; k > 0: backward memory O(T/k + k), see scan.run
 
   def __post_init__(self):
     cell = self.make_cell()  # unknown cell names and options fail here, not at trace time
@@ -104,6 +108,7 @@ class StackedRNN(nn.Module):
     if not isinstance(self.unroll, int) or self.unroll < 1:
       raise ValueError(f'unroll must be a positive integer, got {self.unroll!r}')
     scan.check_engine(cell, self.engine)  # lists scan.ENGINES
+    scan.check_remat(self.remat)
     super().__post_init__()
 
   def make_cell(self):
@@ -123,7 +128,8 @@ class StackedRNN(nn.Module):
   def __call__(self, xs, lengths=None, initial_carry=None, deterministic=True):
     scan.check_inputs(xs, lengths)
     cell = self.make_cell()
-    kw = dict(hoist=self.hoist, unroll=self.unroll, dtype=self.dtype, engine=self.engine)
+    kw = dict(hoist=self.hoist, unroll=self.unroll, dtype=self.dtype, engine=self.engine,
+              remat=self.remat)
     carries = []
     for i in range(self.num_layers):
       if self.bidirectional:

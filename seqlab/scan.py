@@ -10,9 +10,24 @@ Cells whose recurrence is diagonal and linear, ``h_t = a_t * h_{t-1} + b_t`` wit
 ``coefficients(params, px) -> (a, b)`` and ``readout(params, h, px) -> y`` and keep h
 as their carry; for them ``run`` has a second engine, ``jax.lax.associative_scan``
 over time (Blelloch 1990; as in S5 and the LRU paper): O(log T) depth instead of T.
+
+``remat=k`` bounds the memory of the backward pass, for either engine: time is cut
+into chunks of k steps, an outer ``jax.lax.scan`` runs the chunks and each chunk runs
+under ``jax.checkpoint`` (Chen et al. 2016, "Training Deep Nets with Sublinear Memory
+Cost"). The backward pass keeps only the T/k carries between chunks and recomputes
+one chunk's residuals at a time: O(T/k + k) memory for the recurrence instead of
+O(T), for one more forward pass. k ~ sqrt(T) minimises it.
+
+For cells whose recurrence only adds ``h_{t-1} U`` to the projected input (LSTM, Elman
+RNN), a hoisted sequential scan on CPU computes dU after the backward loop as one
+matmul (``deferred``) instead of adding an outer product into dU at every step.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from seqlab import cells
 
 ENGINES = ('sequential', 'associative', 'auto')
 
@@ -26,13 +41,29 @@ ENGINES = ('sequential', 'associative', 'auto')
 ASSOCIATIVE_MAX_WIDTH_CPU = 256
 
 
-def default_hoist() -> bool:
+# Cells whose ``recur`` is ``gates = px_t + output(carry) @ params['recurrent_kernel']``
+# followed by arithmetic that uses no other parameter, so that the recurrent kernel's
+# gradient is sum_t h_{t-1}^T dpx_t (see ``deferred``).
+DEFERRED_CELLS = (cells.LSTM, cells.SimpleRNN)
+# On XLA:CPU the hoisted scan with the deferred kernel gradient beat projecting inside
+# the loop up to this batch size. Measured on a 2-core CPU, jitted training step, hidden
+# 256/512, T 128-1024: LSTM 2.1x at batch 4, 1.55-1.7x at 8, 1.2x at 16, 0.89x at 32,
+# 0.79x at 64; Elman RNN 3.0x, 1.9x, 1.2x, 1.2x, 1.03x (notes in BUILD_NOTES.md).
+DEFERRED_MAX_BATCH_CPU = 16
+
+
+def default_hoist(cell=None, batch: int | None = None) -> bool:
   """Whether to project every timestep's input in one matmul before the loop.
 
-  It pays on GPUs and TPUs (one large matmul instead of T small ones); on XLA:CPU it
-  was measured not to (two extra [time, batch, gates] buffers; see BUILD_NOTES.md).
+  It pays on GPUs and TPUs (one large matmul instead of T small ones). On XLA:CPU it
+  was measured not to (two extra [time, batch, gates] buffers; see BUILD_NOTES.md),
+  except for ``DEFERRED_CELLS`` at batch <= ``DEFERRED_MAX_BATCH_CPU``, where the
+  hoisted scan's deferred kernel gradient wins.
   """
-  return jax.default_backend() != 'cpu'
+  if jax.default_backend() != 'cpu':
+    return True
+  return (isinstance(cell, DEFERRED_CELLS) and batch is not None
+          and batch <= DEFERRED_MAX_BATCH_CPU)
 
 
 def valid_mask(lengths, time: int):
@@ -61,6 +92,13 @@ def check_inputs(xs, lengths=None, input_size=None):
     raise ValueError(f'inputs have {xs.shape[-1]} features but the layer was built for {input_size}')
   if lengths is not None and tuple(lengths.shape) != (xs.shape[0],):
     raise ValueError(f'lengths must have shape [batch] = ({xs.shape[0]},), got {tuple(lengths.shape)}')
+
+
+def check_remat(remat) -> None:
+  """Raises a ValueError unless ``remat`` is a non-negative int (0: off, k: chunk length)."""
+  if not isinstance(remat, int) or isinstance(remat, bool) or remat < 0:
+    raise ValueError(f'remat must be a non-negative integer (0 = off, k = steps per '
+                     f'checkpointed chunk), got {remat!r}')
 
 
 def check_engine(cell, engine: str) -> None:
@@ -96,7 +134,7 @@ def state_width(carry) -> int:
 
 
 def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
-        hoist=None, unroll=1, dtype=None, engine='auto'):
+        hoist=None, unroll=1, dtype=None, engine='auto', remat=0):
   """Runs ``cell`` over ``xs`` [batch, time, features].
 
   Args:
@@ -110,21 +148,27 @@ def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
     reverse: read each sequence backward from its last valid step; outputs are
       returned in the original time order.
     hoist: project all timesteps' inputs in one matmul outside the loop (True) or
-      inside it step by step (False); None picks ``default_hoist()``. Sequential
-      engine only (the associative one always projects the whole sequence).
+      inside it step by step (False); None picks ``default_hoist(cell, batch)``.
+      Sequential engine only (the associative one always projects the whole
+      sequence); there, on CPU, hoisting defers the gradient of ``DEFERRED_CELLS``'
+      recurrent kernel to one matmul after the loop.
     unroll: passed to ``jax.lax.scan`` (sequential engine only).
     dtype: compute dtype of the matmuls (e.g. jnp.bfloat16); carries stay float32.
     engine: one of ``ENGINES``: 'sequential' (``jax.lax.scan``), 'associative'
       (``jax.lax.associative_scan``, cells with ``coefficients`` only) or 'auto'
       (see ``choose_engine``).
+    remat: 0, or k > 0 to run chunks of k timesteps under ``jax.checkpoint``
+      (see ``chunked``): the same results, O(T/k + k) instead of O(T) memory for
+      the backward pass, about one more forward pass of compute.
 
   Returns:
     ``(final_carry, ys)`` with ys [batch, time, hidden] in float32.
   """
   kernel = params.get('kernel') if isinstance(params, dict) else None
   check_inputs(xs, lengths, None if kernel is None else kernel.shape[0])
+  check_remat(remat)
   batch, time, _ = xs.shape
-  hoist = default_hoist() if hoist is None else hoist
+  hoist = default_hoist(cell, batch) if hoist is None else hoist
   if dtype is not None:
     params = jax.tree.map(lambda p: p.astype(dtype), params)
     xs = xs.astype(dtype)
@@ -134,12 +178,22 @@ def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
   mask = None if lengths is None else valid_mask(lengths, time)
 
   if choose_engine(cell, engine, state_width(carry)) == 'associative':
-    carry, ys = associative(cell, params, xs, carry, mask)
+    loop = lambda xs, carry, mask: associative(cell, params, xs, carry, mask)
   else:
-    carry, ys = sequential(cell, params, xs, carry, mask, hoist, unroll)
+    loop = lambda xs, carry, mask: sequential(cell, params, xs, carry, mask, hoist, unroll)
+  carry, ys = chunked(loop, xs, carry, mask, remat) if remat else loop(xs, carry, mask)
   if reverse:
     ys = ys[:, ::-1] if lengths is None else reverse_valid(ys, lengths)
   return carry, ys
+
+
+def masked_step(cell, params, carry, px_t, m_t):
+  """``cell.recur``, then the carry kept and the output zeroed where ``m_t`` [batch] is False."""
+  new, y_t = cell.recur(params, carry, px_t)
+  if m_t is not None:
+    new = jax.tree.map(lambda n, o: jnp.where(m_t[:, None], n, o), new, carry)
+    y_t = jnp.where(m_t[:, None], y_t, 0)
+  return new, y_t
 
 
 def sequential(cell, params, xs, carry, mask, hoist: bool, unroll: int):
@@ -150,18 +204,90 @@ def sequential(cell, params, xs, carry, mask, hoist: bool, unroll: int):
   xs = jnp.swapaxes(xs, 0, 1)  # [time, batch, features]: each step reads a contiguous slab
   if hoist:
     xs = cell.project(params, xs)  # [time, batch, proj]
+    if isinstance(cell, DEFERRED_CELLS) and jax.default_backend() == 'cpu':
+      carry, ys = deferred(cell, unroll, params['recurrent_kernel'], xs, carry, mask)
+      return carry, jnp.swapaxes(ys, 0, 1)
 
   def step(carry, inputs):
     x_t, m_t = inputs
-    px_t = x_t if hoist else cell.project(params, x_t)
-    new, y_t = cell.recur(params, carry, px_t)
-    if m_t is not None:
-      new = jax.tree.map(lambda n, o: jnp.where(m_t[:, None], n, o), new, carry)
-      y_t = jnp.where(m_t[:, None], y_t, 0)
-    return new, y_t
+    return masked_step(cell, params, carry, x_t if hoist else cell.project(params, x_t), m_t)
 
   carry, ys = jax.lax.scan(step, carry, (xs, mask), unroll=unroll)
   return carry, jnp.swapaxes(ys, 0, 1)  # [batch, time, hidden]
+
+
+def recurrent_scan(cell, unroll, kernel, px, carry, mask):
+  """The scan of a ``DEFERRED_CELLS`` cell over projected inputs px [time, batch, proj]
+  -> ((carry, ys [time, batch, hidden]), h_{t-1} at every step [time, batch, hidden])."""
+  def step(carry, inputs):
+    new, y_t = masked_step(cell, {'recurrent_kernel': kernel}, carry, *inputs)
+    return new, (y_t, cell.output(carry))
+
+  carry, (ys, h_prev) = jax.lax.scan(step, carry, (px, mask), unroll=unroll)
+  return (carry, ys), h_prev
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def deferred(cell, unroll, kernel, px, carry, mask):
+  """``recurrent_scan`` whose backward pass leaves the kernel out of the loop.
+
+  kernel U [hidden, proj], px [time, batch, proj], mask [time, batch] | None ->
+  (carry, ys [time, batch, hidden]). The recurrence reads U only in ``h_{t-1} U``,
+  added to px_t, so dU = sum_t h_{t-1}^T dpx_t: one [hidden, time * batch] x
+  [time * batch, proj] matmul after the backward loop, which then carries only the
+  carry's gradient. Autodiff of the plain scan instead adds a rank-``batch`` outer
+  product into all of dU at every step (slow on CPU at small batch; measured numbers
+  at ``DEFERRED_MAX_BATCH_CPU``).
+  """
+  return recurrent_scan(cell, unroll, kernel, px, carry, mask)[0]
+
+
+def _deferred_fwd(cell, unroll, kernel, px, carry, mask):
+  run_ = lambda px, carry: recurrent_scan(cell, unroll, kernel, px, carry, mask)
+  out, backward, h_prev = jax.vjp(run_, px, carry, has_aux=True)  # U held fixed
+  return out, (backward, h_prev, kernel)
+
+
+def _deferred_bwd(cell, unroll, residuals, cotangents):
+  del cell, unroll
+  backward, h_prev, kernel = residuals
+  dpx, dcarry = backward(cotangents)  # the loop: dpx [time, batch, proj]
+  h_prev = h_prev.reshape(-1, h_prev.shape[-1]).astype(dpx.dtype)  # [time * batch, hidden]
+  dkernel = jnp.matmul(h_prev.T, dpx.reshape(-1, dpx.shape[-1]),
+                       preferred_element_type=jnp.float32)  # [hidden, proj]
+  return dkernel.astype(kernel.dtype), dpx, dcarry, None
+
+
+deferred.defvjp(_deferred_fwd, _deferred_bwd)
+
+
+def chunked(loop, xs, carry, mask, k: int):
+  """``loop`` over chunks of ``k`` timesteps, each chunk under ``jax.checkpoint``.
+
+  loop(xs [batch, k, features], carry, mask [k, batch] | None) -> (carry, ys [batch,
+  k, hidden]) is one engine; xs [batch, time, features], mask [time, batch] | None ->
+  (carry, ys [batch, time, hidden]). Time is padded to a multiple of k with masked
+  steps, which leave the carry as it was; their outputs are cut off.
+  """
+  batch, time, features = xs.shape
+  k = min(k, time)
+  n = -(-time // k)  # chunks
+  pad = n * k - time
+  if pad:
+    mask = jnp.ones((time, batch), bool) if mask is None else mask
+    mask = jnp.pad(mask, ((0, pad), (0, 0)))  # [n * k, batch], False on padding
+    xs = jnp.pad(xs, ((0, 0), (0, pad), (0, 0)))
+  xs = jnp.swapaxes(xs.reshape(batch, n, k, features), 0, 1)  # [n, batch, k, features]
+  mask = None if mask is None else mask.reshape(n, k, batch)
+
+  @jax.checkpoint
+  def chunk(carry, inputs):
+    xs_c, mask_c = inputs
+    return loop(xs_c, carry, mask_c)
+
+  carry, ys = jax.lax.scan(chunk, carry, (xs, mask))  # ys [n, batch, k, hidden]
+  ys = jnp.swapaxes(ys, 0, 1).reshape(batch, n * k, ys.shape[-1])
+  return carry, ys[:, :time]
 
 
 def combine(earlier, later):

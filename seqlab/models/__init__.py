@@ -33,7 +33,8 @@ def build_model(model_cfg, spec):
       bidirectional=model_cfg.bidirectional, merge=model_cfg.merge, dropout=model_cfg.dropout,
       residual=model_cfg.residual, cell_options=cell_options(model_cfg),
       hoist=HOIST[model_cfg.hoist], unroll=model_cfg.unroll,
-      dtype=None if dtype == jnp.float32 else dtype, engine=model_cfg.engine)
+      dtype=None if dtype == jnp.float32 else dtype, engine=model_cfg.engine,
+      remat=model_cfg.remat)
   if spec.model == 'seq2seq':
     return seq2seq.from_config(model_cfg, spec, encoder)
   return SequenceModel(
