@@ -9,7 +9,7 @@
 A training step is forward, backward and an Adam update of a recurrent layer under a
 linear head with an MSE loss, on inputs [batch, time, input] (shapes are given as
 batch x time x hidden). seqlab's ``StackedRNN`` is measured with the input projection
-hoisted out of the loop and inside it; hoisted on CPU, an LSTM or Elman RNN also gets
+hoisted out of the loop and inside it; hoisted on CPU, an LSTM, Elman RNN or (cuDNN-convention) GRU also gets
 its recurrent kernel's gradient as one matmul after the backward loop (``scan.deferred``),
 and only there, at batch <= ``scan.DEFERRED_MAX_BATCH_CPU``, does seqlab hoist by
 default on CPU. The peers are Flax ``nn.RNN`` (OptimizedLSTMCell, GRUCell, SimpleCell)

@@ -41,14 +41,25 @@ ENGINES = ('sequential', 'associative', 'auto')
 ASSOCIATIVE_MAX_WIDTH_CPU = 256
 
 
-# Cells whose ``recur`` is ``gates = px_t + output(carry) @ params['recurrent_kernel']``
-# followed by arithmetic that uses no other parameter, so that the recurrent kernel's
-# gradient is sum_t h_{t-1}^T dpx_t (see ``deferred``).
-DEFERRED_CELLS = (cells.LSTM, cells.SimpleRNN)
+# Cells whose ``recur`` reads its recurrent parameters only in ``ph = output(carry) @
+# params['recurrent_kernel'] (+ params['recurrent_bias'])``, so that dU = sum_t
+# h_{t-1}^T dph_t (see ``deferred``). For LSTM and Elman RNN, ph adds to px_t and
+# dph = dpx; the cuDNN-convention GRU gives dph from dpx and its reset gate
+# (``recurrent_cotangent``).
+DEFERRED_CELLS = (cells.LSTM, cells.SimpleRNN, cells.GRU)
+
+
+def deferrable(cell) -> bool:
+  """Whether ``deferred`` can run ``cell`` (the paper-convention GRU cannot: its n gate
+  multiplies (r * h) by U_n)."""
+  return isinstance(cell, DEFERRED_CELLS) and getattr(cell, 'reset_after', True)
+
+
 # On XLA:CPU the hoisted scan with the deferred kernel gradient beat projecting inside
 # the loop up to this batch size. Measured on a 2-core CPU, jitted training step, hidden
 # 256/512, T 128-1024: LSTM 2.1x at batch 4, 1.55-1.7x at 8, 1.2x at 16, 0.89x at 32,
-# 0.79x at 64; Elman RNN 3.0x, 1.9x, 1.2x, 1.2x, 1.03x (notes in BUILD_NOTES.md).
+# 0.79x at 64; Elman RNN 3.0x, 1.9x, 1.2x, 1.2x, 1.03x; GRU 1.23x at 8, 1.02x at 16,
+# 1.07x at 32, 0.66x at 128 (notes in BUILD_NOTES.md).
 DEFERRED_MAX_BATCH_CPU = 16
 
 
@@ -62,8 +73,7 @@ def default_hoist(cell=None, batch: int | None = None) -> bool:
   """
   if jax.default_backend() != 'cpu':
     return True
-  return (isinstance(cell, DEFERRED_CELLS) and batch is not None
-          and batch <= DEFERRED_MAX_BATCH_CPU)
+  return deferrable(cell) and batch is not None and batch <= DEFERRED_MAX_BATCH_CPU
 
 
 def valid_mask(lengths, time: int):
@@ -204,8 +214,9 @@ def sequential(cell, params, xs, carry, mask, hoist: bool, unroll: int):
   xs = jnp.swapaxes(xs, 0, 1)  # [time, batch, features]: each step reads a contiguous slab
   if hoist:
     xs = cell.project(params, xs)  # [time, batch, proj]
-    if isinstance(cell, DEFERRED_CELLS) and jax.default_backend() == 'cpu':
-      carry, ys = deferred(cell, unroll, params['recurrent_kernel'], xs, carry, mask)
+    if deferrable(cell) and jax.default_backend() == 'cpu':
+      recurrent = {k: params[k] for k in ('recurrent_kernel', 'recurrent_bias') if k in params}
+      carry, ys = deferred(cell, unroll, recurrent, xs, carry, mask)
       return carry, jnp.swapaxes(ys, 0, 1)
 
   def step(carry, inputs):
@@ -216,46 +227,55 @@ def sequential(cell, params, xs, carry, mask, hoist: bool, unroll: int):
   return carry, jnp.swapaxes(ys, 0, 1)  # [batch, time, hidden]
 
 
-def recurrent_scan(cell, unroll, kernel, px, carry, mask):
+def recurrent_scan(cell, unroll, recurrent, px, carry, mask):
   """The scan of a ``DEFERRED_CELLS`` cell over projected inputs px [time, batch, proj]
-  -> ((carry, ys [time, batch, hidden]), h_{t-1} at every step [time, batch, hidden])."""
-  def step(carry, inputs):
-    new, y_t = masked_step(cell, {'recurrent_kernel': kernel}, carry, *inputs)
-    return new, (y_t, cell.output(carry))
+  -> ((carry, ys [time, batch, hidden]), (h_{t-1} [time, batch, hidden], the cell's
+  ``deferred_aux`` per step or None))."""
+  aux = getattr(cell, 'deferred_aux', lambda params, h, px_t: None)
 
-  carry, (ys, h_prev) = jax.lax.scan(step, carry, (px, mask), unroll=unroll)
-  return (carry, ys), h_prev
+  def step(carry, inputs):
+    new, y_t = masked_step(cell, recurrent, carry, *inputs)
+    h = cell.output(carry)
+    return new, (y_t, (h, aux(recurrent, h, inputs[0])))
+
+  carry, (ys, saved) = jax.lax.scan(step, carry, (px, mask), unroll=unroll)
+  return (carry, ys), saved
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def deferred(cell, unroll, kernel, px, carry, mask):
-  """``recurrent_scan`` whose backward pass leaves the kernel out of the loop.
+def deferred(cell, unroll, recurrent, px, carry, mask):
+  """``recurrent_scan`` whose backward pass leaves the recurrent parameters out of the loop.
 
-  kernel U [hidden, proj], px [time, batch, proj], mask [time, batch] | None ->
-  (carry, ys [time, batch, hidden]). The recurrence reads U only in ``h_{t-1} U``,
-  added to px_t, so dU = sum_t h_{t-1}^T dpx_t: one [hidden, time * batch] x
-  [time * batch, proj] matmul after the backward loop, which then carries only the
-  carry's gradient. Autodiff of the plain scan instead adds a rank-``batch`` outer
-  product into all of dU at every step (slow on CPU at small batch; measured numbers
-  at ``DEFERRED_MAX_BATCH_CPU``).
+  recurrent {'recurrent_kernel': U [hidden, proj], optionally 'recurrent_bias' [proj]},
+  px [time, batch, proj], mask [time, batch] | None -> (carry, ys [time, batch, hidden]).
+  The recurrence reads U and b_h only in ph_t = h_{t-1} U + b_h, so dU = sum_t h_{t-1}^T
+  dph_t: one [hidden, time * batch] x [time * batch, proj] matmul after the backward
+  loop, which then carries only the carry's gradient; dph is dpx (LSTM, RNN) or comes
+  from dpx by the cell's ``recurrent_cotangent`` (GRU). Autodiff of the plain scan
+  instead adds a rank-``batch`` outer product into all of dU at every step (slow on CPU
+  at small batch; measured numbers at ``DEFERRED_MAX_BATCH_CPU``).
   """
-  return recurrent_scan(cell, unroll, kernel, px, carry, mask)[0]
+  return recurrent_scan(cell, unroll, recurrent, px, carry, mask)[0]
 
 
-def _deferred_fwd(cell, unroll, kernel, px, carry, mask):
-  run_ = lambda px, carry: recurrent_scan(cell, unroll, kernel, px, carry, mask)
-  out, backward, h_prev = jax.vjp(run_, px, carry, has_aux=True)  # U held fixed
-  return out, (backward, h_prev, kernel)
+def _deferred_fwd(cell, unroll, recurrent, px, carry, mask):
+  run_ = lambda px, carry: recurrent_scan(cell, unroll, recurrent, px, carry, mask)
+  out, backward, saved = jax.vjp(run_, px, carry, has_aux=True)  # U, b_h held fixed
+  return out, (backward, saved, recurrent)
 
 
 def _deferred_bwd(cell, unroll, residuals, cotangents):
-  del cell, unroll
-  backward, h_prev, kernel = residuals
+  del unroll
+  backward, (h_prev, aux), recurrent = residuals
   dpx, dcarry = backward(cotangents)  # the loop: dpx [time, batch, proj]
-  h_prev = h_prev.reshape(-1, h_prev.shape[-1]).astype(dpx.dtype)  # [time * batch, hidden]
-  dkernel = jnp.matmul(h_prev.T, dpx.reshape(-1, dpx.shape[-1]),
-                       preferred_element_type=jnp.float32)  # [hidden, proj]
-  return dkernel.astype(kernel.dtype), dpx, dcarry, None
+  dph = dpx if aux is None else cell.recurrent_cotangent(aux, dpx)
+  dph = dph.reshape(-1, dph.shape[-1])  # [time * batch, proj]
+  h_prev = h_prev.reshape(-1, h_prev.shape[-1]).astype(dph.dtype)  # [time * batch, hidden]
+  grads = {'recurrent_kernel': jnp.matmul(h_prev.T, dph, preferred_element_type=jnp.float32)}
+  if 'recurrent_bias' in recurrent:
+    grads['recurrent_bias'] = jnp.sum(dph, 0, dtype=jnp.float32)
+  grads = {k: g.astype(recurrent[k].dtype) for k, g in grads.items()}
+  return grads, dpx, dcarry, None
 
 
 deferred.defvjp(_deferred_fwd, _deferred_bwd)

@@ -193,7 +193,7 @@ def adding_curve(cell: str, dtype: str, steps=200, log_every=20):
 @pytest.mark.parametrize('cell', ['lstm', 'gru'])
 def test_bfloat16_training_follows_float32(cell):
   """The same run in float32 and with bfloat16 matmuls: every logged loss within 10%,
-  the window means within 5%; parameters, Adam moments and carries stay float32, and
+  the window means within 5% (or 2% of the first); parameters, Adam moments and carries stay float32, and
   the step really multiplies in bfloat16. (In 200 steps the GRU solves the task, loss
   0.26 -> ~0.01, the LSTM gets from 0.22 to ~0.15: both curves move.)"""
   f32_logged, f32_means, _, f32_hlo, _ = adding_curve(cell, 'float32')
@@ -201,7 +201,8 @@ def test_bfloat16_training_follows_float32(cell):
   assert 'bf16' in hlo and 'bf16' not in f32_hlo
   assert not np.array_equal(logged, f32_logged)  # bfloat16 did change the numbers
   np.testing.assert_allclose(logged, f32_logged, rtol=0.10)
-  np.testing.assert_allclose(means, f32_means, rtol=0.05)
+  # 5% relative, or 2% of the starting loss once the loss is near zero (GRU: 0.008).
+  np.testing.assert_allclose(means, f32_means, rtol=0.05, atol=0.02 * f32_means[0])
   assert means[-1] < 0.8 * means[0]
   for tree in (state['params'], state['opt_state'], carries):
     dtypes = {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
@@ -212,13 +213,15 @@ def test_bfloat16_training_follows_float32(cell):
 
 @pytest.mark.usefixtures('strict_numpy')
 @pytest.mark.parametrize('reverse', [False, True])
-@pytest.mark.parametrize('name', ['lstm', 'rnn', 'irnn'])
+@pytest.mark.parametrize('name', ['lstm', 'rnn', 'irnn', 'gru'])
 def test_deferred_kernel_gradient_equals_plain_scan(name, reverse):
   """The hoisted scan (on CPU: dU as one matmul after the loop, ``scan.deferred``) against
   the projection inside the loop (plain autodiff): outputs, final carry and gradients of
   every parameter, the inputs and the initial carry, with padded sequences."""
   cell = cells.make_cell(name, 8)
   params = cell.init(jax.random.key(0), 3)
+  # Non-zero biases, so that the GRU's recurrent bias is exercised.
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
   xs = jax.random.normal(jax.random.key(1), (3, 23, 3))
   carry0 = jax.tree.map(lambda c: c + 0.5, cell.initial_carry((3,)))
 
@@ -232,6 +235,9 @@ def test_deferred_kernel_gradient_equals_plain_scan(name, reverse):
   assert_trees_close(got_ys, want_ys)
   assert_trees_close(got_grads, want_grads, rtol=1e-4, atol=1e-4)
   assert float(jnp.max(jnp.abs(got_grads[0]['recurrent_kernel']))) > 0
+  if jax.default_backend() == 'cpu':  # the hoisted path is the custom VJP
+    jaxpr = str(jax.make_jaxpr(loss, static_argnums=3)(params, xs, carry0, True))
+    assert 'custom_vjp' in jaxpr
 
 
 def test_deferred_path_is_taken_on_cpu():
@@ -246,7 +252,9 @@ def test_deferred_path_is_taken_on_cpu():
 
 @pytest.mark.parametrize('name, batch, hoist', [('lstm', 8, True), ('lstm', 16, True),
                                                 ('lstm', 32, False), ('rnn', 4, True),
-                                                ('gru', 8, False), ('mingru', 8, False)])
+                                                ('gru', 8, True), ('gru', 32, False),
+                                                ('gru_reset_before', 8, False),
+                                                ('mingru', 8, False)])
 def test_default_hoist_on_cpu(name, batch, hoist):
   expected = hoist if jax.default_backend() == 'cpu' else True
   assert scan.default_hoist(cells.make_cell(name, 4), batch) == expected

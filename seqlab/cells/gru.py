@@ -49,9 +49,7 @@ class GRU:
     hs = self.hidden_size
     px = px_t.astype(jnp.float32)
     if self.reset_after:
-      ph = base.add_bias(base.matmul(h, params['recurrent_kernel'], px_t.dtype),
-                         params['recurrent_bias'].astype(jnp.float32))
-      r = jax.nn.sigmoid(px[..., :hs] + ph[..., :hs])
+      ph, r = self._recurrent_and_reset(params, h, px_t)
       z = jax.nn.sigmoid(px[..., hs:2 * hs] + ph[..., hs:2 * hs])
       n = jnp.tanh(px[..., 2 * hs:] + r * ph[..., 2 * hs:])
     else:
@@ -62,6 +60,23 @@ class GRU:
       n = jnp.tanh(px[..., 2 * hs:] + base.matmul(r * h, u[:, 2 * hs:], px_t.dtype))
     h = (1.0 - z) * n + z * h
     return h, h
+
+  def _recurrent_and_reset(self, params, h, px_t):
+    """reset_after: ph = h U + b_h [..., 3 * hidden] and the reset gate r [..., hidden]."""
+    ph = base.add_bias(base.matmul(h, params['recurrent_kernel'], px_t.dtype),
+                       params['recurrent_bias'].astype(jnp.float32))
+    return ph, jax.nn.sigmoid(px_t.astype(jnp.float32)[..., :self.hidden_size] + ph[..., :self.hidden_size])
+
+  def deferred_aux(self, params, h, px_t):
+    """reset_after only: the reset gate r [..., hidden], saved per step for
+    ``recurrent_cotangent`` (``scan.deferred``)."""
+    return self._recurrent_and_reset(params, h, px_t)[1]
+
+  def recurrent_cotangent(self, r, dpx):
+    """d(h U + b_h) [..., 3 * hidden] from dpx: r and z add ``h U + b_h`` to px as it
+    is; n adds r * (h U_n + b_hn)."""
+    hs = self.hidden_size
+    return jnp.concatenate([dpx[..., :2 * hs], r.astype(dpx.dtype) * dpx[..., 2 * hs:]], -1)
 
   @staticmethod
   def output(carry):
