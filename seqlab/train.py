@@ -313,14 +313,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               flush=True)
         break
   progress.close()
-  if eval_metrics is None and int(state['step']) >= tc.steps:
+  finished = int(state['step']) >= tc.steps
+  if eval_metrics is None and finished:
     eval_metrics = run_eval(state, int(state['step']))  # resumed at the end: evaluate again
   ckpt.wait()
   ckpt.close()
   writer.close()
   if jax.process_index() == 0:
     plot_learning_curves(workdir, best_metric)
-  return eval_metrics or {}
+  # An interrupted run returns {} even after a periodic eval, so that callers (reproduce,
+  # sweeps) do not take it for finished.
+  return (eval_metrics or {}) if finished else {}
 
 
 def plot_learning_curves(workdir: str, metric: str) -> None:

@@ -87,6 +87,20 @@ def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, monkeypatch, exp
   assert train_steps == sorted(set(train_steps))  # no duplicated rows after the resume
 
 
+def test_run_interrupted_after_an_eval_returns_no_metrics(tmp_path, monkeypatch):
+  """Interrupted past a periodic eval (step 20 of 40), the run returns {}: callers such
+  as reproduce and sweeps must not record it as finished. Resumed, it returns the final
+  eval."""
+  config = load_config('adding')
+  workdir = str(tmp_path / 'run')
+  with monkeypatch.context() as m:
+    _wrap_task(m, _SignalAt, 26)
+    assert train.train_and_evaluate(config, workdir) == {}
+  assert any(r['split'] == 'eval' and r['step'] == 20 for r in workdir_lib.read_metrics(workdir))
+  metrics = train.train_and_evaluate(config, workdir)
+  assert set(metrics) >= {'loss', 'mse'}
+
+
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
   config = load_config('adding')
   workdir = str(tmp_path / 'run')
