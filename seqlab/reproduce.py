@@ -153,15 +153,17 @@ def best_eval(run_dir: str, entry: Entry) -> float:
 
 
 def markdown_table(rows, device: str) -> str:
-  """Ours = the final eval (mean ± std over seeds); 'best during training' = the mean
-  over seeds of each run's best logged eval (a peek at the held-out split, shown apart)."""
+  """Ours = the final eval (mean ± std over seeds, and each seed's: a task that some
+  seeds solve and others do not shows as such); 'best during training' = the mean over
+  seeds of each run's best logged eval (a peek at the held-out split, shown apart)."""
   lines = ['| task | model | metric | published | source | ours, final (mean ± std) '
-           '| best during training | seeds | wall time | device |',
-           '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+           '| per seed | best during training | seeds | wall time | device |',
+           '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
   for r in rows:
+    per_seed = ', '.join(f'{v:.4g}' for v in r['values'])
     lines.append(f"| {r['task']} | {r['model']} | {r['metric']} | {r['published']} | {r['source']} "
-                 f"| {r['mean']:.4g} ± {r['std']:.2g} | {r['best_mean']:.4g} | {r['seeds']} "
-                 f"| {r['wall_s'] / 60:.1f} min | {device} |")
+                 f"| {r['mean']:.4g} ± {r['std']:.2g} | {per_seed} | {r['best_mean']:.4g} "
+                 f"| {r['seeds']} | {r['wall_s'] / 60:.1f} min | {device} |")
   return '\n'.join(lines) + '\n'
 
 

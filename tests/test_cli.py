@@ -137,6 +137,8 @@ def test_reproduce_quick_writes_the_table_and_skips_finished_seeds(tmp_path):
   assert 0 <= rows[1]['mean'] <= 100  # accuracy in percent
   table = (tmp_path / 'reproduce.md').read_text()
   assert 'Greydanus & Kobak' in table and ' ± ' in table and 'cpu:' in table
+  for r in rows:  # each seed's value beside the mean
+    assert f"| {', '.join(f'{v:.4g}' for v in r['values'])} |" in table
   again = run_module('seqlab.reproduce', *args)  # finished seeds are skipped
   assert again.returncode == 0 and 'step ' not in again.stdout
   assert (tmp_path / 'reproduce.md').read_text() == table
