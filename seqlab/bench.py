@@ -20,7 +20,11 @@ Measurements are interleaved: in each round every implementation runs ``--steps`
 steps, and the first round is thrown away (first-touch memory, caches), so machine
 noise hits all alike. tokens/s = batch * time / median step time; compile time (the
 first call: ``lower().compile()``) is reported apart. Ratios are tokens/s over the
-peer's. ``--memory`` reports XLA's compiled memory analysis (temp buffers) of the
+peer's. GFLOP/s counts only the matmuls of the exact gradient (``step_matmul_flops``:
+the work no implementation can skip), and "of dense" divides it by the rate of one
+[1024, 1024] x [1024, 1024] matmul timed in the same rounds: near 1.0 an
+implementation is as fast as this machine's matmuls allow, whatever it does.
+``--memory`` reports XLA's compiled memory analysis (temp buffers) of the
 step against sequence length, for a plain scan (remat k = 0) and for chunks of
 k = sqrt(T) steps under ``jax.checkpoint`` (``scan.run(..., remat=k)``). ``--crossover``
 times every engine of ``scan.run`` (``scan.ENGINES``) per cell and shape, and is
@@ -90,6 +94,8 @@ _LENGTHS = flags.DEFINE_list('lengths', ['1000', '4000', '10000'],
 _CROSSOVER = flags.DEFINE_bool('crossover', False, "Compare scan.run's engines vs length.",
                                flag_values=FLAGS)
 
+GATES = {'lstm': 4, 'gru': 3, 'rnn': 1}  # [B, H] x [H, GATES * H] per matmul
+DENSE_N = 1024  # the reference: one jitted [N, N] x [N, N] matmul, interleaved with the rest
 FLAX_CELLS = {'lstm': nn.OptimizedLSTMCell, 'gru': nn.GRUCell, 'rnn': nn.SimpleCell}
 TORCH_CELLS = {'lstm': 'LSTM', 'gru': 'GRU', 'rnn': 'RNN'}
 
@@ -276,6 +282,31 @@ def torch_impl(torch, cell: str, shape: Shape, xs, targets, dtype: str) -> Impl:
 
 # --- Speed ----------------------------------------------------------------------------
 
+def step_matmul_flops(cell: str, shape: Shape, input_size: int) -> int | None:
+  """Matmul FLOPs of one training step of one layer under the linear head, or None.
+
+  Per token, with G = GATES[cell] gate blocks of width H: forward x W [I, GH] and
+  h U [H, GH]; backward dW = x^T dg, dU = h^T dg and dh = dg U^T (the inputs take no
+  gradient); the head [H, 1] forward, its gradient and dh. Elementwise work is not
+  counted: this is the work no implementation of the exact gradient can skip, whatever
+  it hoists or defers.
+  """
+  if cell not in GATES:
+    return None
+  g, h, i = GATES[cell] * shape.hidden, shape.hidden, input_size
+  return shape.batch * shape.time * (2 * g * (2 * i + 3 * h) + 6 * h)
+
+
+def dense_impl(dtype: str) -> Impl:
+  """One [DENSE_N, DENSE_N] matmul: the machine's dense rate, measured beside the rest."""
+  a = jax.random.normal(jax.random.key(0), (DENSE_N, DENSE_N), DTYPES[dtype])
+  matmul = jax.jit(jnp.dot)
+  start = time.perf_counter()
+  compiled = matmul.lower(a, a).compile()
+  compile_s = time.perf_counter() - start
+  return Impl('dense matmul', lambda: compiled(a, a).block_until_ready(), compile_s)
+
+
 def build_impls(cell: str, shape: Shape, input_size: int, peers, dtype: str, torch):
   """The implementations for one (cell, shape), seqlab first."""
   xs, targets = data(shape, input_size)
@@ -287,7 +318,7 @@ def build_impls(cell: str, shape: Shape, input_size: int, peers, dtype: str, tor
     impls.append(flax_module_impl('flax', FlaxModel(cell, shape.hidden, jdtype), xs, targets))
   if 'torch' in peers and torch is not None and cell in TORCH_CELLS:
     impls.append(torch_impl(torch, cell, shape, xs, targets, dtype))
-  return impls
+  return impls + [dense_impl(dtype)]
 
 
 def measure(impls, steps: int, rounds: int) -> None:
@@ -301,10 +332,19 @@ def measure(impls, steps: int, rounds: int) -> None:
           impl.times.append(time.perf_counter() - start)
 
 
-def speed_rows(cell: str, shape: Shape, impls) -> list[dict]:
-  """One result row per implementation, with ratios of tokens/s to each peer's."""
+def speed_rows(cell: str, shape: Shape, impls, input_size: int) -> list[dict]:
+  """One result row per implementation, with ratios of tokens/s to each peer's.
+
+  A 'dense matmul' among ``impls`` is not a row: it gives each row's matmul rate as a
+  fraction of the machine's dense rate (``of_dense``), measured in the same rounds.
+  """
   tokens = shape.batch * shape.time
+  dense = [i for i in impls if i.name == 'dense matmul']
+  impls = [i for i in impls if i.name != 'dense matmul']
+  dense_rate = 2 * DENSE_N**3 / statistics.median(dense[0].times) if dense else None
+  flops = step_matmul_flops(cell, shape, input_size)
   tps = {i.name: tokens / statistics.median(i.times) for i in impls}
+  rate = {n: None if flops is None else flops * t / tokens for n, t in tps.items()}
   return [{
       'cell': cell, 'shape': str(shape), 'batch': shape.batch, 'time': shape.time,
       'hidden': shape.hidden, 'impl': i.name, 'tokens_per_sec': tps[i.name],
@@ -312,6 +352,9 @@ def speed_rows(cell: str, shape: Shape, impls) -> list[dict]:
       'compile_s': i.compile_s,
       'ratio_vs_torch': tps[i.name] / tps['torch'] if 'torch' in tps else None,
       'ratio_vs_flax': tps[i.name] / tps['flax'] if 'flax' in tps else None,
+      'step_matmul_flops': flops, 'matmul_flops_per_sec': rate[i.name],
+      'dense_flops_per_sec': dense_rate,
+      'of_dense': None if rate[i.name] is None or not dense_rate else rate[i.name] / dense_rate,
   } for i in impls]
 
 
@@ -323,8 +366,9 @@ def run_speed(cells_, shapes, input_size, steps, rounds, peers, dtype, torch) ->
       impls = build_impls(cell, shape, input_size, peers, dtype, torch)
       log(f'{cell} {shape}: ' + ', '.join(f'{i.name} {i.compile_s or 0:.1f}s' for i in impls))
       measure(impls, steps, rounds)
-      rows += speed_rows(cell, shape, impls)
-      log(format_table(rows[-len(impls):], SPEED_COLUMNS, header=False))
+      new = speed_rows(cell, shape, impls, input_size)
+      rows += new
+      log(format_table(new, SPEED_COLUMNS, header=False))
   return rows
 
 
@@ -420,7 +464,7 @@ def run_crossover(cells_, shapes, input_size, steps, rounds) -> list[dict]:
           log(f'{cell_name} {shape} engine {engine!r}: n/a ({e})')
       measure(impls, steps, rounds)
       best = min(impls, key=lambda i: statistics.median(i.times)).name if impls else None
-      for row in speed_rows(cell_name, shape, impls):
+      for row in speed_rows(cell_name, shape, impls, input_size):
         rows.append({k: row[k] for k in ('cell', 'shape', 'time', 'impl', 'tokens_per_sec',
                                          'compile_s')} | {'fastest': row['impl'] == best})
       log(format_table(rows[-len(impls):], CROSSOVER_COLUMNS, header=False))
@@ -435,7 +479,8 @@ def fmt(value, spec):
 
 SPEED_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('impl', 'impl', 's'),
                  ('tokens_per_sec', 'tokens/s', ',.0f'), ('compile_s', 'compile s', '.1f'),
-                 ('ratio_vs_torch', 'vs torch', '.2f'), ('ratio_vs_flax', 'vs flax', '.2f')]
+                 ('ratio_vs_torch', 'vs torch', '.2f'), ('ratio_vs_flax', 'vs flax', '.2f'),
+                 ('matmul_flops_per_sec', 'GFLOP/s', 'gflop'), ('of_dense', 'of dense', '.2f')]
 MEMORY_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('remat', 'remat k', 'd'),
                   ('hoist', 'hoist', ''), ('temp_bytes', 'temp MiB', 'mib'),
                   ('peak_bytes', 'peak MiB', 'mib'), ('temp_bytes_per_step', 'temp KiB/step', 'kib')]
@@ -452,6 +497,8 @@ def format_table(rows, columns, header=True) -> str:
       return f'{value / 2**20:,.1f}'
     if spec == 'kib':
       return f'{value / 2**10:,.1f}'
+    if spec == 'gflop':
+      return fmt(None if value is None else value / 1e9, '.0f')
     return fmt(value, spec)
   lines = ['| ' + ' | '.join(c[1] for c in columns) + ' |',
            '|' + '---|' * len(columns)] if header else []
@@ -511,7 +558,9 @@ def main(argv):
     result['speed'] = run_speed(_CELLS.value, shapes, input_size, steps, rounds,
                                 _PEERS.value, _DTYPE.value, torch)
     print(f'training step, {_DTYPE.value}, input {input_size}, median of '
-          f'{steps * (rounds - 1)} steps over {rounds - 1} interleaved rounds\n')
+          f'{steps * (rounds - 1)} steps over {rounds - 1} interleaved rounds; GFLOP/s counts '
+          f'the step\'s matmuls only (bench.step_matmul_flops), "of dense" divides it by a '
+          f'{DENSE_N}^3 matmul\'s rate measured in the same rounds\n')
     print(format_table(result['speed'], SPEED_COLUMNS))
   if _MEMORY.value:
     batch, hidden = (4, 32) if _QUICK.value else (8, 256)

@@ -1,6 +1,10 @@
 """``python -m seqlab.bench``: the quick run ends, and its JSON holds every implementation."""
 import json
+import math
 
+import jax
+from jax.extend import core as jax_core
+import optax
 import pytest
 
 from conftest import run_module
@@ -23,6 +27,7 @@ def test_quick_run_writes_json(tmp_path):
     assert row['tokens_per_sec'] > 0, row
     assert row['ratio_vs_torch'] > 0 and row['ratio_vs_flax'] > 0, row
     assert row['impl'] == 'torch' or row['compile_s'] > 0, row
+    assert row['matmul_flops_per_sec'] > 0 and row['of_dense'] > 0, row
   assert '| tokens/s |' in proc.stdout
 
 
@@ -59,11 +64,50 @@ def test_shape_parse_rejects(text):
 
 def test_ratios_against_peers():
   impls = [bench.Impl('seqlab hoist=on', None, 1.0, [0.5, 0.5, 2.0]),
-           bench.Impl('flax', None, 1.0, [1.0]), bench.Impl('torch', None, None, [2.0])]
-  rows = bench.speed_rows('lstm', bench.Shape(2, 5, 3), impls)
+           bench.Impl('flax', None, 1.0, [1.0]), bench.Impl('torch', None, None, [2.0]),
+           bench.Impl('dense matmul', None, 1.0, [4.0, 1.0, 1.0])]
+  rows = bench.speed_rows('lstm', bench.Shape(2, 5, 3), impls, input_size=4)
+  assert [r['impl'] for r in rows] == ['seqlab hoist=on', 'flax', 'torch']
   assert [r['tokens_per_sec'] for r in rows] == [20.0, 10.0, 5.0]  # 10 tokens / median
   assert [r['ratio_vs_torch'] for r in rows] == [4.0, 2.0, 1.0]
   assert [r['ratio_vs_flax'] for r in rows] == [2.0, 1.0, 0.5]
+  dense = 2 * bench.DENSE_N**3  # FLOP/s at its median step time of 1 s
+  flops = bench.step_matmul_flops('lstm', bench.Shape(2, 5, 3), 4)
+  assert [r['of_dense'] for r in rows] == pytest.approx([flops * 2 / dense, flops / dense,
+                                                         flops / 2 / dense])
+  assert bench.speed_rows('mingru', bench.Shape(2, 5, 3), impls, 4)[0]['of_dense'] is None
+
+
+def dot_flops(jaxpr) -> int:
+  """FLOPs of every dot_general in ``jaxpr``, a scan's body counted once per step."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      (contracting, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval.shape
+      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contracting)
+      continue
+    steps = eqn.params['length'] if eqn.primitive.name == 'scan' else 1
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(sub, jax_core.ClosedJaxpr):
+          sub = sub.jaxpr
+        if isinstance(sub, jax_core.Jaxpr):
+          total += steps * dot_flops(sub)
+  return total
+
+
+@pytest.mark.parametrize('cell', bench.CELLS)
+def test_step_matmul_flops_counts_the_dots_of_the_training_step(cell):
+  """The formula against the dots traced in Flax's and seqlab's training steps."""
+  shape, input_size = bench.Shape(2, 5, 3), 4
+  xs, targets = bench.data(shape, input_size)
+  for model in (bench.FlaxModel(cell, shape.hidden), bench.SeqlabModel(cell, shape.hidden, False)):
+    params = model.init(jax.random.key(0), xs[:1])
+    optimizer = optax.adam(1e-3)
+    step = bench.mse_train_step(model.apply, optimizer)
+    jaxpr = jax.make_jaxpr(step)(params, optimizer.init(params), xs, targets).jaxpr
+    assert dot_flops(jaxpr) == bench.step_matmul_flops(cell, shape, input_size), model
 
 
 @pytest.mark.parametrize('time, k', [(1, 1), (99, 9), (100, 10), (10_000, 100)])
