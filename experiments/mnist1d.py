@@ -11,6 +11,12 @@ GRU 91%; with the time steps shuffled (``:shuffled``, one fixed permutation): CN
 56%, GRU 57%. Measured here (CPU, seeds 0, 1, 2; final eval, best eval in brackets):
 default 90.9, 89.0, 89.5% (91.1, 89.7, 90.5%); ``:shuffled`` 54.7, 53.1, 51.0%
 (57.9, 54.8, 54.6%); about 35 CPU-seconds each (30 s wall on an idle 2-core machine).
+Ten seeds in one vmapped program (5 min):
+
+  python -m seqlab.sweep --config experiments/mnist1d.py --workdir runs/mnist1d_seeds \
+      --sweep 'seed=[0,1,2,3,4,5,6,7,8,9]' --mode=vmap
+
+gave 91.2 +- 1.1% (``:shuffled``: 52.8 +- 2.3%, 55.7% at its best step).
 ``:quick`` finishes in seconds (used by the tests).
 """
 from seqlab import config as config_lib
