@@ -234,15 +234,20 @@ def data(shape: Shape, input_size: int):
   return xs, targets
 
 
+def compile_timed(jitted, *args):
+  """(``jitted`` compiled for ``args``, seconds it took to lower and compile)."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
 def jax_impl(name: str, apply_fn, params, xs, targets) -> Impl:
   """Compiles the training step of ``apply_fn`` (timed) and keeps its state between steps."""
   optimizer = optax.adam(1e-3)
   state = [params, optimizer.init(params)]
   xs, targets = jnp.asarray(xs), jnp.asarray(targets)
   jitted = jax.jit(mse_train_step(apply_fn, optimizer), donate_argnums=(0, 1))
-  start = time.perf_counter()
-  compiled = jitted.lower(*state, xs, targets).compile()
-  compile_s = time.perf_counter() - start
+  compiled, compile_s = compile_timed(jitted, *state, xs, targets)
 
   def step():
     state[0], state[1], loss = compiled(*state, xs, targets)
@@ -300,11 +305,13 @@ def step_matmul_flops(cell: str, shape: Shape, input_size: int) -> int | None:
 def dense_impl(dtype: str) -> Impl:
   """One [DENSE_N, DENSE_N] matmul: the machine's dense rate, measured beside the rest."""
   a = jax.random.normal(jax.random.key(0), (DENSE_N, DENSE_N), DTYPES[dtype])
-  matmul = jax.jit(jnp.dot)
-  start = time.perf_counter()
-  compiled = matmul.lower(a, a).compile()
-  compile_s = time.perf_counter() - start
+  compiled, compile_s = compile_timed(jax.jit(jnp.dot), a, a)
   return Impl('dense matmul', lambda: compiled(a, a).block_until_ready(), compile_s)
+
+
+def dense_rate(dense: Impl) -> float:
+  """FLOP/s of a measured ``dense_impl``."""
+  return 2 * DENSE_N**3 / statistics.median(dense.times)
 
 
 def build_impls(cell: str, shape: Shape, input_size: int, peers, dtype: str, torch):
@@ -318,7 +325,7 @@ def build_impls(cell: str, shape: Shape, input_size: int, peers, dtype: str, tor
     impls.append(flax_module_impl('flax', FlaxModel(cell, shape.hidden, jdtype), xs, targets))
   if 'torch' in peers and torch is not None and cell in TORCH_CELLS:
     impls.append(torch_impl(torch, cell, shape, xs, targets, dtype))
-  return impls + [dense_impl(dtype)]
+  return impls
 
 
 def measure(impls, steps: int, rounds: int) -> None:
@@ -332,16 +339,11 @@ def measure(impls, steps: int, rounds: int) -> None:
           impl.times.append(time.perf_counter() - start)
 
 
-def speed_rows(cell: str, shape: Shape, impls, input_size: int) -> list[dict]:
-  """One result row per implementation, with ratios of tokens/s to each peer's.
-
-  A 'dense matmul' among ``impls`` is not a row: it gives each row's matmul rate as a
-  fraction of the machine's dense rate (``of_dense``), measured in the same rounds.
-  """
+def speed_rows(cell: str, shape: Shape, impls, input_size: int,
+               dense_flops_per_sec: float | None = None) -> list[dict]:
+  """One result row per implementation, with ratios of tokens/s to each peer's and,
+  given the machine's dense rate (``dense_rate``), each row's matmul rate over it."""
   tokens = shape.batch * shape.time
-  dense = [i for i in impls if i.name == 'dense matmul']
-  impls = [i for i in impls if i.name != 'dense matmul']
-  dense_rate = 2 * DENSE_N**3 / statistics.median(dense[0].times) if dense else None
   flops = step_matmul_flops(cell, shape, input_size)
   tps = {i.name: tokens / statistics.median(i.times) for i in impls}
   rate = {n: None if flops is None else flops * t / tokens for n, t in tps.items()}
@@ -353,8 +355,9 @@ def speed_rows(cell: str, shape: Shape, impls, input_size: int) -> list[dict]:
       'ratio_vs_torch': tps[i.name] / tps['torch'] if 'torch' in tps else None,
       'ratio_vs_flax': tps[i.name] / tps['flax'] if 'flax' in tps else None,
       'step_matmul_flops': flops, 'matmul_flops_per_sec': rate[i.name],
-      'dense_flops_per_sec': dense_rate,
-      'of_dense': None if rate[i.name] is None or not dense_rate else rate[i.name] / dense_rate,
+      'dense_flops_per_sec': dense_flops_per_sec,
+      'of_dense': (None if rate[i.name] is None or not dense_flops_per_sec
+                   else rate[i.name] / dense_flops_per_sec),
   } for i in impls]
 
 
@@ -364,9 +367,10 @@ def run_speed(cells_, shapes, input_size, steps, rounds, peers, dtype, torch) ->
     for shape in shapes:
       log(f'{cell} {shape}: compiling')
       impls = build_impls(cell, shape, input_size, peers, dtype, torch)
+      dense = dense_impl(dtype)
       log(f'{cell} {shape}: ' + ', '.join(f'{i.name} {i.compile_s or 0:.1f}s' for i in impls))
-      measure(impls, steps, rounds)
-      new = speed_rows(cell, shape, impls, input_size)
+      measure(impls + [dense], steps, rounds)
+      new = speed_rows(cell, shape, impls, input_size, dense_rate(dense))
       rows += new
       log(format_table(new, SPEED_COLUMNS, header=False))
   return rows
