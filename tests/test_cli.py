@@ -1,6 +1,7 @@
 """The command-line tools: evaluate, sample (language model and seq2seq), reproduce, flags."""
 import json
 import os
+import re
 
 import pytest
 
@@ -130,6 +131,8 @@ def test_reproduce_quick_writes_the_table_and_skips_finished_seeds(tmp_path):
   pytest.importorskip('mnist1d')
   proc = run_module('seqlab.reproduce', *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  trained = re.compile(r'step \d+(/\d+| eval)')  # a run's progress and eval lines
+  assert trained.search(proc.stdout + proc.stderr)
   with open(tmp_path / 'reproduce.json') as f:
     rows = json.load(f)
   assert [r['name'] for r in rows] == ['adding_t100_lstm', 'mnist1d_gru']
@@ -140,7 +143,8 @@ def test_reproduce_quick_writes_the_table_and_skips_finished_seeds(tmp_path):
   for r in rows:  # each seed's value beside the mean
     assert f"| {', '.join(f'{v:.4g}' for v in r['values'])} |" in table
   again = run_module('seqlab.reproduce', *args)  # finished seeds are skipped
-  assert again.returncode == 0 and 'step ' not in again.stdout
+  assert again.returncode == 0
+  assert not trained.search(again.stdout + again.stderr), again.stderr[-3000:]
   assert (tmp_path / 'reproduce.md').read_text() == table
   bad = run_module('seqlab.reproduce', '--only', 'nope', '--workdir', str(tmp_path))
   assert bad.returncode == 2 and 'unknown reproduction' in bad.stderr
