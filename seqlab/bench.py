@@ -9,10 +9,10 @@
 A training step is forward, backward and an Adam update of a recurrent layer under a
 linear head with an MSE loss, on inputs [batch, time, input] (shapes are given as
 batch x time x hidden). seqlab's ``StackedRNN`` is measured with the input projection
-hoisted out of the loop and inside it; hoisted on CPU, an LSTM, Elman RNN or (cuDNN-convention) GRU also gets
-its recurrent kernel's gradient as one matmul after the backward loop (``scan.deferred``),
-and only there, at batch <= ``scan.DEFERRED_MAX_BATCH_CPU``, does seqlab hoist by
-default on CPU. The peers are Flax ``nn.RNN`` (OptimizedLSTMCell, GRUCell, SimpleCell)
+hoisted out of the loop and inside it (its default on CPU); on CPU an LSTM, Elman RNN or
+(cuDNN-convention) GRU runs ``scan.fused`` either way, whose backward loop holds one
+matmul per step, and a third row, ``seqlab autodiff``, is the same layer through
+autodiff of the plain scan (``fuse=False``, projection inside the loop). The peers are Flax ``nn.RNN`` (OptimizedLSTMCell, GRUCell, SimpleCell)
 and PyTorch ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (batch_first, with as many threads as
 XLA:CPU uses) when torch is installed.
 
@@ -195,10 +195,12 @@ class SeqlabModel(nn.Module):
   hidden: int
   hoist: bool
   dtype: Any = None
+  fuse: bool | None = None
 
   @nn.compact
   def __call__(self, xs):
-    ys, _ = layers.StackedRNN(self.cell, self.hidden, hoist=self.hoist, dtype=self.dtype)(xs)
+    ys, _ = layers.StackedRNN(self.cell, self.hidden, hoist=self.hoist, dtype=self.dtype,
+                              fuse=self.fuse)(xs)
     return nn.Dense(1)(ys)
 
 
@@ -321,6 +323,9 @@ def build_impls(cell: str, shape: Shape, input_size: int, peers, dtype: str, tor
   impls = [flax_module_impl(f'seqlab hoist={"on" if hoist else "off"}',
                             SeqlabModel(cell, shape.hidden, hoist, jdtype), xs, targets)
            for hoist in (True, False)]
+  if scan.default_fuse(cells.make_cell(cell, shape.hidden)):
+    impls.append(flax_module_impl('seqlab autodiff', SeqlabModel(cell, shape.hidden, False, jdtype,
+                                                                 fuse=False), xs, targets))
   if 'flax' in peers and cell in FLAX_CELLS:
     impls.append(flax_module_impl('flax', FlaxModel(cell, shape.hidden, jdtype), xs, targets))
   if 'torch' in peers and torch is not None and cell in TORCH_CELLS:

@@ -29,6 +29,7 @@ class RNN(nn.Module):
   dtype: Any = None
   engine: str = 'auto'
   remat: int = 0  # k > 0: chunks of k steps under jax.checkpoint (scan.run)
+  fuse: bool | None = None  # scan.fused: None = on CPU for lstm, gru, rnn (scan.run)
 
   @nn.compact
   def __call__(self, xs, lengths=None, initial_carry=None):
@@ -36,7 +37,8 @@ class RNN(nn.Module):
     params = self.param('cell', self.cell.init, xs.shape[-1])
     carry, ys = scan.run(self.cell, params, xs, lengths=lengths, initial_carry=initial_carry,
                          reverse=self.reverse, hoist=self.hoist, unroll=self.unroll,
-                         dtype=self.dtype, engine=self.engine, remat=self.remat)
+                         dtype=self.dtype, engine=self.engine, remat=self.remat,
+                         fuse=self.fuse)
     return ys, carry
 
 
@@ -58,12 +60,13 @@ class Bidirectional(nn.Module):
   dtype: Any = None
   engine: str = 'auto'
   remat: int = 0
+  fuse: bool | None = None
 
   @nn.compact
   def __call__(self, xs, lengths=None, initial_carry=None):
     fwd_c, bwd_c = (None, None) if initial_carry is None else initial_carry
     kw = dict(hoist=self.hoist, unroll=self.unroll, dtype=self.dtype, engine=self.engine,
-              remat=self.remat)
+              remat=self.remat, fuse=self.fuse)
     fwd, fwd_c = RNN(self.cell, name='forward', **kw)(xs, lengths, fwd_c)
     bwd, bwd_c = RNN(self.cell, reverse=True, name='backward', **kw)(xs, lengths, bwd_c)
     return merge_directions(fwd, bwd, self.merge), (fwd_c, bwd_c)
@@ -97,6 +100,7 @@ class StackedRNN(nn.Module):
   dtype: Any = None
   engine: str = 'auto'  # one of scan.ENGINES
   remat: int = 0  # 0: off; k > 0: backward memory O(T/k + k), see scan.run
+  fuse: bool | None = None  # scan.fused; None: on CPU for lstm, gru, rnn (see scan.run)
 
   def __post_init__(self):
     cell = self.make_cell()  # unknown cell names and options fail here, not at trace time
@@ -109,6 +113,7 @@ class StackedRNN(nn.Module):
       raise ValueError(f'unroll must be a positive integer, got {self.unroll!r}')
     scan.check_engine(cell, self.engine)  # lists scan.ENGINES
     scan.check_remat(self.remat)
+    scan.check_fuse(cell, self.fuse)
     super().__post_init__()
 
   def make_cell(self):
@@ -129,7 +134,7 @@ class StackedRNN(nn.Module):
     scan.check_inputs(xs, lengths)
     cell = self.make_cell()
     kw = dict(hoist=self.hoist, unroll=self.unroll, dtype=self.dtype, engine=self.engine,
-              remat=self.remat)
+              remat=self.remat, fuse=self.fuse)
     carries = []
     for i in range(self.num_layers):
       if self.bidirectional:

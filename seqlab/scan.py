@@ -18,16 +18,18 @@ Cost"). The backward pass keeps only the T/k carries between chunks and recomput
 one chunk's residuals at a time: O(T/k + k) memory for the recurrence instead of
 O(T), for one more forward pass. k ~ sqrt(T) minimises it.
 
-For cells whose recurrence only adds ``h_{t-1} U`` to the projected input (LSTM, Elman
-RNN), a hoisted sequential scan on CPU computes dU after the backward loop as one
-matmul (``deferred``) instead of adding an outer product into dU at every step.
+For cells built from ``combine`` and ``gates`` (LSTM, Elman RNN, the cuDNN-convention
+GRU; ``seqlab.cells.base.gated_recur``) the sequential engine on CPU runs ``fused``: a
+custom VJP whose backward loop holds one matmul per step and leaves every weight's
+gradient to three large matmuls after the loop, instead of adding outer products into
+dW and dU at every step.
 """
 import functools
 
 import jax
 import jax.numpy as jnp
 
-from seqlab import cells
+from seqlab.cells import base
 
 ENGINES = ('sequential', 'associative', 'auto')
 
@@ -41,39 +43,41 @@ ENGINES = ('sequential', 'associative', 'auto')
 ASSOCIATIVE_MAX_WIDTH_CPU = 256
 
 
-# Cells whose ``recur`` reads its recurrent parameters only in ``ph = output(carry) @
-# params['recurrent_kernel'] (+ params['recurrent_bias'])``, so that dU = sum_t
-# h_{t-1}^T dph_t (see ``deferred``). For LSTM and Elman RNN, ph adds to px_t and
-# dph = dpx; the cuDNN-convention GRU gives dph from dpx and its reset gate
-# (``recurrent_cotangent``).
-DEFERRED_CELLS = (cells.LSTM, cells.SimpleRNN, cells.GRU)
-
-
-def deferrable(cell) -> bool:
-  """Whether ``deferred`` can run ``cell`` (the paper-convention GRU cannot: its n gate
+def fusable(cell) -> bool:
+  """Whether ``fused`` can run ``cell``: one built from ``combine`` and ``gates`` (LSTM,
+  Elman RNN, the cuDNN-convention GRU; not the paper-convention GRU, whose n gate
   multiplies (r * h) by U_n)."""
-  return isinstance(cell, DEFERRED_CELLS) and getattr(cell, 'reset_after', True)
+  return hasattr(cell, 'gates') and getattr(cell, 'reset_after', True)
 
 
-# On XLA:CPU the hoisted scan with the deferred kernel gradient beat projecting inside
-# the loop up to this batch size. Measured on a 2-core CPU, jitted training step, hidden
-# 256/512, T 128-1024: LSTM 2.1x at batch 4, 1.55-1.7x at 8, 1.2x at 16, 0.89x at 32,
-# 0.79x at 64; Elman RNN 3.0x, 1.9x, 1.2x, 1.2x, 1.03x; GRU 1.23x at 8, 1.02x at 16,
-# 1.07x at 32, 0.66x at 128 (notes in BUILD_NOTES.md).
-DEFERRED_MAX_BATCH_CPU = 16
+def default_fuse(cell) -> bool:
+  """Whether ``run`` uses ``fused`` by default: for ``fusable`` cells on CPU, where it
+  was measured faster than autodiff of the plain scan at every shape tried
+  (BUILD_NOTES.md); on GPUs and TPUs it is not measured, so autodiff stays."""
+  return fusable(cell) and jax.default_backend() == 'cpu'
+
+
+def check_fuse(cell, fuse) -> bool:
+  """``fuse`` resolved (None -> ``default_fuse``); a ValueError if ``cell`` cannot fuse."""
+  if fuse is None:
+    return default_fuse(cell)
+  if fuse and not fusable(cell):
+    raise ValueError(f'fuse=True needs a cell built from combine() and gates() (lstm, gru, '
+                     f'rnn, irnn), not {type(cell).__name__}'
+                     f'{" with reset_after=False" if hasattr(cell, "gates") else ""}; '
+                     f'use fuse=None or False')
+  return bool(fuse)
 
 
 def default_hoist(cell=None, batch: int | None = None) -> bool:
   """Whether to project every timestep's input in one matmul before the loop.
 
-  It pays on GPUs and TPUs (one large matmul instead of T small ones). On XLA:CPU it
-  was measured not to (two extra [time, batch, gates] buffers; see BUILD_NOTES.md),
-  except for ``DEFERRED_CELLS`` at batch <= ``DEFERRED_MAX_BATCH_CPU``, where the
-  hoisted scan's deferred kernel gradient wins.
+  It pays on GPUs and TPUs (one large matmul instead of T small ones; not measured
+  here). On XLA:CPU it was measured not to, for every cell and batch size tried (two
+  extra [time, batch, gates] buffers; see BUILD_NOTES.md), with ``fused`` or without.
   """
-  if jax.default_backend() != 'cpu':
-    return True
-  return deferrable(cell) and batch is not None and batch <= DEFERRED_MAX_BATCH_CPU
+  del cell, batch
+  return jax.default_backend() != 'cpu'
 
 
 def valid_mask(lengths, time: int):
@@ -144,7 +148,7 @@ def state_width(carry) -> int:
 
 
 def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
-        hoist=None, unroll=1, dtype=None, engine='auto', remat=0):
+        hoist=None, unroll=1, dtype=None, engine='auto', remat=0, fuse=None):
   """Runs ``cell`` over ``xs`` [batch, time, features].
 
   Args:
@@ -160,8 +164,7 @@ def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
     hoist: project all timesteps' inputs in one matmul outside the loop (True) or
       inside it step by step (False); None picks ``default_hoist(cell, batch)``.
       Sequential engine only (the associative one always projects the whole
-      sequence); there, on CPU, hoisting defers the gradient of ``DEFERRED_CELLS``'
-      recurrent kernel to one matmul after the loop.
+      sequence).
     unroll: passed to ``jax.lax.scan`` (sequential engine only).
     dtype: compute dtype of the matmuls (e.g. jnp.bfloat16); carries stay float32.
     engine: one of ``ENGINES``: 'sequential' (``jax.lax.scan``), 'associative'
@@ -170,6 +173,8 @@ def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
     remat: 0, or k > 0 to run chunks of k timesteps under ``jax.checkpoint``
       (see ``chunked``): the same results, O(T/k + k) instead of O(T) memory for
       the backward pass, about one more forward pass of compute.
+    fuse: run a ``fusable`` cell through ``fused`` (sequential engine): True, False
+      (autodiff of the plain scan), or None: on CPU (``default_fuse``).
 
   Returns:
     ``(final_carry, ys)`` with ys [batch, time, hidden] in float32.
@@ -179,6 +184,7 @@ def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
   check_remat(remat)
   batch, time, _ = xs.shape
   hoist = default_hoist(cell, batch) if hoist is None else hoist
+  fuse = check_fuse(cell, fuse)
   if dtype is not None:
     params = jax.tree.map(lambda p: p.astype(dtype), params)
     xs = xs.astype(dtype)
@@ -190,7 +196,7 @@ def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
   if choose_engine(cell, engine, state_width(carry)) == 'associative':
     loop = lambda xs, carry, mask: associative(cell, params, xs, carry, mask)
   else:
-    loop = lambda xs, carry, mask: sequential(cell, params, xs, carry, mask, hoist, unroll)
+    loop = lambda xs, carry, mask: sequential(cell, params, xs, carry, mask, hoist, unroll, fuse)
   carry, ys = chunked(loop, xs, carry, mask, remat) if remat else loop(xs, carry, mask)
   if reverse:
     ys = ys[:, ::-1] if lengths is None else reverse_valid(ys, lengths)
@@ -198,87 +204,118 @@ def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
 
 
 def masked_step(cell, params, carry, px_t, m_t):
-  """``cell.recur``, then the carry kept and the output zeroed where ``m_t`` [batch] is False."""
-  new, y_t = cell.recur(params, carry, px_t)
-  if m_t is not None:
-    new = jax.tree.map(lambda n, o: jnp.where(m_t[:, None], n, o), new, carry)
-    y_t = jnp.where(m_t[:, None], y_t, 0)
-  return new, y_t
+  """``cell.recur``, then ``padded``."""
+  return padded(m_t, carry, *cell.recur(params, carry, px_t))
 
 
-def sequential(cell, params, xs, carry, mask, hoist: bool, unroll: int):
+def padded(m_t, carry, new, y_t):
+  """(new, y_t) where ``m_t`` [batch] is True; the carry kept and y_t zeroed where False."""
+  if m_t is None:
+    return new, y_t
+  new = jax.tree.map(lambda n, o: jnp.where(m_t[:, None], n, o), new, carry)
+  return new, jnp.where(m_t[:, None], y_t, 0)
+
+
+def sequential(cell, params, xs, carry, mask, hoist: bool, unroll: int, fuse: bool = False):
   """``cell.recur`` step by step with ``jax.lax.scan``.
 
   xs [batch, time, features], mask [time, batch] | None -> (carry, ys [batch, time, hidden]).
   """
   xs = jnp.swapaxes(xs, 0, 1)  # [time, batch, features]: each step reads a contiguous slab
+  project = cell.project
   if hoist:
-    xs = cell.project(params, xs)  # [time, batch, proj]
-    if deferrable(cell) and jax.default_backend() == 'cpu':
-      recurrent = {k: params[k] for k in ('recurrent_kernel', 'recurrent_bias') if k in params}
-      carry, ys = deferred(cell, unroll, recurrent, xs, carry, mask)
-      return carry, jnp.swapaxes(ys, 0, 1)
+    xs, project = cell.project(params, xs), lambda params, px: px  # [time, batch, proj]
+  if fuse:
+    carry, ys = fused(cell, project, unroll, params, xs, carry, mask)
+    return carry, jnp.swapaxes(ys, 0, 1)
 
   def step(carry, inputs):
     x_t, m_t = inputs
-    return masked_step(cell, params, carry, x_t if hoist else cell.project(params, x_t), m_t)
+    return masked_step(cell, params, carry, project(params, x_t), m_t)
 
   carry, ys = jax.lax.scan(step, carry, (xs, mask), unroll=unroll)
   return carry, jnp.swapaxes(ys, 0, 1)  # [batch, time, hidden]
 
 
-def recurrent_scan(cell, unroll, recurrent, px, carry, mask):
-  """The scan of a ``DEFERRED_CELLS`` cell over projected inputs px [time, batch, proj]
-  -> ((carry, ys [time, batch, hidden]), (h_{t-1} [time, batch, hidden], the cell's
-  ``deferred_aux`` per step or None))."""
-  aux = getattr(cell, 'deferred_aux', lambda params, h, px_t: None)
-
+def _fused_forward(cell, project, unroll, params, xs, carry, mask):
+  """The plain scan, saving each step's carry and preactivations."""
   def step(carry, inputs):
-    new, y_t = masked_step(cell, recurrent, carry, *inputs)
-    h = cell.output(carry)
-    return new, (y_t, (h, aux(recurrent, h, inputs[0])))
+    x_t, m_t = inputs
+    px = project(params, x_t)
+    pre = cell.combine(px, base.recurrent(params, cell.output(carry), xs.dtype))
+    new, y_t = padded(m_t, carry, *cell.gates(carry, pre))
+    return new, (y_t, (carry, pre))
 
-  carry, (ys, saved) = jax.lax.scan(step, carry, (px, mask), unroll=unroll)
+  carry, (ys, saved) = jax.lax.scan(step, carry, (xs, mask), unroll=unroll)
   return (carry, ys), saved
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def deferred(cell, unroll, recurrent, px, carry, mask):
-  """``recurrent_scan`` whose backward pass leaves the recurrent parameters out of the loop.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def fused(cell, project, unroll, params, xs, carry, mask):
+  """The scan of a ``fusable`` cell, with a backward pass that leaves every weight out of the loop.
 
-  recurrent {'recurrent_kernel': U [hidden, proj], optionally 'recurrent_bias' [proj]},
-  px [time, batch, proj], mask [time, batch] | None -> (carry, ys [time, batch, hidden]).
-  The recurrence reads U and b_h only in ph_t = h_{t-1} U + b_h, so dU = sum_t h_{t-1}^T
-  dph_t: one [hidden, time * batch] x [time * batch, proj] matmul after the backward
-  loop, which then carries only the carry's gradient; dph is dpx (LSTM, RNN) or comes
-  from dpx by the cell's ``recurrent_cotangent`` (GRU). Autodiff of the plain scan
-  instead adds a rank-``batch`` outer product into all of dU at every step (slow on CPU
-  at small batch; measured numbers at ``DEFERRED_MAX_BATCH_CPU``).
+  project(params, x_t) -> px_t (``cell.project``, or the identity on pre-projected
+  inputs), xs [time, batch, features], mask [time, batch] | None -> (carry,
+  ys [time, batch, hidden]).
+
+  The forward loop saves each step's carry and preactivations (``combine``'s output).
+  The backward loop recomputes the gate arithmetic from them, takes its VJP and
+  carries only the carry's gradient: one matmul per step, dh = dph U^T, against a
+  copy of U^T made once. Every other gradient comes after the loop, from the stacked
+  preactivation gradients, as the VJPs of ``project`` and ``base.recurrent`` over all
+  [time * batch] rows at once: dW = X^T dPX, dU = H_prev^T dPH, dX = dPX W^T (dropped
+  by XLA when nothing needs it). Autodiff of the plain scan instead runs three to
+  four matmuls per backward step, two of them rank-``batch`` updates of all of dW and
+  dU, and stores more per step. Measured on CPU in BUILD_NOTES.md.
   """
-  return recurrent_scan(cell, unroll, recurrent, px, carry, mask)[0]
+  return _fused_forward(cell, project, unroll, params, xs, carry, mask)[0]
 
 
-def _deferred_fwd(cell, unroll, recurrent, px, carry, mask):
-  run_ = lambda px, carry: recurrent_scan(cell, unroll, recurrent, px, carry, mask)
-  out, backward, saved = jax.vjp(run_, px, carry, has_aux=True)  # U, b_h held fixed
-  return out, (backward, saved, recurrent)
+def _fused_fwd(cell, project, unroll, params, xs, carry, mask):
+  out, saved = _fused_forward(cell, project, unroll, params, xs, carry, mask)
+  return out, (params, xs, mask, saved)
 
 
-def _deferred_bwd(cell, unroll, residuals, cotangents):
-  del unroll
-  backward, (h_prev, aux), recurrent = residuals
-  dpx, dcarry = backward(cotangents)  # the loop: dpx [time, batch, proj]
-  dph = dpx if aux is None else cell.recurrent_cotangent(aux, dpx)
-  dph = dph.reshape(-1, dph.shape[-1])  # [time * batch, proj]
-  h_prev = h_prev.reshape(-1, h_prev.shape[-1]).astype(dph.dtype)  # [time * batch, hidden]
-  grads = {'recurrent_kernel': jnp.matmul(h_prev.T, dph, preferred_element_type=jnp.float32)}
-  if 'recurrent_bias' in recurrent:
-    grads['recurrent_bias'] = jnp.sum(dph, 0, dtype=jnp.float32)
-  grads = {k: g.astype(recurrent[k].dtype) for k, g in grads.items()}
-  return grads, dpx, dcarry, None
+def _fused_bwd(cell, project, unroll, residuals, cotangents):
+  params, xs, mask, (carries, pres) = residuals
+  dcarry, dys = cotangents
+  dtype = xs.dtype
+  struct = lambda a, rows: jax.ShapeDtypeStruct((rows,) + a.shape[1:], a.dtype)
+  px_t = jax.eval_shape(project, params, struct(xs[0], xs.shape[1]))
+  ph_t = jax.eval_shape(lambda: base.recurrent(params, cell.output(jax.tree.map(lambda c: c[0], carries)), dtype))
+
+  def combine_t(dpre, rows):
+    """(dpx, dph) [rows, ...] from d(preactivations): ``combine`` is linear."""
+    return jax.linear_transpose(cell.combine, struct(px_t, rows), struct(ph_t, rows))(dpre)
+
+  carry_t = jax.tree.map(lambda c: jax.ShapeDtypeStruct(c.shape[1:], c.dtype), carries)
+  output_t = jax.linear_transpose(cell.output, carry_t)  # dh -> d(carry)
+  u_t = params['recurrent_kernel'].T.astype(dtype)  # one transposed copy: [proj, hidden]
+
+  def step(dnew, inputs):
+    carry, pre, dy, m_t = inputs
+    if m_t is not None:
+      dnext = dnew
+      dnew = jax.tree.map(lambda d: jnp.where(m_t[:, None], d, 0), dnew)
+      dy = jnp.where(m_t[:, None], dy, 0)
+    dcarry, dpre = jax.vjp(cell.gates, carry, pre)[1]((dnew, dy))
+    dh = base.matmul(combine_t(dpre, xs.shape[1])[1], u_t, dtype)
+    dcarry = jax.tree.map(jnp.add, dcarry, output_t(dh)[0])
+    if m_t is not None:  # a padded step passed the carry through
+      dcarry = jax.tree.map(lambda d, n: jnp.where(m_t[:, None], d, n), dcarry, dnext)
+    return dcarry, dpre
+
+  dcarry, dpres = jax.lax.scan(step, dcarry, (carries, pres, dys, mask), reverse=True, unroll=unroll)
+  rows = lambda a: a.reshape((-1,) + a.shape[2:])  # [time, batch, ...] -> [time * batch, ...]
+  dpx, dph = combine_t(jax.tree.map(rows, dpres), xs.shape[0] * xs.shape[1])
+  dparams, dxs = jax.vjp(project, params, rows(xs))[1](dpx)
+  h_prev = rows(cell.output(carries))
+  (drecurrent,) = jax.vjp(lambda p: base.recurrent(p, h_prev, dtype), params)[1](dph)
+  dparams = jax.tree.map(jnp.add, dparams, drecurrent)
+  return dparams, dxs.reshape(xs.shape), dcarry, None
 
 
-deferred.defvjp(_deferred_fwd, _deferred_bwd)
+fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 def chunked(loop, xs, carry, mask, k: int):

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import run_module
 from seqlab import bench
+from seqlab import cells
+from seqlab import scan
 
 IMPLS = {'seqlab hoist=on', 'seqlab hoist=off', 'flax', 'torch'}
 
@@ -22,7 +24,9 @@ def test_quick_run_writes_json(tmp_path):
   assert result['machine']['cores'] >= 1
   assert result['machine']['jax_backend'] and result['machine']['versions']['jax']
   rows = result['speed']
-  assert {(r['cell'], r['impl']) for r in rows} == {(c, i) for c in bench.CELLS for i in IMPLS}
+  fused = {(c, 'seqlab autodiff') for c in bench.CELLS if scan.default_fuse(cells.make_cell(c, 4))}
+  assert {(r['cell'], r['impl']) for r in rows} == {(c, i) for c in bench.CELLS for i in IMPLS} | fused
+  assert len(fused) == (len(bench.CELLS) if jax.default_backend() == 'cpu' else 0)
   for row in rows:
     assert row['tokens_per_sec'] > 0, row
     assert row['ratio_vs_torch'] > 0 and row['ratio_vs_flax'] > 0, row
@@ -102,15 +106,23 @@ def dot_flops(jaxpr) -> int:
 
 @pytest.mark.parametrize('cell', bench.CELLS)
 def test_step_matmul_flops_counts_the_dots_of_the_training_step(cell):
-  """The formula against the dots traced in Flax's and seqlab's training steps."""
+  """The formula against the dots traced in Flax's and seqlab's (autodiff) training
+  steps; seqlab's ``scan.fused`` step, whose VJP traces the inputs' gradient and the
+  primal halves of its after-loop VJPs for XLA to drop, compiles to as many dots."""
   shape, input_size = bench.Shape(2, 5, 3), 4
   xs, targets = bench.data(shape, input_size)
-  for model in (bench.FlaxModel(cell, shape.hidden), bench.SeqlabModel(cell, shape.hidden, False)):
+  optimizer = optax.adam(1e-3)
+
+  def step_and_args(model):
     params = model.init(jax.random.key(0), xs[:1])
-    optimizer = optax.adam(1e-3)
-    step = bench.mse_train_step(model.apply, optimizer)
-    jaxpr = jax.make_jaxpr(step)(params, optimizer.init(params), xs, targets).jaxpr
-    assert dot_flops(jaxpr) == bench.step_matmul_flops(cell, shape, input_size), model
+    return bench.mse_train_step(model.apply, optimizer), (params, optimizer.init(params), xs, targets)
+  autodiff = bench.SeqlabModel(cell, shape.hidden, False, fuse=False)
+  for model in (bench.FlaxModel(cell, shape.hidden), autodiff):
+    step, args = step_and_args(model)
+    assert dot_flops(jax.make_jaxpr(step)(*args).jaxpr) == bench.step_matmul_flops(cell, shape, input_size), model
+  compiled_dots = lambda model: jax.jit(step_and_args(model)[0]).lower(
+      *step_and_args(model)[1]).compile().as_text().count(' dot(')
+  assert compiled_dots(bench.SeqlabModel(cell, shape.hidden, False, fuse=True)) == compiled_dots(autodiff)
 
 
 @pytest.mark.parametrize('time, k', [(1, 1), (99, 9), (100, 10), (10_000, 100)])

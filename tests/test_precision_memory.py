@@ -209,15 +209,16 @@ def test_bfloat16_training_follows_float32(cell):
     assert dtypes == {jnp.dtype(jnp.float32)}, dtypes
 
 
-# ----------------------------------------------------------------------------- deferred dU
+# ----------------------------------------------------------------------------- scan.fused
 
 @pytest.mark.usefixtures('strict_numpy')
+@pytest.mark.parametrize('hoist', [False, True])
 @pytest.mark.parametrize('reverse', [False, True])
 @pytest.mark.parametrize('name', ['lstm', 'rnn', 'irnn', 'gru'])
-def test_deferred_kernel_gradient_equals_plain_scan(name, reverse):
-  """The hoisted scan (on CPU: dU as one matmul after the loop, ``scan.deferred``) against
-  the projection inside the loop (plain autodiff): outputs, final carry and gradients of
-  every parameter, the inputs and the initial carry, with padded sequences."""
+def test_fused_gradient_equals_autodiff(name, reverse, hoist):
+  """``scan.fused`` (its own VJP: weights' gradients after the loop) against autodiff of
+  the plain scan: outputs, final carry and gradients of every parameter, the inputs
+  and the initial carry, with padded sequences and a non-zero initial carry."""
   cell = cells.make_cell(name, 8)
   params = cell.init(jax.random.key(0), 3)
   # Non-zero biases, so that the GRU's recurrent bias is exercised.
@@ -225,9 +226,9 @@ def test_deferred_kernel_gradient_equals_plain_scan(name, reverse):
   xs = jax.random.normal(jax.random.key(1), (3, 23, 3))
   carry0 = jax.tree.map(lambda c: c + 0.5, cell.initial_carry((3,)))
 
-  def loss(params, xs, carry0, hoist):
+  def loss(params, xs, carry0, fuse):
     carry, ys = scan.run(cell, params, xs, lengths=LENGTHS, initial_carry=carry0,
-                         reverse=reverse, hoist=hoist, engine='sequential')
+                         reverse=reverse, hoist=hoist and fuse, engine='sequential', fuse=fuse)
     return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c ** 3) for c in jax.tree.leaves(carry)), ys
   grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True), static_argnums=3)
   want_grads, want_ys = grad(params, xs, carry0, False)
@@ -235,26 +236,59 @@ def test_deferred_kernel_gradient_equals_plain_scan(name, reverse):
   assert_trees_close(got_ys, want_ys)
   assert_trees_close(got_grads, want_grads, rtol=1e-4, atol=1e-4)
   assert float(jnp.max(jnp.abs(got_grads[0]['recurrent_kernel']))) > 0
-  if jax.default_backend() == 'cpu':  # the hoisted path is the custom VJP
-    jaxpr = str(jax.make_jaxpr(loss, static_argnums=3)(params, xs, carry0, True))
-    assert 'custom_vjp' in jaxpr
+  assert 'custom_vjp' in str(jax.make_jaxpr(loss, static_argnums=3)(params, xs, carry0, True))
 
 
-def test_deferred_path_is_taken_on_cpu():
-  """Hoisting an LSTM on CPU runs ``scan.deferred`` (a custom VJP); no hoisting does not."""
+def scan_dots(jaxpr):
+  """The number of dot_generals in the body of each ``scan`` in ``jaxpr`` (a Jaxpr),
+  in program order, looking inside nested calls."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'scan':
+      found.append(sum(e.primitive.name == 'dot_general' for e in eqn.params['jaxpr'].jaxpr.eqns))
+      continue
+    for value in eqn.params.values():
+      inner = getattr(value, 'jaxpr', value)  # a ClosedJaxpr's Jaxpr, or a Jaxpr
+      if hasattr(inner, 'eqns'):
+        found += scan_dots(inner)
+  return found
+
+
+@pytest.mark.parametrize('name', ['lstm', 'gru'])
+def test_fused_backward_loop_holds_one_matmul(name):
+  """The point of ``scan.fused``: its backward loop runs one matmul per step (dh = dph
+  U^T), where autodiff of the plain scan runs dh, dU, dW and dx there."""
+  cell = cells.make_cell(name, 8)
+  params = cell.init(jax.random.key(0), 3)
+  xs = jnp.ones((2, 5, 3))
+
+  def loss(params, xs, fuse):
+    return jnp.sum(scan.run(cell, params, xs, hoist=False, fuse=fuse)[1] ** 2)
+  grad = jax.grad(loss, argnums=(0, 1))
+  dots = lambda fuse: scan_dots(jax.make_jaxpr(grad, static_argnums=2)(params, xs, fuse).jaxpr)
+  assert dots(True) == [2, 1]  # forward: x W and h U; backward: dph U^T
+  assert dots(False)[0] == 2 and dots(False)[1] >= 4
+
+
+def test_fused_is_the_default_on_cpu():
+  """On CPU an LSTM runs ``scan.fused`` (a custom VJP) unless ``fuse=False``; the
+  paper-convention GRU cannot fuse, and asking for it says so."""
   cell = cells.make_cell('lstm', 4)
   params = cell.init(jax.random.key(0), 2)
-  loss = lambda p, hoist: jnp.sum(scan.run(cell, p, jnp.ones((2, 5, 2)), hoist=hoist)[1])
-  jaxpr = lambda hoist: str(jax.make_jaxpr(loss, static_argnums=1)(params, hoist))
-  on_cpu = jax.default_backend() == 'cpu'
-  assert ('custom_vjp' in jaxpr(True)) == on_cpu and 'custom_vjp' not in jaxpr(False)
+  loss = lambda p, fuse: jnp.sum(scan.run(cell, p, jnp.ones((2, 5, 2)), fuse=fuse)[1])
+  jaxpr = lambda fuse: str(jax.make_jaxpr(loss, static_argnums=1)(params, fuse))
+  assert ('custom_vjp' in jaxpr(None)) == (jax.default_backend() == 'cpu')
+  assert 'custom_vjp' not in jaxpr(False) and 'custom_vjp' in jaxpr(True)
+  before = cells.make_cell('gru_reset_before', 4)
+  assert not scan.default_fuse(before)
+  with pytest.raises(ValueError, match='fuse=True needs a cell built from combine'):
+    scan.run(before, before.init(jax.random.key(0), 2), jnp.ones((2, 5, 2)), fuse=True)
+  with pytest.raises(ValueError, match='fuse=True'):
+    layers.StackedRNN('mingru', 4, fuse=True)
 
 
-@pytest.mark.parametrize('name, batch, hoist', [('lstm', 8, True), ('lstm', 16, True),
-                                                ('lstm', 32, False), ('rnn', 4, True),
-                                                ('gru', 8, True), ('gru', 32, False),
-                                                ('gru_reset_before', 8, False),
-                                                ('mingru', 8, False)])
-def test_default_hoist_on_cpu(name, batch, hoist):
-  expected = hoist if jax.default_backend() == 'cpu' else True
-  assert scan.default_hoist(cells.make_cell(name, 4), batch) == expected
+@pytest.mark.parametrize('name', ['lstm', 'gru', 'gru_reset_before', 'rnn', 'mingru'])
+@pytest.mark.parametrize('batch', [4, 32])
+def test_default_hoist_on_cpu(name, batch):
+  """Hoisting is measured not to pay on CPU (BUILD_NOTES.md), at any batch size."""
+  assert scan.default_hoist(cells.make_cell(name, 4), batch) == (jax.default_backend() != 'cpu')

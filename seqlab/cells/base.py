@@ -13,6 +13,11 @@ every gate and its bias), so ``seqlab.scan`` may run it over all timesteps at on
 outside the loop, or inside it step by step; ``recur`` is the recurrence alone.
 A full step is ``recur(params, carry, project(params, x_t))``.
 
+LSTM, Elman RNN and the cuDNN-convention GRU also split ``recur`` into its parts
+(``gated_recur``): ``combine(px_t, ph_t) -> pre`` (linear; ph_t = ``recurrent``) and
+``gates(carry, pre) -> (carry, y_t)`` (the elementwise gate arithmetic), so that
+``seqlab.scan.fused`` can take every weight's gradient out of the backward loop.
+
 Compute dtype: ``recur`` does its matmuls in the dtype of ``px_t`` and its gate
 arithmetic and carry in float32, so bfloat16 compute keeps float32 carries.
 """
@@ -34,6 +39,33 @@ def add_bias(y, bias):
   """``y + bias`` with the bias broadcast explicitly: [..., n] + [n] -> [..., n]
   (no implicit rank promotion)."""
   return y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
+
+
+def add(px, ph):
+  """``px + ph`` in float32: how LSTM and Elman RNN combine the projected input with
+  the recurrent term (their ``combine``)."""
+  return px.astype(jnp.float32) + ph
+
+
+def gated_recur(cell, params, carry, px_t):
+  """The step of a cell made of ``combine`` and ``gates`` (LSTM, Elman RNN, the
+  cuDNN-convention GRU): ``gates(carry, combine(px_t, recurrent(params, h, dtype)))``
+  with h = ``output(carry)``; ``scan.fused`` runs the same three pieces."""
+  ph = recurrent(params, cell.output(carry), px_t.dtype)
+  return cell.gates(carry, cell.combine(px_t, ph))
+
+
+def recurrent(params, h, dtype):
+  """ph = h U (+ b_h): the one place where a step of LSTM, Elman RNN and the
+  cuDNN-convention GRU reads the carry through a weight; ``scan.fused`` relies on it.
+
+  h [..., hidden], params['recurrent_kernel'] U [hidden, proj], optional
+  params['recurrent_bias'] [proj] -> [..., proj] float32, the matmul in ``dtype``.
+  """
+  ph = matmul(h, params['recurrent_kernel'], dtype)
+  if 'recurrent_bias' in params:
+    ph = add_bias(ph, params['recurrent_bias'].astype(jnp.float32))
+  return ph
 
 
 def matmul(h, u, dtype):

@@ -46,37 +46,34 @@ class GRU:
   project = staticmethod(base.dense_project)
 
   def recur(self, params, h, px_t):
+    if self.reset_after:
+      return base.gated_recur(self, params, h, px_t)
     hs = self.hidden_size
     px = px_t.astype(jnp.float32)
-    if self.reset_after:
-      ph, r = self._recurrent_and_reset(params, h, px_t)
-      z = jax.nn.sigmoid(px[..., hs:2 * hs] + ph[..., hs:2 * hs])
-      n = jnp.tanh(px[..., 2 * hs:] + r * ph[..., 2 * hs:])
-    else:
-      u = params['recurrent_kernel']
-      rz = base.matmul(h, u[:, :2 * hs], px_t.dtype)
-      r = jax.nn.sigmoid(px[..., :hs] + rz[..., :hs])
-      z = jax.nn.sigmoid(px[..., hs:2 * hs] + rz[..., hs:])
-      n = jnp.tanh(px[..., 2 * hs:] + base.matmul(r * h, u[:, 2 * hs:], px_t.dtype))
+    u = params['recurrent_kernel']
+    rz = base.matmul(h, u[:, :2 * hs], px_t.dtype)
+    r = jax.nn.sigmoid(px[..., :hs] + rz[..., :hs])
+    z = jax.nn.sigmoid(px[..., hs:2 * hs] + rz[..., hs:])
+    n = jnp.tanh(px[..., 2 * hs:] + base.matmul(r * h, u[:, 2 * hs:], px_t.dtype))
     h = (1.0 - z) * n + z * h
     return h, h
 
-  def _recurrent_and_reset(self, params, h, px_t):
-    """reset_after: ph = h U + b_h [..., 3 * hidden] and the reset gate r [..., hidden]."""
-    ph = base.add_bias(base.matmul(h, params['recurrent_kernel'], px_t.dtype),
-                       params['recurrent_bias'].astype(jnp.float32))
-    return ph, jax.nn.sigmoid(px_t.astype(jnp.float32)[..., :self.hidden_size] + ph[..., :self.hidden_size])
+  # reset_after only (``scan.fused``): ph = h U + b_h is ``base.recurrent``.
 
-  def deferred_aux(self, params, h, px_t):
-    """reset_after only: the reset gate r [..., hidden], saved per step for
-    ``recurrent_cotangent`` (``scan.deferred``)."""
-    return self._recurrent_and_reset(params, h, px_t)[1]
+  @staticmethod
+  def combine(px_t, ph):
+    """The preactivations (px, ph), each [..., 3 * hidden], float32."""
+    return px_t.astype(jnp.float32), ph
 
-  def recurrent_cotangent(self, r, dpx):
-    """d(h U + b_h) [..., 3 * hidden] from dpx: r and z add ``h U + b_h`` to px as it
-    is; n adds r * (h U_n + b_hn)."""
+  def gates(self, h, pre):
+    """The gate arithmetic of one step from ``combine``'s (px, ph)."""
+    px, ph = pre
     hs = self.hidden_size
-    return jnp.concatenate([dpx[..., :2 * hs], r.astype(dpx.dtype) * dpx[..., 2 * hs:]], -1)
+    r = jax.nn.sigmoid(px[..., :hs] + ph[..., :hs])
+    z = jax.nn.sigmoid(px[..., hs:2 * hs] + ph[..., hs:2 * hs])
+    n = jnp.tanh(px[..., 2 * hs:] + r * ph[..., 2 * hs:])
+    h = (1.0 - z) * n + z * h
+    return h, h
 
   @staticmethod
   def output(carry):

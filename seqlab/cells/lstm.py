@@ -40,8 +40,14 @@ class LSTM:
   project = staticmethod(base.dense_project)
 
   def recur(self, params, carry, px_t):
-    c, h = carry
-    gates = px_t.astype(jnp.float32) + base.matmul(h, params['recurrent_kernel'], px_t.dtype)
+    return base.gated_recur(self, params, carry, px_t)
+
+  combine = staticmethod(base.add)
+
+  @staticmethod
+  def gates(carry, gates):
+    """The gate arithmetic of one step from the preactivations [..., 4 * hidden]."""
+    c, _ = carry
     i, f, g, o = jnp.split(gates, 4, axis=-1)
     c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
     h = jax.nn.sigmoid(o) * jnp.tanh(c)

@@ -41,7 +41,12 @@ class SimpleRNN:
   project = staticmethod(base.dense_project)
 
   def recur(self, params, h, px_t):
-    pre = px_t.astype(jnp.float32) + base.matmul(h, params['recurrent_kernel'], px_t.dtype)
+    return base.gated_recur(self, params, h, px_t)
+
+  combine = staticmethod(base.add)
+
+  def gates(self, h, pre):
+    """The activation of the preactivation [..., hidden]."""
     h = ACTIVATIONS[self.activation](pre)
     return h, h
 
