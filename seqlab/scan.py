@@ -21,8 +21,8 @@ O(T), for one more forward pass. k ~ sqrt(T) minimises it.
 For cells built from ``combine`` and ``gates`` (LSTM, Elman RNN, the cuDNN-convention
 GRU; ``seqlab.cells.base.gated_recur``) the sequential engine on CPU runs ``fused``: a
 custom VJP whose backward loop holds one matmul per step and leaves every weight's
-gradient to three large matmuls after the loop, instead of adding outer products into
-dW and dU at every step.
+gradient to large matmuls after the loop, instead of adding outer products into dW and
+dU at every step.
 """
 import functools
 
@@ -69,14 +69,13 @@ def check_fuse(cell, fuse) -> bool:
   return bool(fuse)
 
 
-def default_hoist(cell=None, batch: int | None = None) -> bool:
+def default_hoist() -> bool:
   """Whether to project every timestep's input in one matmul before the loop.
 
   It pays on GPUs and TPUs (one large matmul instead of T small ones; not measured
   here). On XLA:CPU it was measured not to, for every cell and batch size tried (two
   extra [time, batch, gates] buffers; see BUILD_NOTES.md), with ``fused`` or without.
   """
-  del cell, batch
   return jax.default_backend() != 'cpu'
 
 
@@ -162,7 +161,7 @@ def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
     reverse: read each sequence backward from its last valid step; outputs are
       returned in the original time order.
     hoist: project all timesteps' inputs in one matmul outside the loop (True) or
-      inside it step by step (False); None picks ``default_hoist(cell, batch)``.
+      inside it step by step (False); None picks ``default_hoist()``.
       Sequential engine only (the associative one always projects the whole
       sequence).
     unroll: passed to ``jax.lax.scan`` (sequential engine only).
@@ -183,7 +182,7 @@ def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
   check_inputs(xs, lengths, None if kernel is None else kernel.shape[0])
   check_remat(remat)
   batch, time, _ = xs.shape
-  hoist = default_hoist(cell, batch) if hoist is None else hoist
+  hoist = default_hoist() if hoist is None else hoist
   fuse = check_fuse(cell, fuse)
   if dtype is not None:
     params = jax.tree.map(lambda p: p.astype(dtype), params)
@@ -280,15 +279,16 @@ def _fused_bwd(cell, project, unroll, residuals, cotangents):
   params, xs, mask, (carries, pres) = residuals
   dcarry, dys = cotangents
   dtype = xs.dtype
-  struct = lambda a, rows: jax.ShapeDtypeStruct((rows,) + a.shape[1:], a.dtype)
-  px_t = jax.eval_shape(project, params, struct(xs[0], xs.shape[1]))
-  ph_t = jax.eval_shape(lambda: base.recurrent(params, cell.output(jax.tree.map(lambda c: c[0], carries)), dtype))
+  step_struct = lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype)  # one timestep of a stack
+  carry_t = jax.tree.map(step_struct, carries)
+  px_t = jax.eval_shape(project, params, step_struct(xs))
+  ph_t = jax.eval_shape(lambda c: base.recurrent(params, cell.output(c), dtype), carry_t)
 
   def combine_t(dpre, rows):
     """(dpx, dph) [rows, ...] from d(preactivations): ``combine`` is linear."""
-    return jax.linear_transpose(cell.combine, struct(px_t, rows), struct(ph_t, rows))(dpre)
+    like = lambda a: jax.ShapeDtypeStruct((rows,) + a.shape[1:], a.dtype)
+    return jax.linear_transpose(cell.combine, like(px_t), like(ph_t))(dpre)
 
-  carry_t = jax.tree.map(lambda c: jax.ShapeDtypeStruct(c.shape[1:], c.dtype), carries)
   output_t = jax.linear_transpose(cell.output, carry_t)  # dh -> d(carry)
   u_t = params['recurrent_kernel'].T.astype(dtype)  # one transposed copy: [proj, hidden]
 

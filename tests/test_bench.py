@@ -120,8 +120,9 @@ def test_step_matmul_flops_counts_the_dots_of_the_training_step(cell):
   for model in (bench.FlaxModel(cell, shape.hidden), autodiff):
     step, args = step_and_args(model)
     assert dot_flops(jax.make_jaxpr(step)(*args).jaxpr) == bench.step_matmul_flops(cell, shape, input_size), model
-  compiled_dots = lambda model: jax.jit(step_and_args(model)[0]).lower(
-      *step_and_args(model)[1]).compile().as_text().count(' dot(')
+  def compiled_dots(model):
+    step, args = step_and_args(model)
+    return jax.jit(step).lower(*args).compile().as_text().count(' dot(')
   assert compiled_dots(bench.SeqlabModel(cell, shape.hidden, False, fuse=True)) == compiled_dots(autodiff)
 
 
