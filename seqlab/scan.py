@@ -236,14 +236,37 @@ def sequential(cell, params, xs, carry, mask, hoist: bool, unroll: int, fuse: bo
   return carry, jnp.swapaxes(ys, 0, 1)  # [batch, time, hidden]
 
 
+def gates_fwd(cell, carry, pre):
+  """``cell.gates(carry, pre)`` and what ``gates_bwd`` needs: ``((carry, y), saved)``.
+
+  A cell may write its own (``cell.gates_fwd``, saving its activations); otherwise
+  ``saved`` is ``(carry, pre)`` and the backward recomputes the gates.
+  """
+  if getattr(cell, 'gates_fwd', None) is not None:
+    return cell.gates_fwd(carry, pre)
+  return cell.gates(carry, pre), (carry, pre)
+
+
+def gates_bwd(cell, h, saved, dcarry, dy):
+  """The VJP of ``cell.gates`` at ``saved`` (from ``gates_fwd``): (d carry, d pre).
+
+  h [batch, hidden] is ``cell.output`` of the step's incoming carry; d carry holds only
+  what flows through the gate arithmetic (``fused`` adds the path through h U).
+  """
+  if getattr(cell, 'gates_bwd', None) is not None:
+    return cell.gates_bwd(h, saved, dcarry, dy)
+  return jax.vjp(cell.gates, *saved)[1]((dcarry, dy))
+
+
 def _fused_forward(cell, project, unroll, params, xs, carry, mask):
-  """The plain scan, saving each step's carry and preactivations."""
+  """The plain scan, saving each step's h_{t-1} and what ``gates_bwd`` needs."""
   def step(carry, inputs):
     x_t, m_t = inputs
-    px = project(params, x_t)
-    pre = cell.combine(px, base.recurrent(params, cell.output(carry), xs.dtype))
-    new, y_t = padded(m_t, carry, *cell.gates(carry, pre))
-    return new, (y_t, (carry, pre))
+    h = cell.output(carry)
+    pre = cell.combine(project(params, x_t), base.recurrent(params, h, xs.dtype))
+    out, saved = gates_fwd(cell, carry, pre)
+    new, y_t = padded(m_t, carry, *out)
+    return new, (y_t, (h, saved))
 
   carry, (ys, saved) = jax.lax.scan(step, carry, (xs, mask), unroll=unroll)
   return (carry, ys), saved
@@ -257,9 +280,11 @@ def fused(cell, project, unroll, params, xs, carry, mask):
   inputs), xs [time, batch, features], mask [time, batch] | None -> (carry,
   ys [time, batch, hidden]).
 
-  The forward loop saves each step's carry and preactivations (``combine``'s output).
-  The backward loop recomputes the gate arithmetic from them, takes its VJP and
-  carries only the carry's gradient: one matmul per step, dh = dph U^T, against a
+  The forward loop saves each step's h_{t-1} and what ``gates_fwd`` keeps for the
+  gate arithmetic's backward (the cell's own choice, or its carry and preactivations).
+  The backward loop applies ``gates_bwd`` (the cell's hand-written VJP of ``gates``,
+  or JAX's, recomputing the gates) and carries only the carry's gradient: one matmul
+  per step, dh = dph U^T, against a
   copy of U^T made once. Every other gradient comes after the loop, from the stacked
   preactivation gradients, as the VJPs of ``project`` and ``base.recurrent`` over all
   [time * batch] rows at once: dW = X^T dPX, dU = H_prev^T dPH, dX = dPX W^T (dropped
@@ -276,40 +301,40 @@ def _fused_fwd(cell, project, unroll, params, xs, carry, mask):
 
 
 def _fused_bwd(cell, project, unroll, residuals, cotangents):
-  params, xs, mask, (carries, pres) = residuals
+  params, xs, mask, (hs, saved) = residuals
   dcarry, dys = cotangents
   dtype = xs.dtype
   step_struct = lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype)  # one timestep of a stack
-  carry_t = jax.tree.map(step_struct, carries)
   px_t = jax.eval_shape(project, params, step_struct(xs))
-  ph_t = jax.eval_shape(lambda c: base.recurrent(params, cell.output(c), dtype), carry_t)
+  ph_t = jax.eval_shape(lambda h: base.recurrent(params, h, dtype), step_struct(hs))
 
   def combine_t(dpre, rows):
     """(dpx, dph) [rows, ...] from d(preactivations): ``combine`` is linear."""
     like = lambda a: jax.ShapeDtypeStruct((rows,) + a.shape[1:], a.dtype)
     return jax.linear_transpose(cell.combine, like(px_t), like(ph_t))(dpre)
 
+  carry_t = jax.tree.map(lambda d: jax.ShapeDtypeStruct(d.shape, d.dtype), dcarry)
   output_t = jax.linear_transpose(cell.output, carry_t)  # dh -> d(carry)
   u_t = params['recurrent_kernel'].T.astype(dtype)  # one transposed copy: [proj, hidden]
 
   def step(dnew, inputs):
-    carry, pre, dy, m_t = inputs
+    h, saved, dy, m_t = inputs
     if m_t is not None:
       dnext = dnew
       dnew = jax.tree.map(lambda d: jnp.where(m_t[:, None], d, 0), dnew)
       dy = jnp.where(m_t[:, None], dy, 0)
-    dcarry, dpre = jax.vjp(cell.gates, carry, pre)[1]((dnew, dy))
+    dcarry, dpre = gates_bwd(cell, h, saved, dnew, dy)
     dh = base.matmul(combine_t(dpre, xs.shape[1])[1], u_t, dtype)
     dcarry = jax.tree.map(jnp.add, dcarry, output_t(dh)[0])
     if m_t is not None:  # a padded step passed the carry through
       dcarry = jax.tree.map(lambda d, n: jnp.where(m_t[:, None], d, n), dcarry, dnext)
     return dcarry, dpre
 
-  dcarry, dpres = jax.lax.scan(step, dcarry, (carries, pres, dys, mask), reverse=True, unroll=unroll)
+  dcarry, dpres = jax.lax.scan(step, dcarry, (hs, saved, dys, mask), reverse=True, unroll=unroll)
   rows = lambda a: a.reshape((-1,) + a.shape[2:])  # [time, batch, ...] -> [time * batch, ...]
   dpx, dph = combine_t(jax.tree.map(rows, dpres), xs.shape[0] * xs.shape[1])
   dparams, dxs = jax.vjp(project, params, rows(xs))[1](dpx)
-  h_prev = rows(cell.output(carries))
+  h_prev = rows(hs)
   (drecurrent,) = jax.vjp(lambda p: base.recurrent(p, h_prev, dtype), params)[1](dph)
   dparams = jax.tree.map(jnp.add, dparams, drecurrent)
   return dparams, dxs.reshape(xs.shape), dcarry, None

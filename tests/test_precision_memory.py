@@ -3,6 +3,7 @@
 Memory is XLA's compiled ``memory_analysis()`` of the training step: a measurement of
 the program, not of a run, so it does not depend on the machine's load.
 """
+import dataclasses
 import functools
 
 import jax
@@ -13,6 +14,7 @@ import pytest
 from conftest import load_config
 from seqlab import bench
 from seqlab import cells
+from seqlab.cells import base
 from seqlab import layers
 from seqlab import scan
 from seqlab import train
@@ -237,6 +239,52 @@ def test_fused_gradient_equals_autodiff(name, reverse, hoist):
   assert_trees_close(got_grads, want_grads, rtol=1e-4, atol=1e-4)
   assert float(jnp.max(jnp.abs(got_grads[0]['recurrent_kernel']))) > 0
   assert 'custom_vjp' in str(jax.make_jaxpr(loss, static_argnums=3)(params, xs, carry0, True))
+
+
+@pytest.mark.usefixtures('strict_numpy')
+@pytest.mark.parametrize('name', ['lstm', 'rnn', 'irnn', 'gru'])
+def test_gates_bwd_is_the_vjp_of_gates(name):
+  """A cell's hand-written backward of its gate arithmetic (``gates_fwd`` saves,
+  ``gates_bwd`` applies) equals JAX's VJP of its ``gates``, at random carries,
+  preactivations and cotangents."""
+  cell = cells.make_cell(name, 6)
+  keys = iter(jax.random.split(jax.random.key(3), 8))
+  normal = lambda like: jax.tree.map(lambda a: 1.5 * jax.random.normal(next(keys), a.shape), like)
+  carry = normal(cell.initial_carry((5,)))
+  params = cell.init(jax.random.key(0), 2)
+  pre = normal(cell.combine(cell.project(params, jnp.zeros((5, 2))),
+                            base.recurrent(params, cell.output(carry), jnp.float32)))
+  (new, y), want_vjp = jax.vjp(cell.gates, carry, pre)
+  dnew, dy = normal(new), normal(y)
+  out, saved = cell.gates_fwd(carry, pre)
+  assert_trees_close(out, (new, y))
+  got = cell.gates_bwd(cell.output(carry), saved, dnew, dy)
+  assert_trees_close(got, want_vjp((dnew, dy)), rtol=1e-5, atol=1e-6)
+  assert_trees_close(scan.gates_bwd(cell, cell.output(carry), saved, dnew, dy), got)
+
+
+@dataclasses.dataclass(frozen=True)
+class VjpLSTM(cells.LSTM):
+  """An LSTM without a hand-written gate backward: ``scan.fused`` takes JAX's VJP of
+  ``gates``, as it does for any new cell built from ``combine`` and ``gates``."""
+  gates_fwd = None
+  gates_bwd = None
+
+
+def test_fused_takes_the_vjp_of_gates_without_gates_bwd():
+  cell = VjpLSTM(8)
+  params = cell.init(jax.random.key(0), 3)
+  xs = jax.random.normal(jax.random.key(1), (3, 23, 3))
+
+  def loss(params, xs, fuse):
+    carry, ys = scan.run(cell, params, xs, lengths=LENGTHS, engine='sequential', fuse=fuse)
+    return jnp.sum(jnp.sin(ys)) + jnp.sum(carry[0] ** 2)
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+  assert_trees_close(grad(params, xs, True), grad(params, xs, False), rtol=1e-4, atol=1e-4)
+  # The generic forward saves (carry, pre); the LSTM's own saves (pre, c).
+  saved = jax.eval_shape(lambda: scan._fused_fwd(cell, cell.project, 1, params, jnp.swapaxes(xs, 0, 1),
+                                                 cell.initial_carry((3,)), None)[1][3])
+  assert jax.tree.structure(saved[1]) == jax.tree.structure((cell.initial_carry((3,)), 0))
 
 
 def scan_dots(jaxpr):

@@ -67,13 +67,27 @@ class GRU:
 
   def gates(self, h, pre):
     """The gate arithmetic of one step from ``combine``'s (px, ph)."""
-    px, ph = pre
-    hs = self.hidden_size
-    r = jax.nn.sigmoid(px[..., :hs] + ph[..., :hs])
-    z = jax.nn.sigmoid(px[..., hs:2 * hs] + ph[..., hs:2 * hs])
-    n = jnp.tanh(px[..., 2 * hs:] + r * ph[..., 2 * hs:])
+    return self.gates_fwd(h, pre)[0]
+
+  def gates_fwd(self, h, pre):
+    """``gates``, and what ``gates_bwd`` needs: [r, z, n] and the n part of ph
+    (``seqlab.scan.fused``)."""
+    (px_r, px_z, px_n), (ph_r, ph_z, ph_n) = (jnp.split(a, 3, axis=-1) for a in pre)
+    r = jax.nn.sigmoid(px_r + ph_r)
+    z = jax.nn.sigmoid(px_z + ph_z)
+    n = jnp.tanh(px_n + r * ph_n)
     h = (1.0 - z) * n + z * h
-    return h, h
+    return (h, h), (jnp.concatenate([r, z, n], axis=-1), ph_n)
+
+  def gates_bwd(self, h, saved, dcarry, dy):
+    """The VJP of ``gates`` from ``gates_fwd``'s saved values: (d h, (d px, d ph))."""
+    rzn, ph_n = saved
+    r, z, n = jnp.split(rzn, 3, axis=-1)
+    d = dcarry + dy
+    dn = d * (1.0 - z) * (1.0 - n * n)
+    dz = d * (h - n) * z * (1.0 - z)
+    dr = dn * ph_n * r * (1.0 - r)
+    return d * z, (jnp.concatenate([dr, dz, dn], axis=-1), jnp.concatenate([dr, dz, dn * r], axis=-1))
 
   @staticmethod
   def output(carry):
