@@ -237,36 +237,36 @@ def sequential(cell, params, xs, carry, mask, hoist: bool, unroll: int, fuse: bo
 
 
 def gates_fwd(cell, carry, pre):
-  """``cell.gates(carry, pre)`` and what ``gates_bwd`` needs: ``((carry, y), saved)``.
+  """``(cell.gates(carry, pre), res)``: the step, and what ``gates_bwd`` needs besides the carry.
 
-  A cell may write its own (``cell.gates_fwd``, saving its activations); otherwise
-  ``saved`` is ``(carry, pre)`` and the backward recomputes the gates.
+  A cell may choose (``cell.gates_fwd``: the GRU keeps its gate activations); by
+  default ``res`` is ``pre`` and the backward recomputes the gates from it.
   """
-  if getattr(cell, 'gates_fwd', None) is not None:
+  if hasattr(cell, 'gates_fwd'):
     return cell.gates_fwd(carry, pre)
-  return cell.gates(carry, pre), (carry, pre)
+  return cell.gates(carry, pre), pre
 
 
-def gates_bwd(cell, h, saved, dcarry, dy):
-  """The VJP of ``cell.gates`` at ``saved`` (from ``gates_fwd``): (d carry, d pre).
+def gates_bwd(cell, carry, res, dcarry, dy):
+  """(d carry, d pre): the VJP of ``cell.gates`` at the step that ``gates_fwd`` saved.
 
-  h [batch, hidden] is ``cell.output`` of the step's incoming carry; d carry holds only
-  what flows through the gate arithmetic (``fused`` adds the path through h U).
+  ``cell.gates_bwd`` if the cell writes it by hand, else JAX's VJP of ``gates`` (with
+  the default ``res``, ``pre``). d carry holds only what flows through the gate
+  arithmetic; ``fused`` adds the path through h U.
   """
-  if getattr(cell, 'gates_bwd', None) is not None:
-    return cell.gates_bwd(h, saved, dcarry, dy)
-  return jax.vjp(cell.gates, *saved)[1]((dcarry, dy))
+  if hasattr(cell, 'gates_bwd'):
+    return cell.gates_bwd(carry, res, dcarry, dy)
+  return jax.vjp(cell.gates, carry, res)[1]((dcarry, dy))
 
 
 def _fused_forward(cell, project, unroll, params, xs, carry, mask):
-  """The plain scan, saving each step's h_{t-1} and what ``gates_bwd`` needs."""
+  """The plain scan, saving each step's incoming carry and ``gates_fwd``'s ``res``."""
   def step(carry, inputs):
     x_t, m_t = inputs
-    h = cell.output(carry)
-    pre = cell.combine(project(params, x_t), base.recurrent(params, h, xs.dtype))
-    out, saved = gates_fwd(cell, carry, pre)
+    pre = cell.combine(project(params, x_t), base.recurrent(params, cell.output(carry), xs.dtype))
+    out, res = gates_fwd(cell, carry, pre)
     new, y_t = padded(m_t, carry, *out)
-    return new, (y_t, (h, saved))
+    return new, (y_t, (carry, res))
 
   carry, (ys, saved) = jax.lax.scan(step, carry, (xs, mask), unroll=unroll)
   return (carry, ys), saved
@@ -280,11 +280,10 @@ def fused(cell, project, unroll, params, xs, carry, mask):
   inputs), xs [time, batch, features], mask [time, batch] | None -> (carry,
   ys [time, batch, hidden]).
 
-  The forward loop saves each step's h_{t-1} and what ``gates_fwd`` keeps for the
-  gate arithmetic's backward (the cell's own choice, or its carry and preactivations).
-  The backward loop applies ``gates_bwd`` (the cell's hand-written VJP of ``gates``,
-  or JAX's, recomputing the gates) and carries only the carry's gradient: one matmul
-  per step, dh = dph U^T, against a
+  The forward loop saves each step's incoming carry and ``gates_fwd``'s residuals
+  (the preactivations, or what the cell chooses). The backward loop applies
+  ``gates_bwd`` (JAX's VJP of ``gates``, recomputing it, or the cell's own) and
+  carries only the carry's gradient: one matmul per step, dh = dph U^T, against a
   copy of U^T made once. Every other gradient comes after the loop, from the stacked
   preactivation gradients, as the VJPs of ``project`` and ``base.recurrent`` over all
   [time * batch] rows at once: dW = X^T dPX, dU = H_prev^T dPH, dX = dPX W^T (dropped
@@ -301,40 +300,40 @@ def _fused_fwd(cell, project, unroll, params, xs, carry, mask):
 
 
 def _fused_bwd(cell, project, unroll, residuals, cotangents):
-  params, xs, mask, (hs, saved) = residuals
+  params, xs, mask, (carries, res) = residuals
   dcarry, dys = cotangents
   dtype = xs.dtype
   step_struct = lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype)  # one timestep of a stack
+  carry_t = jax.tree.map(step_struct, carries)
   px_t = jax.eval_shape(project, params, step_struct(xs))
-  ph_t = jax.eval_shape(lambda h: base.recurrent(params, h, dtype), step_struct(hs))
+  ph_t = jax.eval_shape(lambda c: base.recurrent(params, cell.output(c), dtype), carry_t)
 
   def combine_t(dpre, rows):
     """(dpx, dph) [rows, ...] from d(preactivations): ``combine`` is linear."""
     like = lambda a: jax.ShapeDtypeStruct((rows,) + a.shape[1:], a.dtype)
     return jax.linear_transpose(cell.combine, like(px_t), like(ph_t))(dpre)
 
-  carry_t = jax.tree.map(lambda d: jax.ShapeDtypeStruct(d.shape, d.dtype), dcarry)
   output_t = jax.linear_transpose(cell.output, carry_t)  # dh -> d(carry)
   u_t = params['recurrent_kernel'].T.astype(dtype)  # one transposed copy: [proj, hidden]
 
   def step(dnew, inputs):
-    h, saved, dy, m_t = inputs
+    carry, res, dy, m_t = inputs
     if m_t is not None:
       dnext = dnew
       dnew = jax.tree.map(lambda d: jnp.where(m_t[:, None], d, 0), dnew)
       dy = jnp.where(m_t[:, None], dy, 0)
-    dcarry, dpre = gates_bwd(cell, h, saved, dnew, dy)
+    dcarry, dpre = gates_bwd(cell, carry, res, dnew, dy)
     dh = base.matmul(combine_t(dpre, xs.shape[1])[1], u_t, dtype)
     dcarry = jax.tree.map(jnp.add, dcarry, output_t(dh)[0])
     if m_t is not None:  # a padded step passed the carry through
       dcarry = jax.tree.map(lambda d, n: jnp.where(m_t[:, None], d, n), dcarry, dnext)
     return dcarry, dpre
 
-  dcarry, dpres = jax.lax.scan(step, dcarry, (hs, saved, dys, mask), reverse=True, unroll=unroll)
+  dcarry, dpres = jax.lax.scan(step, dcarry, (carries, res, dys, mask), reverse=True, unroll=unroll)
   rows = lambda a: a.reshape((-1,) + a.shape[2:])  # [time, batch, ...] -> [time * batch, ...]
   dpx, dph = combine_t(jax.tree.map(rows, dpres), xs.shape[0] * xs.shape[1])
   dparams, dxs = jax.vjp(project, params, rows(xs))[1](dpx)
-  h_prev = rows(hs)
+  h_prev = rows(cell.output(carries))
   (drecurrent,) = jax.vjp(lambda p: base.recurrent(p, h_prev, dtype), params)[1](dph)
   dparams = jax.tree.map(jnp.add, dparams, drecurrent)
   return dparams, dxs.reshape(xs.shape), dcarry, None

@@ -17,10 +17,10 @@ LSTM, Elman RNN and the cuDNN-convention GRU also split ``recur`` into its parts
 (``gated_recur``): ``combine(px_t, ph_t) -> pre`` (linear; ph_t = ``recurrent``) and
 ``gates(carry, pre) -> (carry, y_t)`` (the elementwise gate arithmetic), so that
 ``seqlab.scan.fused`` can take every weight's gradient out of the backward loop.
-They may also write the backward of ``gates`` by hand: ``gates_fwd(carry, pre) ->
-((carry, y_t), saved)`` and ``gates_bwd(h, saved, dcarry, dy) -> (dcarry, dpre)``, the
-VJP of ``gates`` (h = ``output`` of the incoming carry); without them ``fused`` takes
-JAX's VJP of ``gates``.
+A cell may also write the backward of ``gates`` by hand (the GRU does):
+``gates_fwd(carry, pre) -> ((carry, y_t), res)`` and ``gates_bwd(carry, res, dcarry,
+dy) -> (dcarry, dpre)``, the VJP of ``gates``; without them ``fused`` takes JAX's VJP
+of ``gates``, recomputing it from ``pre``.
 
 Compute dtype: ``recur`` does its matmuls in the dtype of ``px_t`` and its gate
 arithmetic and carry in float32, so bfloat16 compute keeps float32 carries.

@@ -45,39 +45,13 @@ class LSTM:
   combine = staticmethod(base.add)
 
   @staticmethod
-  def gates(carry, pre):
+  def gates(carry, gates):
     """The gate arithmetic of one step from the preactivations [..., 4 * hidden]."""
     c, _ = carry
-    i, f, g, o = LSTM.activations(pre)
-    c = f * c + i * g
-    h = o * jnp.tanh(c)
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
     return (c, h), h
-
-  @staticmethod
-  def activations(pre):
-    """[i, f, g, o] preactivations [..., 4 * hidden] -> the four gates, [..., hidden] each."""
-    i, f, g, o = jnp.split(pre, 4, axis=-1)
-    return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
-
-  @staticmethod
-  def gates_fwd(carry, pre):
-    """``gates``, and what ``gates_bwd`` needs: pre and c_{t-1} (``seqlab.scan.fused``;
-    recomputing the activations from them was measured faster on CPU than saving them)."""
-    return LSTM.gates(carry, pre), (pre, carry[0])
-
-  @staticmethod
-  def gates_bwd(h, saved, dcarry, dy):
-    """The VJP of ``gates`` from ``gates_fwd``'s saved values: (d carry, d pre)."""
-    del h  # the gates read h only through h U
-    pre, c = saved
-    i, f, g, o = LSTM.activations(pre)
-    tanh_c = jnp.tanh(f * c + i * g)
-    dc, dh = dcarry
-    dh = dh + dy
-    dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
-    dpre = jnp.concatenate([dc * g * i * (1.0 - i), dc * c * f * (1.0 - f),
-                            dc * i * (1.0 - g * g), dh * tanh_c * o * (1.0 - o)], axis=-1)
-    return (dc * f, jnp.zeros_like(dh)), dpre
 
   @staticmethod
   def output(carry):

@@ -47,20 +47,8 @@ class SimpleRNN:
 
   def gates(self, h, pre):
     """The activation of the preactivation [..., hidden]."""
-    return self.gates_fwd(h, pre)[0]
-
-  def gates_fwd(self, h, pre):
-    """``gates``, and what ``gates_bwd`` needs: the new h (``seqlab.scan.fused``)."""
     h = ACTIVATIONS[self.activation](pre)
-    return (h, h), h
-
-  def gates_bwd(self, h, saved, dcarry, dy):
-    """The VJP of ``gates`` from the new h: (d carry, d pre); tanh' = 1 - h^2, relu' =
-    [h > 0] (0 at 0, as ``jax.nn.relu``)."""
-    del h  # the gates read h only through h U
-    d = dcarry + dy
-    slope = 1.0 - saved * saved if self.activation == 'tanh' else (saved > 0).astype(d.dtype)
-    return jnp.zeros_like(d), d * slope
+    return h, h
 
   @staticmethod
   def output(carry):
