@@ -263,7 +263,7 @@ def _fused_forward(cell, project, unroll, params, xs, carry, mask):
   """The plain scan, saving each step's incoming carry and ``gates_fwd``'s ``res``."""
   def step(carry, inputs):
     x_t, m_t = inputs
-    pre = cell.combine(project(params, x_t), base.recurrent(params, cell.output(carry), xs.dtype))
+    pre = base.preactivations(cell, params, carry, project(params, x_t))
     out, res = gates_fwd(cell, carry, pre)
     new, y_t = padded(m_t, carry, *out)
     return new, (y_t, (carry, res))

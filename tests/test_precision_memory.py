@@ -252,8 +252,7 @@ def test_gates_bwd_is_the_vjp_of_gates(name):
   normal = lambda like: jax.tree.map(lambda a: 1.5 * jax.random.normal(next(keys), a.shape), like)
   carry = normal(cell.initial_carry((5,)))
   params = cell.init(jax.random.key(0), 2)
-  pre = normal(cell.combine(cell.project(params, jnp.zeros((5, 2))),
-                            base.recurrent(params, cell.output(carry), jnp.float32)))
+  pre = normal(base.preactivations(cell, params, carry, cell.project(params, jnp.zeros((5, 2)))))
   (new, y), want_vjp = jax.vjp(cell.gates, carry, pre)
   dnew, dy = normal(new), normal(y)
   out, res = scan.gates_fwd(cell, carry, pre)

@@ -53,10 +53,15 @@ def add(px, ph):
 
 def gated_recur(cell, params, carry, px_t):
   """The step of a cell made of ``combine`` and ``gates`` (LSTM, Elman RNN, the
-  cuDNN-convention GRU): ``gates(carry, combine(px_t, recurrent(params, h, dtype)))``
-  with h = ``output(carry)``; ``scan.fused`` runs the same three pieces."""
-  ph = recurrent(params, cell.output(carry), px_t.dtype)
-  return cell.gates(carry, cell.combine(px_t, ph))
+  cuDNN-convention GRU): ``gates(carry, preactivations(...))``; ``scan.fused`` runs
+  the same two pieces."""
+  return cell.gates(carry, preactivations(cell, params, carry, px_t))
+
+
+def preactivations(cell, params, carry, px_t):
+  """``combine(px_t, recurrent(params, h, px_t.dtype))`` with h = ``output(carry)``:
+  what ``gates`` reads in a step of a ``gated_recur`` cell."""
+  return cell.combine(px_t, recurrent(params, cell.output(carry), px_t.dtype))
 
 
 def recurrent(params, h, dtype):
