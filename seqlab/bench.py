@@ -12,9 +12,13 @@ batch x time x hidden). seqlab's ``StackedRNN`` is measured with the input proje
 hoisted out of the loop and inside it (its default on CPU); on CPU an LSTM, Elman RNN or
 (cuDNN-convention) GRU runs ``scan.fused`` either way, whose backward loop holds one
 matmul per step, and a third row, ``seqlab autodiff``, is the same layer through
-autodiff of the plain scan (``fuse=False``, projection inside the loop). The peers are Flax ``nn.RNN`` (OptimizedLSTMCell, GRUCell, SimpleCell)
-and PyTorch ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (batch_first, with as many threads as
-XLA:CPU uses) when torch is installed.
+autodiff of the plain scan (``fuse=False``, projection inside the loop). On a GPU the
+defaults are fused and hoisted and ``seqlab autodiff`` is hoisted too; on a TPU, where
+autodiff is the default, the extra rows are ``seqlab fused`` with and without hoisting
+(``seqlab_variants``). On a GPU/TPU the shapes add 64x512x1024 (``ACCELERATOR_SHAPES``).
+The peers are Flax ``nn.RNN`` (OptimizedLSTMCell, GRUCell, SimpleCell) and PyTorch
+``nn.LSTM``/``nn.GRU``/``nn.RNN`` (batch_first; on CPU with as many threads as XLA:CPU
+uses, on a GPU cuDNN's kernels) when torch is installed.
 
 Measurements are interleaved: in each round every implementation runs ``--steps``
 steps, and the first round is thrown away (first-touch memory, caches), so machine
@@ -63,6 +67,7 @@ CELLS = ('lstm', 'gru', 'rnn')  # the cells with peers; any of seqlab.cells.CELL
 PEERS = ('flax', 'torch')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 SHAPES = ['32x128x256', '128x64x512', '8x1024x256']
+ACCELERATOR_SHAPES = ['64x512x1024']  # added to SHAPES on a GPU/TPU: cuDNN's home ground
 CROSSOVER_SHAPES = ['1x64x64', '1x1024x64', '8x64x256', '8x1024x256']  # narrow and wide steps
 QUICK = dict(shapes=['4x16x32'], input=16, steps=2, rounds=2, lengths=[64, 256])
 
@@ -96,6 +101,7 @@ _CROSSOVER = flags.DEFINE_bool('crossover', False, "Compare scan.run's engines v
 
 GATES = {'lstm': 4, 'gru': 3, 'rnn': 1}  # [B, H] x [H, GATES * H] per matmul
 DENSE_N = 1024  # the reference: one jitted [N, N] x [N, N] matmul, interleaved with the rest
+DENSE_N_ACCELERATOR = 8192  # on a GPU/TPU a 1024^3 matmul times its launch, not the chip
 FLAX_CELLS = {'lstm': nn.OptimizedLSTMCell, 'gru': nn.GRUCell, 'rnn': nn.SimpleCell}
 TORCH_CELLS = {'lstm': 'LSTM', 'gru': 'GRU', 'rnn': 'RNN'}
 
@@ -165,6 +171,28 @@ def torch_module():
   return torch
 
 
+def torch_device(torch) -> str:
+  """'cuda' when JAX runs on a GPU and torch sees one (cuDNN's RNNs), else 'cpu'."""
+  if torch is not None and jax.default_backend() == 'gpu' and torch.cuda.is_available():
+    return 'cuda'
+  return 'cpu'
+
+
+def accelerator(torch) -> dict | None:
+  """What a GPU/TPU run compares on (None on CPU): the chip, each side's float32 matmul
+  mode (JAX and cuDNN both default to TF32 on NVIDIA GPUs since Ampere) and cuDNN."""
+  if jax.default_backend() == 'cpu':
+    return None
+  info = {'device_kind': jax.devices()[0].device_kind,
+          'jax_default_matmul_precision': jax.config.jax_default_matmul_precision}
+  if torch_device(torch) == 'cuda':
+    info |= {'torch_device': torch.cuda.get_device_name(),
+             'cudnn': torch.backends.cudnn.version(),
+             'torch_cudnn_allow_tf32': torch.backends.cudnn.allow_tf32,
+             'torch_matmul_allow_tf32': torch.backends.cuda.matmul.allow_tf32}
+  return info
+
+
 def machine(torch) -> dict:
   return {
       'cpu': cpu_model(),
@@ -173,6 +201,7 @@ def machine(torch) -> dict:
       'load_average': os.getloadavg(),  # other processes on the machine skew every number
       'jax_backend': jax.default_backend(),
       'jax_devices': [str(d) for d in jax.devices()],
+      'accelerator': accelerator(torch),
       'torch_threads': torch.get_num_threads() if torch else None,
       'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY'),
       'versions': {
@@ -196,11 +225,12 @@ class SeqlabModel(nn.Module):
   hoist: bool
   dtype: Any = None
   fuse: bool | None = None
+  unroll: int | None = None
 
   @nn.compact
   def __call__(self, xs):
     ys, _ = layers.StackedRNN(self.cell, self.hidden, hoist=self.hoist, dtype=self.dtype,
-                              fuse=self.fuse)(xs)
+                              fuse=self.fuse, unroll=self.unroll)(xs)
     return nn.Dense(1)(ys)
 
 
@@ -267,15 +297,19 @@ def flax_module_impl(name: str, model: nn.Module, xs, targets) -> Impl:
 def torch_impl(torch, cell: str, shape: Shape, xs, targets, dtype: str) -> Impl:
   """``nn.LSTM``/``nn.GRU``/``nn.RNN`` (batch_first) + ``nn.Linear``, MSE, Adam.
 
-  bfloat16 runs the forward under CPU autocast (parameters stay float32).
+  On the device ``torch_device`` picks: oneDNN's fused RNN on CPU, cuDNN's on a GPU
+  (``step`` then waits for the GPU, as the JAX steps do). bfloat16 runs the forward
+  under autocast (parameters stay float32).
   """
+  device = torch_device(torch)
   torch.manual_seed(0)
   rnn = getattr(torch.nn, TORCH_CELLS[cell])(xs.shape[-1], shape.hidden, batch_first=True)
   head = torch.nn.Linear(shape.hidden, 1)
+  rnn, head = rnn.to(device), head.to(device)
   params = list(rnn.parameters()) + list(head.parameters())
   optimizer = torch.optim.Adam(params, lr=1e-3)
-  xs, targets = torch.from_numpy(xs), torch.from_numpy(targets)
-  autocast = torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
+  xs, targets = torch.from_numpy(xs).to(device), torch.from_numpy(targets).to(device)
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
 
   def step():
     optimizer.zero_grad(set_to_none=True)
@@ -284,6 +318,8 @@ def torch_impl(torch, cell: str, shape: Shape, xs, targets, dtype: str) -> Impl:
       loss = torch.nn.functional.mse_loss(head(ys).float(), targets)
     loss.backward()
     optimizer.step()
+    if device == 'cuda':
+      torch.cuda.synchronize()
   return Impl('torch', step, None)
 
 
@@ -304,28 +340,46 @@ def step_matmul_flops(cell: str, shape: Shape, input_size: int) -> int | None:
   return shape.batch * shape.time * (2 * g * (2 * i + 3 * h) + 6 * h)
 
 
+def dense_size() -> int:
+  return DENSE_N if jax.default_backend() == 'cpu' else DENSE_N_ACCELERATOR
+
+
 def dense_impl(dtype: str) -> Impl:
-  """One [DENSE_N, DENSE_N] matmul: the machine's dense rate, measured beside the rest."""
-  a = jax.random.normal(jax.random.key(0), (DENSE_N, DENSE_N), DTYPES[dtype])
+  """One [n, n] matmul (``dense_size``): the machine's dense rate, measured beside the rest."""
+  n = dense_size()
+  a = jax.random.normal(jax.random.key(0), (n, n), DTYPES[dtype])
   compiled, compile_s = compile_timed(jax.jit(jnp.dot), a, a)
   return Impl('dense matmul', lambda: compiled(a, a).block_until_ready(), compile_s)
 
 
 def dense_rate(dense: Impl) -> float:
   """FLOP/s of a measured ``dense_impl``."""
-  return 2 * DENSE_N**3 / statistics.median(dense.times)
+  return 2 * dense_size()**3 / statistics.median(dense.times)
+
+
+def seqlab_variants(cell: str) -> list[tuple[str, bool, bool | None]]:
+  """(name, hoist, fuse) of the seqlab rows: the default engine with the input projection
+  hoisted and not, then, for cells ``scan.fused`` can run, the other engine: on CPU and
+  GPU (default fused) 'seqlab autodiff' with the backend's default hoisting, on TPUs
+  (default autodiff) 'seqlab fused' both ways, so that each backend's defaults are
+  chosen by measurement."""
+  rows = [(f'seqlab hoist={"on" if hoist else "off"}', hoist, None) for hoist in (True, False)]
+  the_cell = cells.make_cell(cell, 8)
+  if scan.default_fuse(the_cell):
+    rows.append(('seqlab autodiff', scan.default_hoist(), False))
+  elif scan.fusable(the_cell):
+    rows += [(f'seqlab fused hoist={"on" if hoist else "off"}', hoist, True)
+             for hoist in (True, False)]
+  return rows
 
 
 def build_impls(cell: str, shape: Shape, input_size: int, peers, dtype: str, torch):
   """The implementations for one (cell, shape), seqlab first."""
   xs, targets = data(shape, input_size)
   jdtype = None if dtype == 'float32' else DTYPES[dtype]
-  impls = [flax_module_impl(f'seqlab hoist={"on" if hoist else "off"}',
-                            SeqlabModel(cell, shape.hidden, hoist, jdtype), xs, targets)
-           for hoist in (True, False)]
-  if scan.default_fuse(cells.make_cell(cell, shape.hidden)):
-    impls.append(flax_module_impl('seqlab autodiff', SeqlabModel(cell, shape.hidden, False, jdtype,
-                                                                 fuse=False), xs, targets))
+  impls = [flax_module_impl(name, SeqlabModel(cell, shape.hidden, hoist, jdtype, fuse=fuse),
+                            xs, targets)
+           for name, hoist, fuse in seqlab_variants(cell)]
   if 'flax' in peers and cell in FLAX_CELLS:
     impls.append(flax_module_impl('flax', FlaxModel(cell, shape.hidden, jdtype), xs, targets))
   if 'torch' in peers and torch is not None and cell in TORCH_CELLS:
@@ -540,6 +594,8 @@ def main(argv):
   check_choices('cells', _CELLS.value, tuple(cells.CELLS))
   check_choices('peers', _PEERS.value, PEERS)
   shapes = flag_or_quick(_SHAPES, 'shapes')
+  if not (_SHAPES.present or _QUICK.value) and jax.default_backend() != 'cpu':
+    shapes = shapes + ACCELERATOR_SHAPES
   if _CROSSOVER.value and not (_SHAPES.present or _QUICK.value):
     shapes = CROSSOVER_SHAPES
   try:
@@ -560,7 +616,9 @@ def main(argv):
   result = {'machine': machine(torch), 'settings': settings}
   print(f'machine: {result["machine"]["cpu"]}, {result["machine"]["cores"]} cores, '
         f'jax {jax.__version__} on {jax.default_backend()}, flax {flax.__version__}, '
-        f'torch {torch.__version__ if torch else "-"}\n')
+        f'torch {torch.__version__ if torch else "-"} on {torch_device(torch)}\n')
+  if result['machine']['accelerator']:
+    print(f'accelerator: {result["machine"]["accelerator"]}\n')
 
   settings['shapes'] = [str(s) for s in shapes]
   if not (_MEMORY.value or _CROSSOVER.value):
@@ -569,7 +627,7 @@ def main(argv):
     print(f'training step, {_DTYPE.value}, input {input_size}, median of '
           f'{steps * (rounds - 1)} steps over {rounds - 1} interleaved rounds; GFLOP/s counts '
           f'the step\'s matmuls only (bench.step_matmul_flops), "of dense" divides it by a '
-          f'{DENSE_N}^3 matmul\'s rate measured in the same rounds\n')
+          f'{dense_size()}^3 matmul\'s rate measured in the same rounds\n')
     print(format_table(result['speed'], SPEED_COLUMNS))
   if _MEMORY.value:
     batch, hidden = (4, 32) if _QUICK.value else (8, 256)

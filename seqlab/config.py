@@ -20,7 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       cell='lstm', hidden_size=128, num_layers=1, bidirectional=False, merge='concat',
       dropout=0.0, residual=False, embed_dim=32, pool='last', forget_bias=1.0,
-      kernel_init='glorot_uniform', recurrent_init='orthogonal', hoist='auto', unroll=1,
+      kernel_init='glorot_uniform', recurrent_init='orthogonal', hoist='auto', unroll=0,
       dtype='float32', engine='auto', remat=0,
       # seq2seq tasks only (seqlab.models.seq2seq): the decoder's attention, scheduled-
       # sampling rate, layers, and hidden size (0: the encoder's output size).
@@ -74,8 +74,9 @@ def validate(config) -> None:
 
   m = config.model
   _choice(m, 'cell', 'model', tuple(cells.CELLS))
-  for key in ('hidden_size', 'num_layers', 'unroll'):
+  for key in ('hidden_size', 'num_layers'):
     _positive_int(m, key, 'model')
+  _positive_int(m, 'unroll', 'model', allow_zero=True)
   _positive_int(m, 'embed_dim', 'model', allow_zero=True)
   _require(0.0 <= m.dropout < 1.0, 'model.dropout', f'must be in [0, 1), got {m.dropout!r}')
   _choice(m, 'merge', 'model', layers.MERGES)

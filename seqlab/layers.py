@@ -25,11 +25,11 @@ class RNN(nn.Module):
   cell: Any
   reverse: bool = False
   hoist: bool | None = None
-  unroll: int = 1
+  unroll: int | None = None  # None: scan.default_unroll()
   dtype: Any = None
   engine: str = 'auto'
   remat: int = 0  # k > 0: chunks of k steps under jax.checkpoint (scan.run)
-  fuse: bool | None = None  # scan.fused: None = on CPU for lstm, gru, rnn (scan.run)
+  fuse: bool | None = None  # scan.fused: None = on CPU/GPU for lstm, gru, rnn (scan.run)
 
   @nn.compact
   def __call__(self, xs, lengths=None, initial_carry=None):
@@ -56,7 +56,7 @@ class Bidirectional(nn.Module):
   cell: Any
   merge: str = 'concat'
   hoist: bool | None = None
-  unroll: int = 1
+  unroll: int | None = None  # None: scan.default_unroll()
   dtype: Any = None
   engine: str = 'auto'
   remat: int = 0
@@ -96,11 +96,11 @@ class StackedRNN(nn.Module):
   residual: bool = False
   cell_options: Mapping[str, Any] = flax.core.FrozenDict()
   hoist: bool | None = None
-  unroll: int = 1
+  unroll: int | None = None  # None: scan.default_unroll()
   dtype: Any = None
   engine: str = 'auto'  # one of scan.ENGINES
   remat: int = 0  # 0: off; k > 0: backward memory O(T/k + k), see scan.run
-  fuse: bool | None = None  # scan.fused; None: on CPU for lstm, gru, rnn (see scan.run)
+  fuse: bool | None = None  # scan.fused; None: on CPU/GPU for lstm, gru, rnn (see scan.run)
 
   def __post_init__(self):
     cell = self.make_cell()  # unknown cell names and options fail here, not at trace time
@@ -109,8 +109,7 @@ class StackedRNN(nn.Module):
     check_choice('merge', self.merge, MERGES)
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f'dropout must be in [0, 1), got {self.dropout!r}')
-    if not isinstance(self.unroll, int) or self.unroll < 1:
-      raise ValueError(f'unroll must be a positive integer, got {self.unroll!r}')
+    scan.check_unroll(self.unroll)
     scan.check_engine(cell, self.engine)  # lists scan.ENGINES
     scan.check_remat(self.remat)
     scan.check_fuse(cell, self.fuse)

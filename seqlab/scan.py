@@ -51,10 +51,11 @@ def fusable(cell) -> bool:
 
 
 def default_fuse(cell) -> bool:
-  """Whether ``run`` uses ``fused`` by default: for ``fusable`` cells on CPU, where it
-  was measured faster than autodiff of the plain scan at every shape tried
-  (BUILD_NOTES.md); on GPUs and TPUs it is not measured, so autodiff stays."""
-  return fusable(cell) and jax.default_backend() == 'cpu'
+  """Whether ``run`` uses ``fused`` by default: for ``fusable`` cells on CPU and GPU,
+  where it was measured faster than autodiff of the plain scan at every shape tried
+  (BUILD_NOTES.md: 1.4-1.7x on an H200 for LSTM, GRU and RNN, hoisted); on TPUs it
+  is not measured, so autodiff stays."""
+  return fusable(cell) and jax.default_backend() in ('cpu', 'gpu')
 
 
 def check_fuse(cell, fuse) -> bool:
@@ -72,11 +73,34 @@ def check_fuse(cell, fuse) -> bool:
 def default_hoist() -> bool:
   """Whether to project every timestep's input in one matmul before the loop.
 
-  It pays on GPUs and TPUs (one large matmul instead of T small ones; not measured
-  here). On XLA:CPU it was measured not to, for every cell and batch size tried (two
+  It pays on GPUs (one large matmul instead of T small ones: measured 1.1-1.2x on
+  an H200, fused or not; BUILD_NOTES.md) and is assumed to on TPUs (not measured). On XLA:CPU it was measured not to, for every cell and batch size tried (two
   extra [time, batch, gates] buffers; see BUILD_NOTES.md), with ``fused`` or without.
   """
   return jax.default_backend() != 'cpu'
+
+
+# lax.scan's unroll on GPUs: each loop iteration costs a round trip to the host to
+# test the loop condition and a launch per kernel, so small and medium batches spend
+# most of a step there. Measured on an H200 (training step, fused and hoisted, LSTM
+# and GRU at 8x1024x256, 32x128x256, 64x512x1024): unroll 4 ran 1.2-1.8x and unroll
+# 16 1.3-2.0x faster than 1 (best in 5 of 6; 0.95x of unroll 4 in the sixth), for
+# up to 2.5 s more compile time. On XLA:CPU unrolling was measured slower (unroll 8
+# halved throughput), so 1 stays there; TPUs are not measured.
+UNROLL_GPU = 16
+
+
+def default_unroll() -> int:
+  """``lax.scan``'s unroll when none is given: ``UNROLL_GPU`` on GPUs, else 1."""
+  return UNROLL_GPU if jax.default_backend() == 'gpu' else 1
+
+
+def check_unroll(unroll) -> None:
+  """Raises a ValueError unless ``unroll`` is None (the default) or a positive int."""
+  if unroll is not None and (not isinstance(unroll, int) or isinstance(unroll, bool)
+                             or unroll < 1):
+    raise ValueError(f'unroll must be a positive integer (steps per loop iteration) or '
+                     f'None (default_unroll()), got {unroll!r}')
 
 
 def valid_mask(lengths, time: int):
@@ -147,7 +171,7 @@ def state_width(carry) -> int:
 
 
 def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
-        hoist=None, unroll=1, dtype=None, engine='auto', remat=0, fuse=None):
+        hoist=None, unroll=None, dtype=None, engine='auto', remat=0, fuse=None):
   """Runs ``cell`` over ``xs`` [batch, time, features].
 
   Args:
@@ -164,7 +188,8 @@ def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
       inside it step by step (False); None picks ``default_hoist()``.
       Sequential engine only (the associative one always projects the whole
       sequence).
-    unroll: passed to ``jax.lax.scan`` (sequential engine only).
+    unroll: passed to ``jax.lax.scan`` (sequential engine only); None picks
+      ``default_unroll()`` (16 on GPUs, 1 elsewhere).
     dtype: compute dtype of the matmuls (e.g. jnp.bfloat16); carries stay float32.
     engine: one of ``ENGINES``: 'sequential' (``jax.lax.scan``), 'associative'
       (``jax.lax.associative_scan``, cells with ``coefficients`` only) or 'auto'
@@ -173,7 +198,7 @@ def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
       (see ``chunked``): the same results, O(T/k + k) instead of O(T) memory for
       the backward pass, about one more forward pass of compute.
     fuse: run a ``fusable`` cell through ``fused`` (sequential engine): True, False
-      (autodiff of the plain scan), or None: on CPU (``default_fuse``).
+      (autodiff of the plain scan), or None: on CPU and GPU (``default_fuse``).
 
   Returns:
     ``(final_carry, ys)`` with ys [batch, time, hidden] in float32.
@@ -181,8 +206,10 @@ def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
   kernel = params.get('kernel') if isinstance(params, dict) else None
   check_inputs(xs, lengths, None if kernel is None else kernel.shape[0])
   check_remat(remat)
+  check_unroll(unroll)
   batch, time, _ = xs.shape
   hoist = default_hoist() if hoist is None else hoist
+  unroll = default_unroll() if unroll is None else unroll
   fuse = check_fuse(cell, fuse)
   if dtype is not None:
     params = jax.tree.map(lambda p: p.astype(dtype), params)

@@ -15,6 +15,8 @@ from seqlab import bench
 from seqlab import cells
 from seqlab.cells import base
 from seqlab import layers
+from seqlab import models
+from seqlab import tasks
 from seqlab import scan
 from seqlab import train
 
@@ -241,6 +243,27 @@ def test_fused_gradient_equals_autodiff(name, reverse, hoist):
 
 
 @pytest.mark.usefixtures('strict_numpy')
+@pytest.mark.parametrize('unroll', [5, 16])
+@pytest.mark.parametrize('name', ['lstm', 'gru'])
+def test_unrolled_fused_equals_rolled(name, unroll):
+  """Unrolling (the GPU default is 16; 5 does not divide the 23 steps) changes neither
+  ``scan.fused``'s outputs nor its gradients, with padding and a reversed read."""
+  cell = cells.make_cell(name, 8)
+  params = cell.init(jax.random.key(0), 3)
+  xs = jax.random.normal(jax.random.key(1), (3, 23, 3))
+
+  def loss(params, xs, unroll):
+    _, ys = scan.run(cell, params, xs, lengths=LENGTHS, reverse=True, hoist=True,
+                     engine='sequential', fuse=True, unroll=unroll)
+    return jnp.sum(jnp.sin(ys)), ys
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True), static_argnums=2)
+  want_grads, want_ys = grad(params, xs, 1)
+  got_grads, got_ys = grad(params, xs, unroll)
+  assert_trees_close(got_ys, want_ys)
+  assert_trees_close(got_grads, want_grads, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.usefixtures('strict_numpy')
 @pytest.mark.parametrize('name', ['gru', 'lstm', 'irnn'])
 def test_gates_bwd_is_the_vjp_of_gates(name):
   """What ``scan.fused`` runs for a step's gate arithmetic (``scan.gates_fwd`` saves,
@@ -295,13 +318,13 @@ def test_fused_backward_loop_holds_one_matmul(name):
 
 
 def test_fused_is_the_default_on_cpu():
-  """On CPU an LSTM runs ``scan.fused`` (a custom VJP) unless ``fuse=False``; the
-  paper-convention GRU cannot fuse, and asking for it says so."""
+  """On CPU and GPU an LSTM runs ``scan.fused`` (a custom VJP) unless ``fuse=False``;
+  the paper-convention GRU cannot fuse, and asking for it says so."""
   cell = cells.make_cell('lstm', 4)
   params = cell.init(jax.random.key(0), 2)
   loss = lambda p, fuse: jnp.sum(scan.run(cell, p, jnp.ones((2, 5, 2)), fuse=fuse)[1])
   jaxpr = lambda fuse: str(jax.make_jaxpr(loss, static_argnums=1)(params, fuse))
-  assert ('custom_vjp' in jaxpr(None)) == (jax.default_backend() == 'cpu')
+  assert ('custom_vjp' in jaxpr(None)) == (jax.default_backend() in ('cpu', 'gpu'))
   assert 'custom_vjp' not in jaxpr(False) and 'custom_vjp' in jaxpr(True)
   before = cells.make_cell('gru_reset_before', 4)
   assert not scan.default_fuse(before)
@@ -309,6 +332,29 @@ def test_fused_is_the_default_on_cpu():
     scan.run(before, before.init(jax.random.key(0), 2), jnp.ones((2, 5, 2)), fuse=True)
   with pytest.raises(ValueError, match='fuse=True'):
     layers.StackedRNN('mingru', 4, fuse=True)
+
+
+def test_default_unroll_and_bad_unroll():
+  """``lax.scan``'s unroll defaults to ``scan.UNROLL_GPU`` on GPUs and 1 elsewhere (as
+  measured, BUILD_NOTES.md): ``run``'s default traces the backend's choice, the config's
+  0 means that default, and a bad value is named before anything is traced."""
+  cell = cells.make_cell('lstm', 4)
+  params = cell.init(jax.random.key(0), 2)
+  expect = scan.UNROLL_GPU if jax.default_backend() == 'gpu' else 1
+  assert scan.default_unroll() == expect
+  trace = lambda unroll, fuse: str(jax.make_jaxpr(lambda p: scan.run(
+      cell, p, jnp.ones((2, 40, 2)), unroll=unroll, fuse=fuse))(params))
+  for fuse in (False, True):
+    assert trace(None, fuse) == trace(expect, fuse) != trace(expect + 3, fuse)
+  for bad in (0, -2, 2.5, True):
+    with pytest.raises(ValueError, match='unroll must be a positive integer'):
+      scan.run(cell, params, jnp.ones((2, 5, 2)), unroll=bad)
+    with pytest.raises(ValueError, match='unroll must be a positive integer'):
+      layers.StackedRNN('lstm', 4, unroll=bad)
+  config = load_config('adding')
+  assert config.model.unroll == 0
+  spec = tasks.make_task(config.task, 0).spec
+  assert models.build_model(config.model, spec).encoder.unroll is None
 
 
 @pytest.mark.parametrize('name', ['lstm', 'gru', 'gru_reset_before', 'rnn', 'mingru'])

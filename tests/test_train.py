@@ -200,6 +200,7 @@ def test_stateful_chunks_equal_one_long_sequence():
     ('--config.task.name=nope', 'adding, copy'),
     ('--config.task.length=-2', 'task.length'),
     ('--config.optim.lr=-1.0', 'optim.lr must be positive'),
+    ('--config.model.unroll=-1', 'model.unroll must be a non-negative integer'),
 ])
 def test_bad_config_fails_before_compiling_without_traceback(tmp_path, override, message):
   workdir = tmp_path / 'run'

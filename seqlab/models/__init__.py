@@ -32,7 +32,7 @@ def build_model(model_cfg, spec):
       cell=model_cfg.cell, hidden_size=model_cfg.hidden_size, num_layers=model_cfg.num_layers,
       bidirectional=model_cfg.bidirectional, merge=model_cfg.merge, dropout=model_cfg.dropout,
       residual=model_cfg.residual, cell_options=cell_options(model_cfg),
-      hoist=HOIST[model_cfg.hoist], unroll=model_cfg.unroll,
+      hoist=HOIST[model_cfg.hoist], unroll=model_cfg.unroll or None,
       dtype=None if dtype == jnp.float32 else dtype, engine=model_cfg.engine,
       remat=model_cfg.remat)
   if spec.model == 'seq2seq':
