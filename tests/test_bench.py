@@ -26,7 +26,7 @@ def test_quick_run_writes_json(tmp_path):
   rows = result['speed']
   fused = {(c, 'seqlab autodiff') for c in bench.CELLS if scan.default_fuse(cells.make_cell(c, 4))}
   assert {(r['cell'], r['impl']) for r in rows} == {(c, i) for c in bench.CELLS for i in IMPLS} | fused
-  assert len(fused) == (len(bench.CELLS) if jax.default_backend() == 'cpu' else 0)
+  assert len(fused) == (len(bench.CELLS) if jax.default_backend() in ('cpu', 'gpu') else 0)
   for row in rows:
     assert row['tokens_per_sec'] > 0, row
     assert row['ratio_vs_torch'] > 0 and row['ratio_vs_flax'] > 0, row
@@ -52,6 +52,32 @@ def test_memory_and_crossover_quick(tmp_path):
     assert 'skipped' in crossover and 'skipped' in proc.stdout
   else:
     assert crossover and all(r['tokens_per_sec'] > 0 for r in crossover)
+
+
+@pytest.mark.parametrize('backend, rows', [
+    ('cpu', [('seqlab hoist=on', True, None), ('seqlab hoist=off', False, None),
+             ('seqlab autodiff', False, False)]),
+    ('gpu', [('seqlab hoist=on', True, None), ('seqlab hoist=off', False, None),
+             ('seqlab autodiff', True, False)]),
+    ('tpu', [('seqlab hoist=on', True, None), ('seqlab hoist=off', False, None),
+             ('seqlab fused hoist=on', True, True), ('seqlab fused hoist=off', False, True)]),
+])
+def test_variants_measure_the_engine_that_is_not_the_default(monkeypatch, backend, rows):
+  """Per backend the bench adds the other engine, with that backend's default hoisting,
+  so that every default in scan.py stands against its alternative in one run; the
+  accelerator shapes and dense size follow the backend, and PyTorch stays on the CPU
+  unless JAX runs on a GPU that torch sees too."""
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  assert bench.seqlab_variants('lstm') == rows
+  assert bench.seqlab_variants('mingru') == rows[:2]  # not fusable: the defaults only
+  assert bench.dense_size() == (bench.DENSE_N if backend == 'cpu' else bench.DENSE_N_ACCELERATOR)
+  torch = pytest.importorskip('torch')
+  cuda = backend == 'gpu' and torch.cuda.is_available()
+  assert bench.torch_device(torch) == ('cuda' if cuda else 'cpu')
+  info = bench.accelerator(torch)
+  assert (info is None) == (backend == 'cpu')
+  if info is not None:
+    assert info['device_kind'] and ('cudnn' in info) == cuda
 
 
 @pytest.mark.parametrize('text, shape', [('32x128x256', bench.Shape(32, 128, 256)),
