@@ -19,7 +19,7 @@ one chunk's residuals at a time: O(T/k + k) memory for the recurrence instead of
 O(T), for one more forward pass. k ~ sqrt(T) minimises it.
 
 For cells built from ``combine`` and ``gates`` (LSTM, Elman RNN, the cuDNN-convention
-GRU; ``seqlab.cells.base.gated_recur``) the sequential engine on CPU runs ``fused``: a
+GRU; ``seqlab.cells.base.gated_recur``) the sequential engine on CPU and GPU runs ``fused``: a
 custom VJP whose backward loop holds one matmul per step and leaves every weight's
 gradient to large matmuls after the loop, instead of adding outer products into dW and
 dU at every step.
