@@ -74,8 +74,9 @@ def default_hoist() -> bool:
   """Whether to project every timestep's input in one matmul before the loop.
 
   It pays on GPUs (one large matmul instead of T small ones: measured 1.1-1.2x on
-  an H200, fused or not; BUILD_NOTES.md) and is assumed to on TPUs (not measured). On XLA:CPU it was measured not to, for every cell and batch size tried (two
-  extra [time, batch, gates] buffers; see BUILD_NOTES.md), with ``fused`` or without.
+  an H200, fused or not; BUILD_NOTES.md) and is assumed to on TPUs (not measured).
+  On XLA:CPU it was measured not to, for every cell and batch size tried (two extra
+  [time, batch, gates] buffers; see BUILD_NOTES.md), with ``fused`` or without.
   """
   return jax.default_backend() != 'cpu'
 
