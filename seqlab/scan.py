@@ -311,13 +311,16 @@ def fused(cell, project, unroll, params, xs, carry, mask):
   The forward loop saves each step's incoming carry and ``gates_fwd``'s residuals
   (the preactivations, or what the cell chooses). The backward loop applies
   ``gates_bwd`` (JAX's VJP of ``gates``, recomputing it, or the cell's own) and
-  carries only the carry's gradient: one matmul per step, dh = dph U^T, against a
-  copy of U^T made once. Every other gradient comes after the loop, from the stacked
-  preactivation gradients, as the VJPs of ``project`` and ``base.recurrent`` over all
-  [time * batch] rows at once: dW = X^T dPX, dU = H_prev^T dPH, dX = dPX W^T (dropped
-  by XLA when nothing needs it). Autodiff of the plain scan instead runs three to
-  four matmuls per backward step, two of them rank-``batch`` updates of all of dW and
-  dU, and stores more per step. Measured on CPU in BUILD_NOTES.md.
+  carries the carry's gradient: one matmul per step, dh = dph U^T, against a copy of
+  U^T made once. Each step's d(preactivations) go into a stack carried through the
+  loop; on CPU that stack is the saved preactivations themselves, overwritten in
+  place as they are read (when the residuals are the preactivations). Every other
+  gradient comes after the loop, from the stacked preactivation gradients, as the
+  VJPs of ``project`` and ``base.recurrent`` over all [time * batch] rows at once:
+  dW = X^T dPX, dU = H_prev^T dPH, dX = dPX W^T (dropped by XLA when nothing needs
+  it). Autodiff of the plain scan instead runs three to four matmuls per backward
+  step, two of them rank-``batch`` updates of all of dW and dU, and stores more per
+  step. Measured on CPU in BUILD_NOTES.md.
   """
   return _fused_forward(cell, project, unroll, params, xs, carry, mask)[0]
 
@@ -344,20 +347,40 @@ def _fused_bwd(cell, project, unroll, residuals, cotangents):
   output_t = jax.linear_transpose(cell.output, carry_t)  # dh -> d(carry)
   u_t = params['recurrent_kernel'].T.astype(dtype)  # one transposed copy: [proj, hidden]
 
-  def step(dnew, inputs):
-    carry, res, dy, m_t = inputs
-    if m_t is not None:
+  # On CPU each step's d(preactivations) overwrite the saved residuals that step has
+  # just read, when they have the same shapes (the default res = pre; not the GRU's):
+  # no second [time, batch, proj] stack to zero-fill. Measured on CPU only
+  # (BUILD_NOTES.md 3.9); a partial overwrite (the GRU's d px over its saved gates)
+  # made XLA copy the whole stack every step.
+  time = xs.shape[0]
+  pre_leaves, pre_tree = jax.tree.flatten(jax.eval_shape(cell.combine, px_t, ph_t))
+  res_leaves, res_tree = jax.tree.flatten(res)
+  overwrite = (jax.default_backend() == 'cpu' and res_tree == pre_tree
+               and all(r.shape[1:] == p.shape and r.dtype == p.dtype
+                       for r, p in zip(res_leaves, pre_leaves)))
+  dpres = res_leaves if overwrite else [jnp.zeros((time,) + p.shape, p.dtype) for p in pre_leaves]
+
+  def step(i, state):
+    dnew, dpres = state
+    t = time - 1 - i  # backward in time
+    carry, dy = jax.tree.map(lambda a: a[t], carries), dys[t]
+    res_t = jax.tree.unflatten(res_tree, [a[t] for a in (dpres if overwrite else res_leaves)])
+    if mask is not None:
+      m_t = mask[t]
       dnext = dnew
       dnew = jax.tree.map(lambda d: jnp.where(m_t[:, None], d, 0), dnew)
       dy = jnp.where(m_t[:, None], dy, 0)
-    dcarry, dpre = gates_bwd(cell, carry, res, dnew, dy)
+    dcarry, dpre = gates_bwd(cell, carry, res_t, dnew, dy)
     dh = base.matmul(combine_t(dpre, xs.shape[1])[1], u_t, dtype)
     dcarry = jax.tree.map(jnp.add, dcarry, output_t(dh)[0])
-    if m_t is not None:  # a padded step passed the carry through
+    if mask is not None:  # a padded step passed the carry through
       dcarry = jax.tree.map(lambda d, n: jnp.where(m_t[:, None], d, n), dcarry, dnext)
-    return dcarry, dpre
+    dpres = [jax.lax.dynamic_update_index_in_dim(s, d, t, 0)
+             for s, d in zip(dpres, jax.tree.leaves(dpre))]
+    return dcarry, dpres
 
-  dcarry, dpres = jax.lax.scan(step, dcarry, (carries, res, dys, mask), reverse=True, unroll=unroll)
+  dcarry, dpres = jax.lax.fori_loop(0, time, step, (dcarry, dpres), unroll=unroll)
+  dpres = jax.tree.unflatten(pre_tree, dpres)
   rows = lambda a: a.reshape((-1,) + a.shape[2:])  # [time, batch, ...] -> [time * batch, ...]
   dpx, dph = combine_t(jax.tree.map(rows, dpres), xs.shape[0] * xs.shape[1])
   dparams, dxs = jax.vjp(project, params, rows(xs))[1](dpx)
