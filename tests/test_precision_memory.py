@@ -286,19 +286,26 @@ def test_gates_bwd_is_the_vjp_of_gates(name):
     assert sum(a.shape[-1] for a in jax.tree.leaves(res)) == 4 * 6
 
 
-def scan_dots(jaxpr):
-  """The number of dot_generals in the body of each ``scan`` in ``jaxpr`` (a Jaxpr),
-  in program order, looking inside nested calls."""
+def scan_eqns(jaxpr):
+  """The ``scan`` equations of ``jaxpr`` (a Jaxpr) in program order, looking inside
+  nested calls but not inside the scans."""
   found = []
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == 'scan':
-      found.append(sum(e.primitive.name == 'dot_general' for e in eqn.params['jaxpr'].jaxpr.eqns))
+      found.append(eqn)
       continue
     for value in eqn.params.values():
       inner = getattr(value, 'jaxpr', value)  # a ClosedJaxpr's Jaxpr, or a Jaxpr
       if hasattr(inner, 'eqns'):
-        found += scan_dots(inner)
+        found += scan_eqns(inner)
   return found
+
+
+def scan_dots(jaxpr):
+  """The number of dot_generals in the body of each ``scan`` in ``jaxpr`` (a Jaxpr),
+  in program order, looking inside nested calls."""
+  return [sum(e.primitive.name == 'dot_general' for e in eqn.params['jaxpr'].jaxpr.eqns)
+          for eqn in scan_eqns(jaxpr)]
 
 
 @pytest.mark.parametrize('name', ['lstm', 'gru'])
@@ -315,23 +322,6 @@ def test_fused_backward_loop_holds_one_matmul(name):
   dots = lambda fuse: scan_dots(jax.make_jaxpr(grad, static_argnums=2)(params, xs, fuse).jaxpr)
   assert dots(True) == [2, 1]  # forward: x W and h U; backward: dph U^T
   assert dots(False)[0] == 2 and dots(False)[1] >= 4
-
-
-
-
-def scan_eqns(jaxpr):
-  """The ``scan`` equations of ``jaxpr`` (a Jaxpr) in program order, looking inside
-  nested calls but not inside the scans."""
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'scan':
-      found.append(eqn)
-      continue
-    for value in eqn.params.values():
-      inner = getattr(value, 'jaxpr', value)
-      if hasattr(inner, 'eqns'):
-        found += scan_eqns(inner)
-  return found
 
 
 @pytest.mark.parametrize('name', ['lstm', 'rnn', 'gru'])
@@ -397,6 +387,7 @@ def test_fused_backward_does_not_copy_a_stack_per_step(name, padded, unroll, hoi
   assert set(copies) <= {'ENTRY'}, copies
   if name == 'lstm' and unroll == 1:
     assert not copies, copies
+
 
 def test_fused_is_the_default_on_cpu():
   """On CPU and GPU an LSTM runs ``scan.fused`` (a custom VJP) unless ``fuse=False``;
