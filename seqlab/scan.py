@@ -52,9 +52,10 @@ def fusable(cell) -> bool:
 
 def default_fuse(cell) -> bool:
   """Whether ``run`` uses ``fused`` by default: for ``fusable`` cells on CPU and GPU,
-  where it was measured faster than autodiff of the plain scan at every shape tried
-  (BUILD_NOTES.md: 1.4-1.7x on an H200 for LSTM, GRU and RNN, hoisted); on TPUs it
-  is not measured, so autodiff stays."""
+  where it was measured faster than autodiff of the plain scan at most shapes and
+  even at the rest (BUILD_NOTES.md: on an H200 1.4-1.7x at unroll 1 and 1.03-1.44x
+  for LSTM and GRU at unroll 16, hoisted); on TPUs it is not measured, so autodiff
+  stays."""
   return fusable(cell) and jax.default_backend() in ('cpu', 'gpu')
 
 
@@ -89,6 +90,15 @@ def default_hoist() -> bool:
 # up to 2.5 s more compile time. On XLA:CPU unrolling was measured slower (unroll 8
 # halved throughput), so 1 stays there; TPUs are not measured.
 UNROLL_GPU = 16
+
+
+# Backends on which ``fused``'s backward loop writes each step's d(preactivations) over
+# the saved preactivations instead of into a fresh zero-filled stack. On XLA:CPU it ran
+# the LSTM 1.04-1.09x and the tanh RNN 1.21x faster, same gradients (BUILD_NOTES.md 3.9).
+# Not on GPUs: with the loop unrolled 16 (UNROLL_GPU) XLA:GPU copied the whole stack 14
+# times per loop iteration, the LSTM ran 0.09-0.58x at three of four shapes (H200,
+# BUILD_NOTES.md section 5, run 3).
+IN_PLACE_BACKENDS = ('cpu',)
 
 
 def default_unroll() -> int:
@@ -347,15 +357,15 @@ def _fused_bwd(cell, project, unroll, residuals, cotangents):
   output_t = jax.linear_transpose(cell.output, carry_t)  # dh -> d(carry)
   u_t = params['recurrent_kernel'].T.astype(dtype)  # one transposed copy: [proj, hidden]
 
-  # On CPU each step's d(preactivations) overwrite the saved residuals that step has
-  # just read, when they have the same shapes (the default res = pre; not the GRU's):
-  # no second [time, batch, proj] stack to zero-fill. Measured on CPU only
-  # (BUILD_NOTES.md 3.9); a partial overwrite (the GRU's d px over its saved gates)
-  # made XLA copy the whole stack every step.
+  # On IN_PLACE_BACKENDS each step's d(preactivations) overwrite the saved residuals
+  # that step has just read, when they have the same shapes (the default res = pre;
+  # not the GRU's): no second [time, batch, proj] stack to zero-fill (BUILD_NOTES.md
+  # 3.9); a partial overwrite (the GRU's d px over its saved gates) made XLA copy the
+  # whole stack every step.
   time = xs.shape[0]
   pre_leaves, pre_tree = jax.tree.flatten(jax.eval_shape(cell.combine, px_t, ph_t))
   res_leaves, res_tree = jax.tree.flatten(res)
-  overwrite = (jax.default_backend() == 'cpu' and res_tree == pre_tree
+  overwrite = (jax.default_backend() in IN_PLACE_BACKENDS and res_tree == pre_tree
                and all(r.shape[1:] == p.shape and r.dtype == p.dtype
                        for r, p in zip(res_leaves, pre_leaves)))
   dpres = res_leaves if overwrite else [jnp.zeros((time,) + p.shape, p.dtype) for p in pre_leaves]

@@ -214,14 +214,23 @@ def test_bfloat16_training_follows_float32(cell):
 
 # ----------------------------------------------------------------------------- scan.fused
 
+def set_in_place(monkeypatch, in_place: bool):
+  """Whether ``scan.fused``'s backward overwrites the saved preactivations on this
+  backend: True is the CPU's default, False the GPU's (``scan.IN_PLACE_BACKENDS``)."""
+  monkeypatch.setattr(scan, 'IN_PLACE_BACKENDS', (jax.default_backend(),) if in_place else ())
+
+
 @pytest.mark.usefixtures('strict_numpy')
 @pytest.mark.parametrize('hoist', [False, True])
 @pytest.mark.parametrize('reverse', [False, True])
-@pytest.mark.parametrize('name', ['lstm', 'rnn', 'irnn', 'gru'])
-def test_fused_gradient_equals_autodiff(name, reverse, hoist):
+@pytest.mark.parametrize('name, in_place', [('lstm', True), ('rnn', True), ('irnn', True),
+                                            ('gru', True), ('lstm', False), ('rnn', False)])
+def test_fused_gradient_equals_autodiff(name, in_place, reverse, hoist, monkeypatch):
   """``scan.fused`` (its own VJP: weights' gradients after the loop) against autodiff of
   the plain scan: outputs, final carry and gradients of every parameter, the inputs
-  and the initial carry, with padded sequences and a non-zero initial carry."""
+  and the initial carry, with padded sequences and a non-zero initial carry. Also
+  with the gradient stack started from zeros, as on a GPU (``in_place`` False)."""
+  set_in_place(monkeypatch, in_place)
   cell = cells.make_cell(name, 8)
   params = cell.init(jax.random.key(0), 3)
   # Non-zero biases, so that the GRU's recurrent bias is exercised.
@@ -324,13 +333,16 @@ def test_fused_backward_loop_holds_one_matmul(name):
   assert dots(False)[0] == 2 and dots(False)[1] >= 4
 
 
+@pytest.mark.parametrize('in_place', [True, False])
 @pytest.mark.parametrize('name', ['lstm', 'rnn', 'gru'])
-def test_fused_backward_overwrites_the_saved_preactivations(name):
+def test_fused_backward_overwrites_the_saved_preactivations(name, in_place, monkeypatch):
   """On CPU ``scan.fused``'s backward loop carries the forward's stack of
   preactivations and writes each step's gradient over the step it has just read,
   instead of reading the stack as scan input and building a second one as scan
   output: one fewer [time, batch, proj] buffer to zero-fill (BUILD_NOTES 3.9). The
-  GRU saves its gate activations, not the preactivations: it keeps two fresh stacks."""
+  GRU saves its gate activations, not the preactivations: it keeps two fresh stacks.
+  Off ``scan.IN_PLACE_BACKENDS`` (GPUs) every cell starts from fresh stacks."""
+  set_in_place(monkeypatch, in_place)
   time, batch = 5, 2
   cell = cells.make_cell(name, 8)
   params = cell.init(jax.random.key(0), 3)
@@ -345,7 +357,7 @@ def test_fused_backward_overwrites_the_saved_preactivations(name):
   if name == 'gru':  # d px and d ph
     assert len(stacks) == 2 and not from_forward
   else:
-    assert len(stacks) == 1 and from_forward
+    assert len(stacks) == 1 and bool(from_forward) == in_place
   assert not any(v.aval.shape == stack for v in backward.outvars[backward.params['num_carry']:])
 
 
