@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +25,28 @@ def run_module(module: str, *args, env=None, timeout=300, **kwargs):
   full_env = dict(os.environ, **(env or {}))
   return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=full_env,
                         capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def cpu_env(devices: int = 1) -> dict:
+  """Environment for a subprocess on ``devices`` CPU devices, on any machine: the
+  multi-device and multi-process tests simulate a cluster on the host's CPU, and on a
+  GPU machine JAX would otherwise pick its one GPU (two processes on one GPU, or
+  TF32 matmuls against a CPU reference)."""
+  env = {'JAX_PLATFORMS': 'cpu'}
+  if devices > 1:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return env
+
+
+@pytest.fixture
+def cpu_backend(monkeypatch):
+  """Traces and compiles on XLA:CPU on any machine, for tests of what XLA:CPU compiles
+  (dots and copies in the compiled HLO, the in-place backward of ``scan.IN_PLACE_BACKENDS``):
+  ``jax.default_backend()``, which ``seqlab.scan`` reads for its per-backend defaults,
+  says 'cpu', and uncommitted computations run on the first CPU device."""
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
+  with jax.default_device(jax.devices('cpu')[0]):
+    yield
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ import json
 import os
 import re
 
+import jax
 import pytest
 
 from seqlab import evaluate
@@ -139,7 +140,8 @@ def test_reproduce_quick_writes_the_table_and_skips_finished_seeds(tmp_path):
   assert all(r['seeds'] == 2 and len(r['values']) == 2 for r in rows)
   assert 0 <= rows[1]['mean'] <= 100  # accuracy in percent
   table = (tmp_path / 'reproduce.md').read_text()
-  assert 'Greydanus & Kobak' in table and ' ± ' in table and 'cpu:' in table
+  device = f'| {jax.default_backend()}: '  # e.g. 'cpu: AMD EPYC, 2 cores', 'gpu: NVIDIA H200 x1'
+  assert 'Greydanus & Kobak' in table and ' ± ' in table and device in table
   for r in rows:  # each seed's value beside the mean
     assert f"| {', '.join(f'{v:.4g}' for v in r['values'])} |" in table
   again = run_module('seqlab.reproduce', *args)  # finished seeds are skipped

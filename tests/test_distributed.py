@@ -7,7 +7,7 @@ import sys
 
 from seqlab import run
 from seqlab import workdir as workdir_lib
-from conftest import ROOT, run_module
+from conftest import ROOT, cpu_env, run_module
 
 
 def _free_port() -> int:
@@ -33,15 +33,15 @@ def test_two_processes_train_like_one(tmp_path):
   port = _free_port()
   procs = []
   for i in range(2):
-    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2',
-               JAX_PROCESS_ID=str(i))
+    env = dict(os.environ, **cpu_env(), JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
+               JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i))
     procs.append(subprocess.Popen([sys.executable, *args, '--workdir', str(tmp_path / 'two')],
                                   cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True))
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-  one = run_module('seqlab.run', *args[2:], '--workdir', str(tmp_path / 'one'))
+  one = run_module('seqlab.run', *args[2:], '--workdir', str(tmp_path / 'one'), env=cpu_env())
   assert one.returncode == 0, one.stderr[-3000:]
   evals = {name: [r for r in workdir_lib.read_metrics(str(tmp_path / name))
                   if r['split'] == 'eval'] for name in ('one', 'two')}

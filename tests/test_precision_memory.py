@@ -310,6 +310,16 @@ def scan_eqns(jaxpr):
   return found
 
 
+def scan_split(eqn):
+  """(consts, carries): how many of a ``scan`` equation's inputs are each (jax 0.11
+  replaced the params ``num_consts`` and ``num_carry`` by ``ft_in``, a flat tree of
+  three groups, consts, carry and xs, with one leaf per input)."""
+  if 'num_consts' in eqn.params:
+    return eqn.params['num_consts'], eqn.params['num_carry']
+  consts, carry, _ = eqn.params['ft_in'].unpack()
+  return len(consts), len(carry)
+
+
 def scan_dots(jaxpr):
   """The number of dot_generals in the body of each ``scan`` in ``jaxpr`` (a Jaxpr),
   in program order, looking inside nested calls."""
@@ -333,6 +343,7 @@ def test_fused_backward_loop_holds_one_matmul(name):
   assert dots(False)[0] == 2 and dots(False)[1] >= 4
 
 
+@pytest.mark.usefixtures('cpu_backend')
 @pytest.mark.parametrize('in_place', [True, False])
 @pytest.mark.parametrize('name', ['lstm', 'rnn', 'gru'])
 def test_fused_backward_overwrites_the_saved_preactivations(name, in_place, monkeypatch):
@@ -350,15 +361,15 @@ def test_fused_backward_overwrites_the_saved_preactivations(name, in_place, monk
   xs = jnp.ones((batch, time, 3))
   loss = lambda p: jnp.sum(scan.run(cell, p, xs, hoist=False, fuse=True)[1] ** 2)
   forward, backward = scan_eqns(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
-  start = backward.params['num_consts']
-  carry = backward.invars[start:start + backward.params['num_carry']]
+  consts, num_carry = scan_split(backward)
+  carry = backward.invars[consts:consts + num_carry]
   stacks = [v for v in carry if v.aval.shape == stack]
   from_forward = [v for v in stacks if v in forward.outvars]
   if name == 'gru':  # d px and d ph
     assert len(stacks) == 2 and not from_forward
   else:
     assert len(stacks) == 1 and bool(from_forward) == in_place
-  assert not any(v.aval.shape == stack for v in backward.outvars[backward.params['num_carry']:])
+  assert not any(v.aval.shape == stack for v in backward.outvars[num_carry:])
 
 
 def stack_copies(hlo: str, shape):
@@ -375,6 +386,7 @@ def stack_copies(hlo: str, shape):
   return found
 
 
+@pytest.mark.usefixtures('cpu_backend')
 @pytest.mark.parametrize('name, padded, unroll, hoist', [
     ('lstm', False, 1, False), ('lstm', True, 1, False), ('lstm', False, 4, True),
     ('lstm', False, 5, False), ('rnn', True, 1, False), ('gru', False, 1, False),

@@ -14,7 +14,7 @@ from seqlab import config as config_lib
 from seqlab import tasks
 from seqlab import train
 from seqlab import workdir as workdir_lib
-from conftest import load_config, run_module
+from conftest import cpu_env, load_config, run_module
 
 
 def _final_state(workdir, config):
@@ -243,9 +243,9 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
 
 def test_eight_devices_match_one(tmp_path):
   """Data parallel over 8 CPU devices: same losses as 1 device; checkpoints move across."""
-  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  env = cpu_env(8)
   args = ['--config', 'experiments/copy.py:quick', '--config.train.steps=20']
-  one = run_module('seqlab.run', *args, '--workdir', str(tmp_path / 'one'))
+  one = run_module('seqlab.run', *args, '--workdir', str(tmp_path / 'one'), env=cpu_env())
   eight = run_module('seqlab.run', *args, '--workdir', str(tmp_path / 'eight'), env=env)
   assert one.returncode == 0 and eight.returncode == 0, eight.stderr
   info = json.load(open(tmp_path / 'eight' / 'run_info.json'))
@@ -257,7 +257,8 @@ def test_eight_devices_match_one(tmp_path):
     assert r8['loss'] == pytest.approx(r1['loss'], rel=1e-4)
   # The 8-device checkpoint resumes on 1 device, and that one back on 8.
   more = ['--config.train.steps=30']
-  back = run_module('seqlab.run', *args, *more, '--workdir', str(tmp_path / 'eight'))
+  back = run_module('seqlab.run', *args, *more, '--workdir', str(tmp_path / 'eight'),
+                    env=cpu_env())
   assert back.returncode == 0, back.stderr
   more = ['--config.train.steps=40']
   again = run_module('seqlab.run', *args, *more, '--workdir', str(tmp_path / 'eight'), env=env)
@@ -268,7 +269,7 @@ def test_eight_devices_match_one(tmp_path):
 
 
 def test_batch_not_divisible_by_devices_is_a_config_error(tmp_path):
-  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  env = cpu_env(8)
   proc = run_module('seqlab.run', '--config', 'experiments/copy.py:quick',
                     '--config.train.batch_size=12', '--workdir', str(tmp_path), env=env)
   assert proc.returncode == 2 and 'does not split over 8 devices' in proc.stderr
