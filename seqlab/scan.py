@@ -22,7 +22,8 @@ For cells built from ``combine`` and ``gates`` (LSTM, Elman RNN, the cuDNN-conve
 GRU; ``seqlab.cells.base.gated_recur``) the sequential engine on CPU and GPU runs ``fused``: a
 custom VJP whose backward loop holds one matmul per step and leaves every weight's
 gradient to large matmuls after the loop, instead of adding outer products into dW and
-dU at every step.
+dU at every step. On CPU it cuts time into spans (``chunk_spans``) so that one span's
+weight matmuls overlap the next span's backward loop.
 """
 import functools
 
@@ -99,6 +100,18 @@ UNROLL_GPU = 16
 # times per loop iteration, the LSTM ran 0.09-0.58x at three of four shapes (H200,
 # BUILD_NOTES.md section 5, run 3).
 IN_PLACE_BACKENDS = ('cpu',)
+
+# Backends on which ``fused`` cuts time into spans of about CHUNK_STEPS_CPU steps (at
+# most MAX_CHUNKS_CPU spans), each with its own forward and backward loop, so that a
+# span's weight matmuls (dW, dU) can run while the backward loop of the span before it
+# does: XLA:CPU's small per-step dots leave the second core mostly idle. On a 2-core
+# CPU the training gradient ran 1.03-1.31x faster for LSTM, GRU and tanh RNN at
+# 32x128x256, 128x64x512 and 8x1024x256 (spans of 16 to 128 steps all gained; 32
+# steps, at most 8 spans, as much as any setting tried), and not at all on one core
+# (BUILD_NOTES.md 3.12). GPUs are not measured, so one span there.
+CHUNK_BACKENDS = ('cpu',)
+CHUNK_STEPS_CPU = 32
+MAX_CHUNKS_CPU = 8
 
 
 def default_unroll() -> int:
@@ -297,8 +310,19 @@ def gates_bwd(cell, carry, res, dcarry, dy):
   return jax.vjp(cell.gates, carry, res)[1]((dcarry, dy))
 
 
-def _fused_forward(cell, project, unroll, params, xs, carry, mask):
-  """The plain scan, saving each step's incoming carry and ``gates_fwd``'s ``res``."""
+def chunk_spans(time: int) -> list[tuple[int, int]]:
+  """[(start, stop)] of the time chunks ``fused`` runs as separate loops: on CPU about
+  one per ``CHUNK_STEPS_CPU`` steps, at most ``MAX_CHUNKS_CPU``; one elsewhere."""
+  k = 1
+  if jax.default_backend() in CHUNK_BACKENDS:
+    k = max(1, min(time // CHUNK_STEPS_CPU, MAX_CHUNKS_CPU))
+  bounds = [j * time // k for j in range(k + 1)]
+  return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _fused_forward(cell, project, unroll, params, xs, carry, mask, spans):
+  """The plain scan over each span of time in turn, saving each step's incoming carry
+  and ``gates_fwd``'s ``res``: (carry, ys), [(carries, res) per span]."""
   def step(carry, inputs):
     x_t, m_t = inputs
     pre = base.preactivations(cell, params, carry, project(params, x_t))
@@ -306,8 +330,13 @@ def _fused_forward(cell, project, unroll, params, xs, carry, mask):
     new, y_t = padded(m_t, carry, *out)
     return new, (y_t, (carry, res))
 
-  carry, (ys, saved) = jax.lax.scan(step, carry, (xs, mask), unroll=unroll)
-  return (carry, ys), saved
+  ys, saved = [], []
+  for a, b in spans:
+    carry, (ys_span, saved_span) = jax.lax.scan(
+        step, carry, (xs[a:b], None if mask is None else mask[a:b]), unroll=unroll)
+    ys.append(ys_span)
+    saved.append(saved_span)
+  return (carry, ys[0] if len(ys) == 1 else jnp.concatenate(ys)), saved
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -330,22 +359,25 @@ def fused(cell, project, unroll, params, xs, carry, mask):
   dW = X^T dPX, dU = H_prev^T dPH, dX = dPX W^T (dropped by XLA when nothing needs
   it). Autodiff of the plain scan instead runs three to four matmuls per backward
   step, two of them rank-``batch`` updates of all of dW and dU, and stores more per
-  step. Measured on CPU in BUILD_NOTES.md.
+  step. On CPU time is cut into spans (``chunk_spans``), each with its own loops and
+  stacks, so that a span's weight matmuls run while the backward loop of the span
+  before it does. Measured on CPU in BUILD_NOTES.md.
   """
-  return _fused_forward(cell, project, unroll, params, xs, carry, mask)[0]
+  return _fused_forward(cell, project, unroll, params, xs, carry, mask, [(0, xs.shape[0])])[0]
 
 
 def _fused_fwd(cell, project, unroll, params, xs, carry, mask):
-  out, saved = _fused_forward(cell, project, unroll, params, xs, carry, mask)
+  spans = chunk_spans(xs.shape[0])
+  out, saved = _fused_forward(cell, project, unroll, params, xs, carry, mask, spans)
   return out, (params, xs, mask, saved)
 
 
 def _fused_bwd(cell, project, unroll, residuals, cotangents):
-  params, xs, mask, (carries, res) = residuals
+  params, xs, mask, saved = residuals
   dcarry, dys = cotangents
   dtype = xs.dtype
   step_struct = lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype)  # one timestep of a stack
-  carry_t = jax.tree.map(step_struct, carries)
+  carry_t = jax.tree.map(step_struct, saved[0][0])
   px_t = jax.eval_shape(project, params, step_struct(xs))
   ph_t = jax.eval_shape(lambda c: base.recurrent(params, cell.output(c), dtype), carry_t)
 
@@ -356,48 +388,65 @@ def _fused_bwd(cell, project, unroll, residuals, cotangents):
 
   output_t = jax.linear_transpose(cell.output, carry_t)  # dh -> d(carry)
   u_t = params['recurrent_kernel'].T.astype(dtype)  # one transposed copy: [proj, hidden]
-
-  # On IN_PLACE_BACKENDS each step's d(preactivations) overwrite the saved residuals
-  # that step has just read, when they have the same shapes (the default res = pre;
-  # not the GRU's): no second [time, batch, proj] stack to zero-fill (BUILD_NOTES.md
-  # 3.9); a partial overwrite (the GRU's d px over its saved gates) made XLA copy the
-  # whole stack every step.
-  time = xs.shape[0]
   pre_leaves, pre_tree = jax.tree.flatten(jax.eval_shape(cell.combine, px_t, ph_t))
-  res_leaves, res_tree = jax.tree.flatten(res)
-  overwrite = (jax.default_backend() in IN_PLACE_BACKENDS and res_tree == pre_tree
-               and all(r.shape[1:] == p.shape and r.dtype == p.dtype
-                       for r, p in zip(res_leaves, pre_leaves)))
-  dpres = res_leaves if overwrite else [jnp.zeros((time,) + p.shape, p.dtype) for p in pre_leaves]
-
-  def step(i, state):
-    dnew, dpres = state
-    t = time - 1 - i  # backward in time
-    carry, dy = jax.tree.map(lambda a: a[t], carries), dys[t]
-    res_t = jax.tree.unflatten(res_tree, [a[t] for a in (dpres if overwrite else res_leaves)])
-    if mask is not None:
-      m_t = mask[t]
-      dnext = dnew
-      dnew = jax.tree.map(lambda d: jnp.where(m_t[:, None], d, 0), dnew)
-      dy = jnp.where(m_t[:, None], dy, 0)
-    dcarry, dpre = gates_bwd(cell, carry, res_t, dnew, dy)
-    dh = base.matmul(combine_t(dpre, xs.shape[1])[1], u_t, dtype)
-    dcarry = jax.tree.map(jnp.add, dcarry, output_t(dh)[0])
-    if mask is not None:  # a padded step passed the carry through
-      dcarry = jax.tree.map(lambda d, n: jnp.where(m_t[:, None], d, n), dcarry, dnext)
-    dpres = [jax.lax.dynamic_update_index_in_dim(s, d, t, 0)
-             for s, d in zip(dpres, jax.tree.leaves(dpre))]
-    return dcarry, dpres
-
-  dcarry, dpres = jax.lax.fori_loop(0, time, step, (dcarry, dpres), unroll=unroll)
-  dpres = jax.tree.unflatten(pre_tree, dpres)
   rows = lambda a: a.reshape((-1,) + a.shape[2:])  # [time, batch, ...] -> [time * batch, ...]
-  dpx, dph = combine_t(jax.tree.map(rows, dpres), xs.shape[0] * xs.shape[1])
-  dparams, dxs = jax.vjp(project, params, rows(xs))[1](dpx)
-  h_prev = rows(cell.output(carries))
-  (drecurrent,) = jax.vjp(lambda p: base.recurrent(p, h_prev, dtype), params)[1](dph)
-  dparams = jax.tree.map(jnp.add, dparams, drecurrent)
-  return dparams, dxs.reshape(xs.shape), dcarry, None
+
+  def span_loop(dcarry, carries, res, dys, mask):
+    """The backward loop over one span: (d carry before it, [d pre stacks])."""
+    # On IN_PLACE_BACKENDS each step's d(preactivations) overwrite the saved residuals
+    # that step has just read, when they have the same shapes (the default res = pre;
+    # not the GRU's): no second [time, batch, proj] stack to zero-fill (BUILD_NOTES.md
+    # 3.9); a partial overwrite (the GRU's d px over its saved gates) made XLA copy the
+    # whole stack every step.
+    time = dys.shape[0]
+    res_leaves, res_tree = jax.tree.flatten(res)
+    overwrite = (jax.default_backend() in IN_PLACE_BACKENDS and res_tree == pre_tree
+                 and all(r.shape[1:] == p.shape and r.dtype == p.dtype
+                         for r, p in zip(res_leaves, pre_leaves)))
+    dpres = res_leaves if overwrite else [jnp.zeros((time,) + p.shape, p.dtype) for p in pre_leaves]
+
+    def step(i, state):
+      dnew, dpres = state
+      t = time - 1 - i  # backward in time
+      carry, dy = jax.tree.map(lambda a: a[t], carries), dys[t]
+      res_t = jax.tree.unflatten(res_tree, [a[t] for a in (dpres if overwrite else res_leaves)])
+      if mask is not None:
+        m_t = mask[t]
+        dnext = dnew
+        dnew = jax.tree.map(lambda d: jnp.where(m_t[:, None], d, 0), dnew)
+        dy = jnp.where(m_t[:, None], dy, 0)
+      dcarry, dpre = gates_bwd(cell, carry, res_t, dnew, dy)
+      dh = base.matmul(combine_t(dpre, dy.shape[0])[1], u_t, dtype)
+      dcarry = jax.tree.map(jnp.add, dcarry, output_t(dh)[0])
+      if mask is not None:  # a padded step passed the carry through
+        dcarry = jax.tree.map(lambda d, n: jnp.where(m_t[:, None], d, n), dcarry, dnext)
+      dpres = [jax.lax.dynamic_update_index_in_dim(s, d, t, 0)
+               for s, d in zip(dpres, jax.tree.leaves(dpre))]
+      return dcarry, dpres
+
+    return jax.lax.fori_loop(0, time, step, (dcarry, dpres), unroll=unroll)
+
+  def span_weights(dpres, xs, carries):
+    """(d params, d xs) of one span from its stacked d(preactivations): the VJPs of
+    ``project`` and ``base.recurrent`` over all of the span's rows at once."""
+    dpres = jax.tree.unflatten(pre_tree, dpres)
+    dpx, dph = combine_t(jax.tree.map(rows, dpres), xs.shape[0] * xs.shape[1])
+    dparams, dxs = jax.vjp(project, params, rows(xs))[1](dpx)
+    h_prev = rows(cell.output(carries))
+    (drecurrent,) = jax.vjp(lambda p: base.recurrent(p, h_prev, dtype), params)[1](dph)
+    return jax.tree.map(jnp.add, dparams, drecurrent), dxs.reshape(xs.shape)
+
+  # Spans last to first: each span's weight matmuls depend on its own loop only, so
+  # XLA may run them beside the next span's loop (on CPU that loop leaves a core idle).
+  spans = chunk_spans(xs.shape[0])
+  dparams, dxs = None, [None] * len(spans)
+  for j in reversed(range(len(spans))):
+    a, b = spans[j]
+    carries, res = saved[j]
+    dcarry, dpres = span_loop(dcarry, carries, res, dys[a:b], None if mask is None else mask[a:b])
+    dparams_span, dxs[j] = span_weights(dpres, xs[a:b], carries)
+    dparams = dparams_span if dparams is None else jax.tree.map(jnp.add, dparams, dparams_span)
+  return dparams, dxs[0] if len(dxs) == 1 else jnp.concatenate(dxs), dcarry, None
 
 
 fused.defvjp(_fused_fwd, _fused_bwd)

@@ -214,6 +214,12 @@ def test_bfloat16_training_follows_float32(cell):
 
 # ----------------------------------------------------------------------------- scan.fused
 
+def set_span_steps(monkeypatch, steps: int):
+  """``scan.fused`` cuts time into spans of about ``steps`` steps on this backend."""
+  monkeypatch.setattr(scan, 'CHUNK_BACKENDS', (jax.default_backend(),))
+  monkeypatch.setattr(scan, 'CHUNK_STEPS_CPU', steps)
+
+
 def set_in_place(monkeypatch, in_place: bool):
   """Whether ``scan.fused``'s backward overwrites the saved preactivations on this
   backend: True is the CPU's default, False the GPU's (``scan.IN_PLACE_BACKENDS``)."""
@@ -223,14 +229,22 @@ def set_in_place(monkeypatch, in_place: bool):
 @pytest.mark.usefixtures('strict_numpy')
 @pytest.mark.parametrize('hoist', [False, True])
 @pytest.mark.parametrize('reverse', [False, True])
-@pytest.mark.parametrize('name, in_place', [('lstm', True), ('rnn', True), ('irnn', True),
-                                            ('gru', True), ('lstm', False), ('rnn', False)])
-def test_fused_gradient_equals_autodiff(name, in_place, reverse, hoist, monkeypatch):
+@pytest.mark.parametrize('name, in_place, span_steps', [
+    ('lstm', True, None), ('rnn', True, None), ('irnn', True, None), ('gru', True, None),
+    ('lstm', False, None), ('rnn', False, None), ('lstm', True, 7), ('gru', True, 7),
+    ('rnn', False, 7)])
+def test_fused_gradient_equals_autodiff(name, in_place, span_steps, reverse, hoist, monkeypatch):
   """``scan.fused`` (its own VJP: weights' gradients after the loop) against autodiff of
   the plain scan: outputs, final carry and gradients of every parameter, the inputs
   and the initial carry, with padded sequences and a non-zero initial carry. Also
-  with the gradient stack started from zeros, as on a GPU (``in_place`` False)."""
+  with the gradient stack started from zeros, as on a GPU (``in_place`` False), and
+  with the 23 steps cut into spans of 7, 8 and 8 steps (``scan.chunk_spans``), each
+  with its own loops: 3 forward and 3 backward."""
   set_in_place(monkeypatch, in_place)
+  if span_steps:
+    set_span_steps(monkeypatch, span_steps)
+  else:
+    monkeypatch.setattr(scan, 'CHUNK_BACKENDS', ())
   cell = cells.make_cell(name, 8)
   params = cell.init(jax.random.key(0), 3)
   # Non-zero biases, so that the GRU's recurrent bias is exercised.
@@ -249,6 +263,21 @@ def test_fused_gradient_equals_autodiff(name, in_place, reverse, hoist, monkeypa
   assert_trees_close(got_grads, want_grads, rtol=1e-4, atol=1e-4)
   assert float(jnp.max(jnp.abs(got_grads[0]['recurrent_kernel']))) > 0
   assert 'custom_vjp' in str(jax.make_jaxpr(loss, static_argnums=3)(params, xs, carry0, True))
+  jaxpr = jax.make_jaxpr(jax.grad(loss, has_aux=True), static_argnums=3)(params, xs, carry0, True)
+  assert len(scan_eqns(jaxpr.jaxpr)) == (6 if span_steps else 2)
+
+
+@pytest.mark.parametrize('backend', ['cpu', 'gpu', 'tpu'])
+@pytest.mark.parametrize('time', [1, 31, 32, 64, 100, 255, 256, 10_000])
+def test_chunk_spans_cover_time_in_order(monkeypatch, backend, time):
+  """Spans of about ``CHUNK_STEPS_CPU`` steps, at most ``MAX_CHUNKS_CPU``, on CPU; one
+  elsewhere. Together they cover [0, time) in order, none empty."""
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  spans = scan.chunk_spans(time)
+  assert spans[0][0] == 0 and spans[-1][1] == time
+  assert all(a < b for a, b in spans) and all(b == c for (_, b), (c, _) in zip(spans, spans[1:]))
+  want = min(max(time // scan.CHUNK_STEPS_CPU, 1), scan.MAX_CHUNKS_CPU)
+  assert len(spans) == (want if backend == 'cpu' else 1)
 
 
 @pytest.mark.usefixtures('strict_numpy')
@@ -387,18 +416,23 @@ def stack_copies(hlo: str, shape):
 
 
 @pytest.mark.usefixtures('cpu_backend')
-@pytest.mark.parametrize('name, padded, unroll, hoist', [
-    ('lstm', False, 1, False), ('lstm', True, 1, False), ('lstm', False, 4, True),
-    ('lstm', False, 5, False), ('rnn', True, 1, False), ('gru', False, 1, False),
-    ('gru', True, 4, False)])
-def test_fused_backward_does_not_copy_a_stack_per_step(name, padded, unroll, hoist):
+@pytest.mark.parametrize('name, padded, unroll, hoist, spans', [
+    ('lstm', False, 1, False, 1), ('lstm', True, 1, False, 1), ('lstm', False, 4, True, 1),
+    ('lstm', False, 5, False, 1), ('rnn', True, 1, False, 1), ('gru', False, 1, False, 1),
+    ('gru', True, 4, False, 1), ('lstm', True, 1, False, 2), ('gru', False, 1, False, 2)])
+def test_fused_backward_does_not_copy_a_stack_per_step(name, padded, unroll, hoist, spans,
+                                                        monkeypatch):
   """Overwriting in place pays only if XLA need not copy the stack to do it: no copy of
   a [time, batch, proj] buffer inside any loop of the compiled training gradient (an
   overwrite of part of the GRU's residuals made XLA copy the whole stack every step,
   17x slower at 8x1024x256), and for the LSTM at unroll 1 none at all (the plain
   scan's output stack was a copy of a zero-filled one; the RNN's stack has the
-  shape of its carries' and outputs', which the forward loop zero-fills)."""
+  shape of its carries' and outputs', which the forward loop zero-fills). The same
+  for each span's stack when time is cut into spans (``scan.chunk_spans``), where XLA
+  may fill one span's zero stack by copying another's, once, outside the loops."""
   time, batch = 8, 3
+  monkeypatch.setattr(scan, 'CHUNK_STEPS_CPU', time // spans)
+  assert len(scan.chunk_spans(time)) == spans
   cell = cells.make_cell(name, 8)
   params = cell.init(jax.random.key(0), 3)
   lengths = jnp.array([8, 2, 5]) if padded else None
@@ -407,9 +441,9 @@ def test_fused_backward_does_not_copy_a_stack_per_step(name, padded, unroll, hoi
                   unroll=unroll, fuse=True)[1]
     return jnp.sum(ys ** 2)
   hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
-  copies = stack_copies(hlo, (time, batch, params['recurrent_kernel'].shape[1]))
+  copies = stack_copies(hlo, (time // spans, batch, params['recurrent_kernel'].shape[1]))
   assert set(copies) <= {'ENTRY'}, copies
-  if name == 'lstm' and unroll == 1:
+  if name == 'lstm' and unroll == 1 and spans == 1:
     assert not copies, copies
 
 
