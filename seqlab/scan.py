@@ -355,7 +355,8 @@ def fused(cell, project, unroll, params, xs, carry, mask):
   loop; on CPU that stack is the saved preactivations themselves, overwritten in
   place as they are read (when the residuals are the preactivations). Every other
   gradient comes after the loop, from the stacked preactivation gradients, as the
-  VJPs of ``project`` and ``base.recurrent`` over all [time * batch] rows at once:
+  VJPs of ``project`` and ``base.recurrent`` over all [time * batch] rows at once (of
+  a span, below):
   dW = X^T dPX, dU = H_prev^T dPH, dX = dPX W^T (dropped by XLA when nothing needs
   it). Autodiff of the plain scan instead runs three to four matmuls per backward
   step, two of them rank-``batch`` updates of all of dW and dU, and stores more per
