@@ -437,12 +437,14 @@ def _fused_bwd(cell, project, unroll, residuals, cotangents):
     (drecurrent,) = jax.vjp(lambda p: base.recurrent(p, h_prev, dtype), params)[1](dph)
     return jax.tree.map(jnp.add, dparams, drecurrent), dxs.reshape(xs.shape)
 
-  # Spans last to first: each span's weight matmuls depend on its own loop only, so
-  # XLA may run them beside the next span's loop (on CPU that loop leaves a core idle).
-  spans = chunk_spans(xs.shape[0])
-  dparams, dxs = None, [None] * len(spans)
-  for j in reversed(range(len(spans))):
-    a, b = spans[j]
+  # Spans last to first, as the forward saved them: each span's weight matmuls depend
+  # on its own loop only, so XLA may run them beside the next span's loop (on CPU that
+  # loop leaves a core idle).
+  lengths = [jax.tree.leaves(carries)[0].shape[0] for carries, _ in saved]
+  dparams, dxs = None, [None] * len(saved)
+  for j in reversed(range(len(saved))):
+    a = sum(lengths[:j])
+    b = a + lengths[j]
     carries, res = saved[j]
     dcarry, dpres = span_loop(dcarry, carries, res, dys[a:b], None if mask is None else mask[a:b])
     dparams_span, dxs[j] = span_weights(dpres, xs[a:b], carries)
