@@ -268,16 +268,16 @@ def test_fused_gradient_equals_autodiff(name, in_place, span_steps, reverse, hoi
 
 
 @pytest.mark.parametrize('backend', ['cpu', 'gpu', 'tpu'])
-@pytest.mark.parametrize('time', [1, 31, 32, 64, 100, 255, 256, 10_000])
-def test_chunk_spans_cover_time_in_order(monkeypatch, backend, time):
-  """Spans of about ``CHUNK_STEPS_CPU`` steps, at most ``MAX_CHUNKS_CPU``, on CPU; one
-  elsewhere. Together they cover [0, time) in order, none empty."""
+@pytest.mark.parametrize('time, on_cpu', [(1, 1), (31, 1), (32, 1), (64, 2), (100, 3),
+                                          (255, 7), (256, 8), (10_000, 8)])
+def test_chunk_spans_cover_time_in_order(monkeypatch, backend, time, on_cpu):
+  """Spans of about 32 steps (``CHUNK_STEPS_CPU``), at most 8 (``MAX_CHUNKS_CPU``), on
+  CPU; one elsewhere. Together they cover [0, time) in order, none empty."""
   monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   spans = scan.chunk_spans(time)
   assert spans[0][0] == 0 and spans[-1][1] == time
   assert all(a < b for a, b in spans) and all(b == c for (_, b), (c, _) in zip(spans, spans[1:]))
-  want = min(max(time // scan.CHUNK_STEPS_CPU, 1), scan.MAX_CHUNKS_CPU)
-  assert len(spans) == (want if backend == 'cpu' else 1)
+  assert len(spans) == (on_cpu if backend == 'cpu' else 1)
 
 
 @pytest.mark.usefixtures('strict_numpy')

@@ -20,7 +20,7 @@ from seqlab.tasks import forecast
 from seqlab.tasks import mnist1d
 from seqlab.tasks import sentiment
 from seqlab.tasks import uea
-from conftest import run_module
+from conftest import cpu_env, run_module
 
 HAS_MNIST1D = importlib.util.find_spec('mnist1d') is not None
 HAS_STATSMODELS = importlib.util.find_spec('statsmodels') is not None
@@ -544,7 +544,7 @@ def test_experiment_quick_runs_end_to_end(tmp_path, name):
   workdir = tmp_path / 'run'
   proc = run_module('seqlab.run', '--config', f'experiments/{name}.py:quick', '--workdir',
                     str(workdir), *_experiment_args(name, tmp_path),
-                    env={'JAX_PLATFORMS': 'cpu'})
+                    env=cpu_env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'final eval:' in proc.stdout
   with open(workdir / 'metrics.jsonl') as f:
