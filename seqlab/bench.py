@@ -557,7 +557,8 @@ SPEED_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('impl', 'i
                  ('matmul_flops_per_sec', 'GFLOP/s', 'gflop'), ('of_dense', 'of dense', '.2f')]
 MEMORY_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('remat', 'remat k', 'd'),
                   ('hoist', 'hoist', ''), ('temp_bytes', 'temp MiB', 'mib'),
-                  ('peak_bytes', 'peak MiB', 'mib'), ('temp_bytes_per_step', 'temp KiB/step', 'kib')]
+                  ('peak_bytes', 'peak MiB', 'mib'), ('workspace_bytes', 'matmul scratch MiB', 'mib'),
+                  ('temp_bytes_per_step', 'temp KiB/step', 'kib')]
 CROSSOVER_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('impl', 'engine', 's'),
                      ('tokens_per_sec', 'tokens/s', ',.0f'), ('compile_s', 'compile s', '.1f'),
                      ('fastest', 'fastest', '')]

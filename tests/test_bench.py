@@ -45,6 +45,9 @@ def test_memory_and_crossover_quick(tmp_path):
   assert {(r['time'], r['remat'], r['hoist']) for r in rows} == {
       (t, k, h) for t, k in ((64, 0), (64, 8), (256, 0), (256, 16)) for h in (True, False)}
   assert all(r['temp_bytes'] > 0 for r in rows)
+  assert all(0 <= r['workspace_bytes'] < r['temp_bytes'] for r in rows)
+  assert all(r['temp_bytes_per_step'] == (r['temp_bytes'] - r['workspace_bytes']) / r['time']
+             for r in rows)
   remat = {(r['time'], r['hoist']): r['temp_bytes'] for r in rows if r['remat']}
   assert all(remat[r['time'], r['hoist']] < r['temp_bytes'] for r in rows if not r['remat'])
   crossover = result['crossover']
