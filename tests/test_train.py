@@ -3,6 +3,9 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +17,7 @@ from seqlab import config as config_lib
 from seqlab import tasks
 from seqlab import train
 from seqlab import workdir as workdir_lib
-from conftest import cpu_env, load_config, run_module
+from conftest import ROOT, cpu_env, load_config, run_module
 
 
 def _final_state(workdir, config):
@@ -221,21 +224,26 @@ def test_missing_config_file_and_variant(tmp_path):
   assert 'Traceback' not in proc.stderr
 
 
-def test_sigterm_saves_and_exits_zero(tmp_path):
-  workdir = tmp_path / 'run'
-  import subprocess, sys, time  # pylint: disable=g-import-not-at-top,multiple-imports
-  from conftest import ROOT  # pylint: disable=g-import-not-at-top
-  proc = subprocess.Popen(
-      [sys.executable, '-m', 'seqlab.run', '--config', 'experiments/adding.py:quick',
-       '--workdir', str(workdir), '--config.train.steps=100000', '--config.train.log_every=5',
-       '--config.train.eval_every=100000', '--config.train.checkpoint_every=100000'],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _sigterm_after_first_log(args, workdir):
+  """Starts ``python -m seqlab.run *args --workdir workdir``, sends it SIGTERM once its
+  first metrics row is written, and returns (returncode, stdout, stderr)."""
+  proc = subprocess.Popen([sys.executable, '-m', 'seqlab.run', *args, '--workdir', str(workdir)],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 120
   while time.time() < deadline and not workdir_lib.read_metrics(str(workdir)):
-    time.sleep(0.2)
+    time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err
+  return proc.returncode, out, err
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path):
+  workdir = tmp_path / 'run'
+  returncode, out, err = _sigterm_after_first_log(
+      ['--config', 'experiments/adding.py:quick', '--config.train.steps=100000',
+       '--config.train.log_every=5', '--config.train.eval_every=100000',
+       '--config.train.checkpoint_every=100000'], workdir)
+  assert returncode == 0, err
   assert 'SIGTERM: saved the checkpoint at step' in out
   step = int(out.split('at step ')[1].split()[0])
   assert str(step) in os.listdir(workdir / 'checkpoints')
@@ -246,8 +254,6 @@ def test_a_resume_in_a_new_process_is_bitwise_equal(tmp_path):
   command again (a new process: fresh compile, data pipeline and RNG state from the
   checkpoint), and the final state equals an uninterrupted run's bit for bit. (On a
   GPU this needs ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``, as the README says.)"""
-  import subprocess, sys, time  # pylint: disable=g-import-not-at-top,multiple-imports
-  from conftest import ROOT  # pylint: disable=g-import-not-at-top
   steps = 3000
   args = ['--config', 'experiments/adding.py:quick', f'--config.train.steps={steps}',
           '--config.train.log_every=5', '--config.train.eval_every=1000',
@@ -257,14 +263,8 @@ def test_a_resume_in_a_new_process_is_bitwise_equal(tmp_path):
   assert full.returncode == 0, full.stderr[-3000:]
 
   parts = tmp_path / 'parts'
-  proc = subprocess.Popen([sys.executable, '-m', 'seqlab.run', *args, '--workdir', str(parts)],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 120
-  while time.time() < deadline and not workdir_lib.read_metrics(str(parts)):
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err[-3000:]
+  returncode, out, err = _sigterm_after_first_log(args, parts)
+  assert returncode == 0, err[-3000:]
   stopped = int(out.split('SIGTERM: saved the checkpoint at step ')[1].split()[0])
   assert 0 < stopped < steps  # interrupted mid-run, not at a scheduled checkpoint
   again = run_module('seqlab.run', *args, '--workdir', str(parts))
