@@ -41,6 +41,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from seqlab import checkpoint
+from seqlab import cli
 from seqlab import losses
 from seqlab import optim
 from seqlab import train
@@ -279,7 +280,7 @@ def _train(configs, workdirs, built, ckpts, states, start) -> list:
   progress = workdir_lib.Progress(tc.steps, start)
   pending, t_log, eval_metrics, interrupted = [], time.perf_counter(), None, False
   active = list(range(k))
-  with train._Interrupt() as interrupt:  # pylint: disable=protected-access
+  with cli.Interrupt() as interrupt:
     for step in range(start + 1, tc.steps + 1):
       batch = _stack([t.batch('train', step - 1, tc.batch_size) for t in tasks])
       states, metrics = p_train(states, put(batch), values)

@@ -54,6 +54,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from seqlab import cli
 from seqlab import config as config_lib
 from seqlab import workdir as workdir_lib
 
@@ -411,26 +412,19 @@ def _error_line(log_path: str) -> str:
   return ((ours or lines or ['no output'])[-1])[:500]
 
 
-class _Stop:
-  """SIGTERM/SIGINT: stop starting points and pass SIGTERM on to the running ones."""
+class _Stop(cli.Interrupt):
+  """``cli.Interrupt`` that also passes SIGTERM on to the running points' processes, so
+  each saves its checkpoint and exits while the sweep starts no more."""
 
   def __init__(self):
-    self.signal, self.procs = None, []
-
-  def __enter__(self):
-    self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-    return self
+    super().__init__()
+    self.procs = []
 
   def _handle(self, signum, frame):
-    del frame
-    self.signal = signal.Signals(signum).name
+    super()._handle(signum, frame)
     for proc in self.procs:
       if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)  # each run saves its checkpoint and exits
-
-  def __exit__(self, *exc):
-    for s, old in self._old.items():
-      signal.signal(s, old)
+        proc.send_signal(signal.SIGTERM)
 
 
 def run_processes(points: list[Point], state: State, config_arg: str, base_overrides: dict,
@@ -443,7 +437,7 @@ def run_processes(points: list[Point], state: State, config_arg: str, base_overr
     env.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   queue, running = collections.deque(points), {}
   with _Stop() as stop:
-    while queue or running:
+    while (queue and not stop.signal) or running:  # once stopped, only wait for the running
       while queue and len(running) < parallel and not stop.signal:
         point = queue.popleft()
         os.makedirs(point.workdir, exist_ok=True)

@@ -8,7 +8,6 @@ uninterrupted one.
 import functools
 import json
 import os
-import signal
 import time
 
 from absl import logging
@@ -20,6 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from seqlab import checkpoint
+from seqlab import cli
 from seqlab import config as config_lib
 from seqlab import losses
 from seqlab import models
@@ -185,30 +185,6 @@ def put_batch(batch, shardings):
   return out
 
 
-class _Interrupt:
-  """Turns SIGTERM/SIGINT into a flag the loop checks after each step."""
-
-  def __init__(self):
-    self.signal = None
-
-  def __enter__(self):
-    self._old = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._old[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread: no handler, no interruption
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.signal = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` in ``workdir``, resuming there if a checkpoint exists.
 
@@ -283,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # --- The loop -----------------------------------------------------------------------
   progress = workdir_lib.Progress(tc.steps, start)
   pending, t_log, eval_metrics = [], time.perf_counter(), None
-  with _Interrupt() as interrupt:
+  with cli.Interrupt() as interrupt:
     for step in range(start + 1, tc.steps + 1):
       state, metrics = p_train(state, put(task.batch('train', step - 1, tc.batch_size)))
       pending.append(metrics)

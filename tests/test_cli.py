@@ -2,10 +2,13 @@
 import json
 import os
 import re
+import signal
+import threading
 
 import jax
 import pytest
 
+from seqlab import cli
 from seqlab import evaluate
 from seqlab import sample
 from seqlab import train
@@ -150,3 +153,24 @@ def test_reproduce_quick_writes_the_table_and_skips_finished_seeds(tmp_path):
   assert (tmp_path / 'reproduce.md').read_text() == table
   bad = run_module('seqlab.reproduce', '--only', 'nope', '--workdir', str(tmp_path))
   assert bad.returncode == 2 and 'unknown reproduction' in bad.stderr
+
+
+def test_interrupt_turns_sigterm_and_sigint_into_a_flag():
+  """``cli.Interrupt``, under the training loop, populations and sweeps: the signal
+  sets ``.signal`` instead of ending the process, and the old handlers come back."""
+  before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+  for sig, name in ((signal.SIGTERM, 'SIGTERM'), (signal.SIGINT, 'SIGINT')):
+    with cli.Interrupt() as stop:
+      assert stop.signal is None
+      os.kill(os.getpid(), sig)  # without the handler this would end the test process
+      assert stop.signal == name
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+  seen = []  # outside the main thread no handler can be set: no error, nothing caught
+  def enter():
+    with cli.Interrupt() as stop:
+      seen.append((stop.signal, signal.getsignal(signal.SIGTERM)))
+  thread = threading.Thread(target=enter)
+  thread.start()
+  thread.join()
+  assert seen == [(None, before[0])]

@@ -2,13 +2,17 @@
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 from seqlab import sweep
 from seqlab import workdir as workdir_lib
-from conftest import load_config, run_module
+from conftest import ROOT, load_config, run_module
 
 QUICK = ['--config', 'experiments/adding.py:quick']
 
@@ -191,3 +195,51 @@ def test_process_mode_end_to_end(tmp_path):
   assert '1 done, 0 to run' in third.stdout and '[start]' not in third.stdout
   assert (workdir / good / 'log.txt').read_text() == log
   assert _statuses(workdir)[bad]['status'] == 'failed'  # the other shard's, untouched
+
+
+@pytest.mark.parametrize('mode', ['processes', 'vmap'])
+def test_sigterm_stops_a_sweep_and_the_same_command_resumes_it(tmp_path, mode):
+  """SIGTERM to ``seqlab.sweep`` mid-run: the running point (process mode: its own
+  ``seqlab.run``, to which the sweep passes the signal on; vmap: the population's loop)
+  saves a checkpoint, no further point starts, the sweep exits 0 with the points
+  'interrupted'; the same sweep run again resumes them from that checkpoint."""
+  workdir = tmp_path / 'sweep'
+  args = [*QUICK, '--workdir', str(workdir), '--sweep', 'seed=[0,1]', '--mode', mode,
+          '--config.train.log_every=5', '--config.train.eval_every=100000',
+          '--config.train.checkpoint_every=100000']
+  proc = subprocess.Popen([sys.executable, '-m', 'seqlab.sweep', *args,
+                           '--config.train.steps=100000'],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while time.time() < deadline and not workdir_lib.read_metrics(str(workdir / 'seed=0')):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  try:
+    out, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:  # hung: do not leave it running
+      proc.kill()
+  assert proc.returncode == 0, err[-3000:]
+  assert 'sweep: interrupted; run the same command to resume.' in out, out
+  points = _statuses(workdir)
+  if mode == 'processes':  # one at a time: the second point never started
+    log = (workdir / 'seed=0' / 'log.txt').read_text()
+    stopped = int(log.split('SIGTERM: saved the checkpoint at step ')[1].split()[0])
+    assert points['seed=0']['status'] == 'interrupted'
+    assert points.get('seed=1', {}).get('status', 'pending') == 'pending'
+    assert not (workdir / 'seed=1' / 'log.txt').exists()
+  else:  # one program: every point saved at the same step
+    stopped = int(out.split('SIGTERM: saved every point at step ')[1].split(';')[0])
+    assert [points[f'seed={s}']['status'] for s in (0, 1)] == ['interrupted'] * 2
+    assert str(stopped) in os.listdir(workdir / 'seed=1' / 'checkpoints')
+  assert str(stopped) in os.listdir(workdir / 'seed=0' / 'checkpoints')
+
+  again = run_module('seqlab.sweep', *args, f'--config.train.steps={stopped + 5}')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert [_statuses(workdir)[f'seed={s}']['status'] for s in (0, 1)] == ['done'] * 2
+  resumed = ((workdir / 'seed=0' / 'log.txt').read_text() if mode == 'processes'
+             else again.stderr)
+  assert (f'Resumed from the checkpoint at step {stopped}' if mode == 'processes' else
+          f'Population of 2 points resumed at step {stopped}') in resumed, resumed[-3000:]
+  rows = workdir_lib.read_metrics(str(workdir / 'seed=0'))
+  assert [r['step'] for r in rows if r['split'] == 'train'][-1] == stopped + 5
