@@ -9,6 +9,7 @@ before it exits.
 """
 
 import os
+import re
 import signal
 import sys
 
@@ -16,25 +17,46 @@ from absl import app
 from absl import flags
 
 
-def parser(own: flags.FlagValues):
-  """An absl ``flags_parser`` for ``own``: --help prints its flags; errors are one line."""
+def parser(own: flags.FlagValues, hint: str | None = None):
+  """An absl ``flags_parser`` for ``own``: --help prints its flags and exits 0; a bad
+  flag, config file, config key or override value is one line on stderr (then ``hint``,
+  if given) and exit code 2, not a traceback."""
 
   def parse(argv):
     if any(a in ('-h', '--help', '--helpfull', '-?') for a in argv[1:]):
       spec = getattr(sys.modules['__main__'], '__spec__', None)
       name = f'python -m {spec.name}' if spec else os.path.basename(argv[0])
       print(f'usage: {name} [flags]\n')
-      print(own.get_help(include_special_flags=False))
+      print(own.main_module_help() if own is flags.FLAGS else
+            own.get_help(include_special_flags=False))
       sys.exit(0)
     try:
       rest = own(argv)
     except flags.Error as e:
-      print(f'seqlab: bad command line: {e}', file=sys.stderr)
-      sys.exit(2)
-    flags.FLAGS(argv[:1])  # absl's own flags (logging) at their defaults
-    return rest
+      message = f'bad command line: {_last_line(str(e))}'
+    except OSError as e:
+      message = f'cannot load the config file: {_last_line(str(e))}'
+    except (AttributeError, KeyError) as e:  # ml_collections: a key the config lacks
+      message = ('unknown config key in the overrides: '
+                 + ' '.join(re.sub(r"\\n|\\|'|\"", ' ', str(e)).split()))
+    except (TypeError, ValueError) as e:
+      message = f'bad config override: {_last_line(str(e))}'
+    else:
+      if own is not flags.FLAGS:
+        flags.FLAGS(argv[:1])  # absl's own flags (logging) at their defaults
+      return rest
+    print(f'seqlab: {message}', file=sys.stderr)
+    if hint:
+      print(hint, file=sys.stderr)
+    sys.exit(2)
 
   return parse
+
+
+def _last_line(message: str) -> str:
+  """The cause, without the traceback that some flag errors embed."""
+  lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
+  return lines[-1] if 'Traceback' in message or len(lines) > 2 else ' '.join(lines)
 
 
 def run(main, own: flags.FlagValues) -> None:

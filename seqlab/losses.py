@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqlab.tasks.base import LOSS_METRICS
+from seqlab.tasks.base import METRIC_MODES
 from seqlab.tasks.base import Spec
 
 
@@ -121,6 +123,26 @@ def loss_and_metrics(spec: Spec, outputs: jax.Array, batch: dict
     metrics = {'mse': mse, 'mae': weighted_mean(jnp.mean(jnp.abs(err), axis=-1), weights, count)}
   loss = metrics[spec.loss]
   return loss, {'loss': loss, 'count': count, **metrics}
+
+
+def eval_metrics(spec: Spec) -> list[str]:
+  """The eval metrics a run of a task with ``spec`` logs, besides 'count'."""
+  names = [k for k in LOSS_METRICS[spec.loss] if k != 'count']
+  if spec.model == 'seq2seq':
+    names += [k for k in METRIC_MODES if k.startswith('decode_')]
+  return names
+
+
+def best_metric(spec: Spec, name: str = '') -> tuple[str, str]:
+  """(metric, 'min' or 'max'): ``name`` (``train.best_metric``), or the task's own metric
+  if empty, and which way it is better: what ranks the best checkpoint and a sweep's
+  points. A ValueError listing the choices unless a run of ``spec`` logs it."""
+  name = name or spec.metric
+  choices = eval_metrics(spec)
+  if name not in choices:
+    raise ValueError(f'train.best_metric={name!r} is not an eval metric of this task; '
+                     f'choose one of: {", ".join(choices)} (or \'\' for {spec.metric})')
+  return name, METRIC_MODES[name]
 
 
 def aggregate(metric_list: list[dict], weights: list[float]) -> dict[str, float]:

@@ -177,6 +177,7 @@ def _restore(configs, workdirs):
     if not 0 <= config.seed < 2**31:  # traced as int32 below
       raise ValueError(f'seed={config.seed} is out of [0, 2**31) for a population')
     tc = config.train
+    metric, mode = losses.best_metric(spec, tc.best_metric)
     example = task.batch('train', 0, tc.batch_size)
     key = json.dumps(config.model.to_dict(), sort_keys=True)
     if key not in inits:
@@ -184,8 +185,7 @@ def _restore(configs, workdirs):
                                              stateful=spec.stateful))
     init = inits[key]
     ckpt = checkpoint.Checkpointer(workdir, keep=tc.keep_checkpoints,
-                                   best_metric=tc.best_metric or spec.metric,
-                                   best_mode=spec.metric_mode)
+                                   best_metric=metric, best_mode=mode)
     abstract = jax.eval_shape(init, example, np.int32(config.seed))
     restored = ckpt.restore_latest(abstract)
     state = init(example, np.int32(config.seed)) if restored is None else restored[0]
@@ -230,7 +230,7 @@ def _train(configs, workdirs, built, ckpts, states, start) -> list:
   tasks = [b[0] for b in built]
   model, spec, tc = built[0][1], tasks[0].spec, config.train
   eval_bs = tc.eval_batch_size or tc.batch_size
-  best_metric = tc.best_metric or spec.metric
+  best_metric, _ = losses.best_metric(spec, tc.best_metric)
   schedules = [optim.make_schedule(c.optim, tc.steps) for c in configs]
   sharding = population_sharding(k)
   put = functools.partial(jax.device_put, device=sharding)

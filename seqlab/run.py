@@ -6,7 +6,6 @@
 Running the same command on the same workdir resumes from its latest checkpoint.
 """
 import os
-import re
 import sys
 
 from absl import app
@@ -14,6 +13,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from seqlab import cli
 from seqlab import config as config_lib
 from seqlab import train
 from seqlab import workdir as workdir_lib
@@ -103,31 +103,9 @@ def main(argv):
   return 0
 
 
-def _last_line(message: str) -> str:
-  """The cause, without the traceback that some flag errors embed."""
-  lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
-  return lines[-1] if 'Traceback' in message or len(lines) > 2 else ' '.join(lines)
-
-
-def parse_flags(argv):
-  """absl's parser, with config errors (unknown key, bad value, missing file) as one line."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f'seqlab: bad command line: {_last_line(str(e))}', file=sys.stderr)
-  except OSError as e:
-    print(f'seqlab: cannot load the config file: {_last_line(str(e))}', file=sys.stderr)
-  except (AttributeError, KeyError) as e:
-    message = ' '.join(re.sub(r"\\n|\\|'|\"", ' ', str(e)).split())
-    print(f'seqlab: unknown config key in the overrides: {message}', file=sys.stderr)
-  except (TypeError, ValueError) as e:
-    print(f'seqlab: bad config override: {_last_line(str(e))}', file=sys.stderr)
-  print('Config keys and their meaning are listed in README.md (Config schema).', file=sys.stderr)
-  sys.exit(2)
-
-
 def run():
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli.parser(
+      flags.FLAGS, hint='Config keys and their meaning are listed in README.md (Config schema).'))
 
 
 if __name__ == '__main__':

@@ -563,9 +563,9 @@ def _file_points(config_arg: str) -> list:
 
 def _metric(config) -> tuple[str, str]:
   """(the eval metric that ranks the points, 'min' or 'max')."""
-  from seqlab import tasks  # pylint: disable=g-import-not-at-top
-  spec = tasks.make_task(config.task, config.seed).spec
-  return config.train.best_metric or spec.metric, spec.metric_mode
+  from seqlab import losses, tasks  # pylint: disable=g-import-not-at-top
+  return losses.best_metric(tasks.make_task(config.task, config.seed).spec,
+                            config.train.best_metric)
 
 
 def _points(config_arg: str, base, base_overrides: dict, workdir: str) -> list[Point]:
@@ -634,34 +634,9 @@ def main(argv) -> int:
                    shard_index=index, shard_count=count)
 
 
-def _last_line(message: str) -> str:
-  """The cause, without the traceback that some flag errors embed (as seqlab.run)."""
-  lines = [l.strip() for l in message.strip().splitlines() if l.strip()]
-  return lines[-1] if 'Traceback' in message or len(lines) > 2 else ' '.join(lines)
-
-
-def _parse_flags(argv):
-  """Our flags, with config errors (unknown key, bad value, missing file) as one line."""
-  try:
-    rest = FLAGS(argv)
-  except flags.Error as e:
-    print(f'seqlab: bad command line: {_last_line(str(e))}', file=sys.stderr)
-  except OSError as e:
-    print(f'seqlab: cannot load the config file: {_last_line(str(e))}', file=sys.stderr)
-  except (AttributeError, KeyError) as e:
-    message = ' '.join(re.sub(r"\\n|\\|'|\"", ' ', str(e)).split())
-    print(f'seqlab: unknown config key in the overrides: {message}', file=sys.stderr)
-  except (TypeError, ValueError) as e:
-    print(f'seqlab: bad config override: {_last_line(str(e))}', file=sys.stderr)
-  else:
-    flags.FLAGS(argv[:1])  # absl's own flags (logging) at their defaults
-    return rest
-  sys.exit(2)
-
-
 def run():
   from absl import app  # pylint: disable=g-import-not-at-top
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli.parser(FLAGS))
 
 
 if __name__ == '__main__':

@@ -37,6 +37,7 @@ def build(config):
   config_lib.validate(config)
   try:
     task = tasks.make_task(config.task, config.seed)
+    losses.best_metric(task.spec, config.train.best_metric)
     model = models.build_model(config.model, task.spec)
     optimizer = optim.make_optimizer(config.optim, config.train.steps)
   except (ValueError, FileNotFoundError) as e:
@@ -197,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   task, model, optimizer = build(config)
   spec, tc = task.spec, config.train
   eval_bs = tc.eval_batch_size or tc.batch_size
-  best_metric = tc.best_metric or spec.metric
+  best_metric, best_mode = losses.best_metric(spec, tc.best_metric)
   mesh = make_mesh()
   for key, size in (('batch_size', tc.batch_size), ('eval_batch_size', eval_bs)):
     if size % jax.device_count():
@@ -217,7 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           abstract, shardings)
   # --- Resume before anything else ------------------------------------------------
   ckpt = checkpoint.Checkpointer(workdir, keep=tc.keep_checkpoints, best_metric=best_metric,
-                                 best_mode=spec.metric_mode)
+                                 best_mode=best_mode)
   restored = ckpt.restore_latest(abstract)
   if restored is None:
     state = jax.jit(init, out_shardings=shardings)(example)
@@ -327,9 +328,9 @@ def load_run(workdir: str, which: str = 'best'):
   example = task.batch('train', 0, config.train.batch_size)
   abstract = jax.eval_shape(functools.partial(create_state, model, optimizer, seed=config.seed,
                                               stateful=task.spec.stateful), example)
+  metric, mode = losses.best_metric(task.spec, config.train.best_metric)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints,
-                                 best_metric=config.train.best_metric or task.spec.metric,
-                                 best_mode=task.spec.metric_mode)
+                                 best_metric=metric, best_mode=mode)
   restored = ckpt.restore_best(abstract) if which == 'best' else ckpt.restore_latest(abstract)
   ckpt.close()
   if restored is None:

@@ -22,7 +22,7 @@ def strict_numpy():
 def make_spec(target, loss, num_outputs=K):
   metric = 'accuracy' if loss == 'cross_entropy' else 'mse'
   return Spec(input_vocab=0, input_features=3, target=target, num_outputs=num_outputs,
-              loss=loss, metric=metric, metric_mode='max' if metric == 'accuracy' else 'min')
+              loss=loss, metric=metric)
 
 
 def make_data(rng, target, loss, masking, batch=B):

@@ -45,7 +45,7 @@ def make_model(attention='bahdanau', cell='lstm', bidirectional=False, hoist='of
              attention=attention, hoist=hoist, decoder_layers=decoder_layers,
              scheduled_sampling=sampling)
   spec = base.Spec(input_vocab=src_vocab, input_features=0, target='steps', num_outputs=tgt_vocab,
-                   loss='cross_entropy', metric='accuracy', metric_mode='max', model='seq2seq')
+                   loss='cross_entropy', metric='accuracy', model='seq2seq')
   return models.build_model(cfg, spec)
 
 

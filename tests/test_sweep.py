@@ -151,6 +151,7 @@ def test_vmap_plan_falls_back_for_shape_changing_keys(tmp_path):
 @pytest.mark.parametrize('args,message', [
     (['--sweep', 'optim.lrr=[0.001]'], 'optim.lrr is not a key'),
     (['--sweep', 'seed=[]'], 'zero points'),
+    (['--config.model.hiden_size=3'], 'unknown config key in the overrides: hiden_size'),
 ])
 def test_bad_sweep_exits_2_before_anything_runs(tmp_path, args, message):
   workdir = tmp_path / 'sweep'

@@ -216,7 +216,7 @@ def test_batch_rejects_bad_split_step_and_batch_size():
 
 def test_spec_rejects_unknown_choices():
   kw = dict(input_vocab=0, input_features=2, target='sequence', num_outputs=1, loss='mse',
-            metric='mse', metric_mode='min')
+            metric='mse')
   base.Spec(**kw)
   with pytest.raises(ValueError, match="Spec.metric='accuracy' is not valid; choose one of"):
     base.Spec(**dict(kw, metric='accuracy'))

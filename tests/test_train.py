@@ -14,6 +14,7 @@ import pytest
 
 from seqlab import checkpoint
 from seqlab import config as config_lib
+from seqlab import losses
 from seqlab import tasks
 from seqlab import train
 from seqlab import workdir as workdir_lib
@@ -204,6 +205,7 @@ def test_stateful_chunks_equal_one_long_sequence():
     ('--config.task.length=-2', 'task.length'),
     ('--config.optim.lr=-1.0', 'optim.lr must be positive'),
     ('--config.model.unroll=-1', 'model.unroll must be a non-negative integer'),
+    ('--config.train.best_metric=acuracy', "train.best_metric='acuracy' is not an eval metric"),
 ])
 def test_bad_config_fails_before_compiling_without_traceback(tmp_path, override, message):
   workdir = tmp_path / 'run'
@@ -309,3 +311,22 @@ def test_batch_not_divisible_by_devices_is_a_config_error(tmp_path):
   proc = run_module('seqlab.run', '--config', 'experiments/copy.py:quick',
                     '--config.train.batch_size=12', '--workdir', str(tmp_path), env=env)
   assert proc.returncode == 2 and 'does not split over 8 devices' in proc.stderr
+
+
+def test_best_checkpoint_ranks_by_train_best_metric_in_its_own_direction(tmp_path):
+  """``best/`` holds the eval step that ``train.best_metric`` ranks first in that
+  metric's own direction: the lowest loss on MNIST-1D, whose main metric (accuracy) is
+  better higher. (Once every metric was ranked the task's way: the highest loss.) The
+  eval rows hold exactly the metrics ``losses.eval_metrics`` names."""
+  config = load_config('mnist1d')
+  config.train.best_metric = 'loss'
+  config.train.steps, config.train.eval_every = 30, 10
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(config, str(workdir))
+  evals = [r for r in workdir_lib.read_metrics(str(workdir)) if r['split'] == 'eval']
+  lowest = min(evals, key=lambda r: r['loss'])['step']
+  assert lowest != max(evals, key=lambda r: r['loss'])['step']  # the test can tell
+  assert sorted(os.listdir(workdir / 'best')) == [str(lowest)]
+  spec = tasks.make_task(config.task, config.seed).spec
+  assert spec.metric_mode == 'max' and losses.best_metric(spec, 'loss') == ('loss', 'min')
+  assert set(evals[0]) - {'step', 'split', 'count'} == set(losses.eval_metrics(spec))

@@ -33,7 +33,7 @@ class Adding:
   @property
   def spec(self) -> base.Spec:
     return base.Spec(input_vocab=0, input_features=2, target='sequence', num_outputs=1,
-                     loss='mse', metric='mse', metric_mode='min', baseline=BASELINE_MSE,
+                     loss='mse', metric='mse', baseline=BASELINE_MSE,
                      fixed_length=self.length)
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:

@@ -26,7 +26,12 @@ LOSS_METRICS = {  # loss -> the metrics ``losses.loss_and_metrics`` returns for 
     'cross_entropy': ('loss', 'count', 'cross_entropy', 'accuracy', 'bpc', 'perplexity'),
     'mse': ('loss', 'count', 'mse', 'mae'),
 }
-METRIC_MODES = ('max', 'min')
+# Which way each eval metric is better: those above, and the decoded ones seq2seq runs
+# add (``seqlab.train.evaluate_all``).
+METRIC_MODES = {'loss': 'min', 'cross_entropy': 'min', 'accuracy': 'max', 'bpc': 'min',
+                'perplexity': 'min', 'mse': 'min', 'mae': 'min',
+                'decode_exact_match': 'max', 'decode_sequence_error_rate': 'min',
+                'decode_token_error_rate': 'min', 'decode_token_accuracy': 'max'}
 MODELS = ('sequence', 'seq2seq')
 
 
@@ -40,8 +45,8 @@ class Spec:
   target: 'sequence' (one target per sequence) or 'steps' (one per step).
   num_outputs: classes for 'cross_entropy', output dims for 'mse'.
   loss: 'cross_entropy' or 'mse'.
-  metric: the main eval metric, a key of ``losses.loss_and_metrics``'s metrics.
-  metric_mode: 'max' or 'min' (which direction of ``metric`` is better).
+  metric: the main eval metric, a key of ``losses.loss_and_metrics``'s metrics;
+    ``metric_mode`` says which way it is better ('min' or 'max').
   baseline: the published trivial-baseline value of ``metric``, if any.
   fixed_length: the time length when every sequence has the same length.
   stateful: batches are consecutive chunks of ``batch`` parallel streams; the
@@ -57,11 +62,14 @@ class Spec:
   num_outputs: int
   loss: str
   metric: str
-  metric_mode: str
   baseline: float | None = None
   fixed_length: int | None = None
   stateful: bool = False
   model: str = 'sequence'
+
+  @property
+  def metric_mode(self) -> str:
+    return METRIC_MODES[self.metric]
 
   def __post_init__(self):
     _check_choice('target', self.target, TARGETS)
@@ -71,8 +79,7 @@ class Spec:
       raise ValueError("Spec.model='seq2seq' needs token inputs, target='steps' and "
                        "loss='cross_entropy'")
     _check_choice('loss', self.loss, tuple(LOSS_METRICS))
-    _check_choice('metric', self.metric, LOSS_METRICS[self.loss])
-    _check_choice('metric_mode', self.metric_mode, METRIC_MODES)
+    _check_choice('metric', self.metric, tuple(m for m in LOSS_METRICS[self.loss] if m != 'count'))
     if self.input_vocab < 0 or (self.input_vocab > 0) == (self.input_features > 0):
       raise ValueError('Spec needs exactly one of input_vocab > 0 (tokens) or '
                        f'input_features > 0 (features), got input_vocab={self.input_vocab}, '

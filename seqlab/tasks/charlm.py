@@ -106,8 +106,7 @@ class CharLM:
   def spec(self) -> base.Spec:
     vocab = len(self.chars) + 1  # + UNK
     return base.Spec(input_vocab=vocab, input_features=0, target='steps', num_outputs=vocab,
-                     loss='cross_entropy', metric='bpc', metric_mode='min',
-                     fixed_length=self.seq_len, stateful=True)
+                     loss='cross_entropy', metric='bpc', fixed_length=self.seq_len, stateful=True)
 
   def encode(self, text: str, chars=None) -> np.ndarray:
     """Text -> int32 ids (unknown characters -> 0)."""

@@ -45,7 +45,7 @@ class Copy:
   def spec(self) -> base.Spec:
     return base.Spec(input_vocab=DELIMITER + 1, input_features=0, target='steps',
                      num_outputs=NUM_SYMBOLS + 1, loss='cross_entropy', metric='cross_entropy',
-                     metric_mode='min', baseline=baseline_cross_entropy(self.length),
+                     baseline=baseline_cross_entropy(self.length),
                      fixed_length=self.length + 2 * NUM_DATA)
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:

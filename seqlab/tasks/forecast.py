@@ -192,7 +192,7 @@ class Forecast:
     naive = (seasonal_naive(self.values, self.starts('eval'), self.horizon, self.season)
              - windows(self.values, self.starts('eval'), self.context, self.horizon)[1])
     return base.Spec(input_vocab=0, input_features=1, target='sequence',
-                     num_outputs=self.horizon, loss='mse', metric='mse', metric_mode='min',
+                     num_outputs=self.horizon, loss='mse', metric='mse',
                      baseline=float(np.mean((naive / self.scale) ** 2)),
                      fixed_length=self.context)
 

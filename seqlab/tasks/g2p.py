@@ -102,8 +102,7 @@ class G2P:
   def spec(self) -> base.Spec:
     return base.Spec(input_vocab=len(self.letters) + s2s.NUM_SPECIAL, input_features=0,
                      target='steps', num_outputs=len(self.phonemes) + s2s.NUM_SPECIAL,
-                     loss='cross_entropy', metric='accuracy', metric_mode='max',
-                     model='seq2seq')
+                     loss='cross_entropy', metric='accuracy', model='seq2seq')
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """``seqlab.seq2seq_metrics.pack`` layout; eval batches add 'example_weight'."""

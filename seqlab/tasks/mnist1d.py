@@ -89,7 +89,7 @@ class MNIST1D:
   def spec(self) -> base.Spec:
     return base.Spec(input_vocab=0, input_features=1, target='sequence',
                      num_outputs=NUM_CLASSES, loss='cross_entropy', metric='accuracy',
-                     metric_mode='max', baseline=LOGISTIC_REGRESSION_ACCURACY,
+                     baseline=LOGISTIC_REGRESSION_ACCURACY,
                      fixed_length=LENGTH)
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:

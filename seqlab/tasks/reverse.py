@@ -42,8 +42,7 @@ class Reverse:
   def spec(self) -> base.Spec:
     vocab = self.vocab + s2s.NUM_SPECIAL
     return base.Spec(input_vocab=vocab, input_features=0, target='steps', num_outputs=vocab,
-                     loss='cross_entropy', metric='accuracy', metric_mode='max',
-                     model='seq2seq')
+                     loss='cross_entropy', metric='accuracy', model='seq2seq')
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """``seqlab.seq2seq_metrics.pack`` layout: inputs [batch, max_length], targets [batch,

@@ -105,8 +105,7 @@ class Sentiment:
   @property
   def spec(self) -> base.Spec:
     return base.Spec(input_vocab=len(self.vocab), input_features=0, target='sequence',
-                     num_outputs=len(self.classes), loss='cross_entropy', metric='accuracy',
-                     metric_mode='max')
+                     num_outputs=len(self.classes), loss='cross_entropy', metric='accuracy')
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """inputs [B, T], targets [B], lengths [B], example_weight [B]."""

@@ -232,7 +232,7 @@ class UEA:
     equal = all(np.all(e.lengths == t) for e in (self.train, self.test))
     return base.Spec(input_vocab=0, input_features=self.train.inputs.shape[2],
                      target='sequence', num_outputs=len(self.classes), loss='cross_entropy',
-                     metric='accuracy', metric_mode='max', fixed_length=t if equal else None)
+                     metric='accuracy', fixed_length=t if equal else None)
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """inputs [B, T, channels], targets [B], lengths [B], example_weight [B]."""
