@@ -219,6 +219,8 @@ def train_population(configs, workdirs) -> list:
       sub = train_population([configs[i] for i in idx], [workdirs[i] for i in idx])
       for i, r in zip(idx, sub):
         results[i] = r
+      if any(r is None for r in sub):  # interrupted: start no other (theirs stay None)
+        break
     return results
   return _train(configs, workdirs, built, ckpts, states, starts[0])
 

@@ -1,6 +1,7 @@
 """Population (vmap) training: equal to separate runs, resumable, sharded over devices."""
 import json
 import os
+import signal
 
 import jax
 import numpy as np
@@ -96,3 +97,26 @@ def test_population_sharded_over_two_devices_matches_one(tmp_path):
     evals = [r for r in workdir_lib.read_metrics(str(tmp_path / 'one' / name))
              if r['split'] == 'eval']
     assert evals and evals[-1]['mse'] > 0
+
+
+def _checkpoint_steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
+
+
+def test_one_signal_stops_every_sub_population(tmp_path, monkeypatch):
+  """Points found at different steps train as sub-populations, one after another. A
+  SIGTERM during the first saves it and starts no other: one signal stops a vmapped
+  sweep, as it stops a process sweep. (The next one once trained to the end.)"""
+  dirs = [str(tmp_path / 'a'), str(tmp_path / 'b')]
+  population.train_population([_config(20)], dirs[:1])  # a: a checkpoint at step 20
+  calls, stack = [], population._stack  # pylint: disable=protected-access
+  def stack_then_signal(xs):  # the 8th call is a batch inside the first loop
+    calls.append(1)
+    if len(calls) == 8:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return stack(xs)
+  monkeypatch.setattr(population, '_stack', stack_then_signal)
+  results = population.train_population([_config(2000), _config(2000, seed=1)], dirs)
+  assert results == [None, None]  # both to resume
+  assert _checkpoint_steps(dirs[0]) == [20]  # not started again
+  assert 0 < _checkpoint_steps(dirs[1])[-1] < 2000  # b, from 0, saved where it stopped
