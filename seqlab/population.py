@@ -186,7 +186,8 @@ def _restore(configs, workdirs):
     init = inits[key]
     ckpt = checkpoint.Checkpointer(workdir, keep=tc.keep_checkpoints,
                                    best_metric=metric, best_mode=mode)
-    abstract = jax.eval_shape(init, example, np.int32(config.seed))
+    abstract = train.restore_target(jax.eval_shape(init, example, np.int32(config.seed)),
+                                    train.make_mesh())
     restored = ckpt.restore_latest(abstract)
     state = init(example, np.int32(config.seed)) if restored is None else restored[0]
     ckpts.append(ckpt)

@@ -175,6 +175,14 @@ def state_sharding(mesh, abstract_state):
   return shardings
 
 
+def restore_target(abstract_state, mesh):
+  """``abstract_state`` with ``state_sharding``'s shardings on ``mesh``: what orbax
+  restores into, so that a checkpoint written on any device count loads on this one
+  (without them orbax asks for the devices that wrote it)."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract_state, state_sharding(mesh, abstract_state))
+
+
 def put_batch(batch, shardings):
   """Host batch -> global arrays; each process contributes its own rows of the batch."""
   out = {}
@@ -212,10 +220,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   put = functools.partial(put_batch, shardings=batch_sharding(mesh, example))
   init = functools.partial(create_state, model, optimizer, seed=config.seed,
                            stateful=spec.stateful)
-  abstract = jax.eval_shape(init, example)
-  shardings = state_sharding(mesh, abstract)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
+  abstract = restore_target(jax.eval_shape(init, example), mesh)
+  shardings = jax.tree.map(lambda a: a.sharding, abstract)
   # --- Resume before anything else ------------------------------------------------
   ckpt = checkpoint.Checkpointer(workdir, keep=tc.keep_checkpoints, best_metric=best_metric,
                                  best_mode=best_mode)
@@ -326,8 +332,9 @@ def load_run(workdir: str, which: str = 'best'):
     config = ml_collections.ConfigDict(json.load(f))
   task, model, optimizer = build(config)
   example = task.batch('train', 0, config.train.batch_size)
-  abstract = jax.eval_shape(functools.partial(create_state, model, optimizer, seed=config.seed,
-                                              stateful=task.spec.stateful), example)
+  abstract = restore_target(jax.eval_shape(functools.partial(
+      create_state, model, optimizer, seed=config.seed, stateful=task.spec.stateful), example),
+                            make_mesh())
   metric, mode = losses.best_metric(task.spec, config.train.best_metric)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints,
                                  best_metric=metric, best_mode=mode)

@@ -97,6 +97,12 @@ def test_population_sharded_over_two_devices_matches_one(tmp_path):
     evals = [r for r in workdir_lib.read_metrics(str(tmp_path / 'one' / name))
              if r['split'] == 'eval']
     assert evals and evals[-1]['mse'] > 0
+  # The 2-device checkpoints resume on 1 device (they once failed to load there, and
+  # the points silently started again from step 0).
+  more = run_module('seqlab.sweep', *args, '--workdir', str(tmp_path / 'two'),
+                    '--config.train.steps=50', env=cpu_env())
+  assert more.returncode == 0, more.stderr[-3000:]
+  assert 'Population of 4 points resumed at step 40' in more.stderr, more.stderr[-3000:]
 
 
 def _checkpoint_steps(workdir):

@@ -293,6 +293,11 @@ def test_eight_devices_match_one(tmp_path):
   for r1, r8 in zip(rows1, rows8, strict=True):
     assert r1['step'] == r8['step']
     assert r8['loss'] == pytest.approx(r1['loss'], rel=1e-4)
+  # seqlab.evaluate (train.load_run) reads the 8-device checkpoint on 1 device.
+  evaluated = run_module('seqlab.evaluate', '--workdir', str(tmp_path / 'eight'),
+                         '--checkpoint', 'latest', env=cpu_env())
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert json.loads(evaluated.stdout[evaluated.stdout.index('{'):])['step'] == 20
   # The 8-device checkpoint resumes on 1 device, and that one back on 8.
   more = ['--config.train.steps=30']
   back = run_module('seqlab.run', *args, *more, '--workdir', str(tmp_path / 'eight'),
