@@ -197,10 +197,17 @@ def put_batch(batch, shardings):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` in ``workdir``, resuming there if a checkpoint exists.
 
-  Data-parallel over every visible device. Returns the final eval metrics. Raises
-  ``ConfigError`` for a bad config (before any compile) and ``NonFiniteError``
-  naming the step where training diverged.
+  Data-parallel over every visible device. Returns the final eval metrics, or {} if
+  SIGTERM/SIGINT stopped it (at any point before the end: setting up, compiling or
+  training, it trains to the next step, saves it and returns). Raises ``ConfigError``
+  for a bad config (before any compile) and ``NonFiniteError`` naming the step where
+  training diverged.
   """
+  with cli.Interrupt() as interrupt:
+    return _train_and_evaluate(config, workdir, interrupt)
+
+
+def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt) -> dict:
   config = ml_collections.FrozenConfigDict(config)  # never mutated from here on
   # --- Input, model and optimizer -----------------------------------------------
   task, model, optimizer = build(config)
@@ -266,35 +273,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # --- The loop -----------------------------------------------------------------------
   progress = workdir_lib.Progress(tc.steps, start)
   pending, t_log, eval_metrics = [], time.perf_counter(), None
-  with cli.Interrupt() as interrupt:
-    for step in range(start + 1, tc.steps + 1):
-      state, metrics = p_train(state, put(task.batch('train', step - 1, tc.batch_size)))
-      pending.append(metrics)
-      if step % tc.log_every == 0 or step == tc.steps:
-        check_finite(state)
-        rows = jax.device_get(pending)
-        elapsed = time.perf_counter() - t_log
-        row = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        row.update(learning_rate=float(schedule(step - 1)), step_time=elapsed / len(rows),
-                   tokens_per_sec=tokens_per_step * len(rows) / elapsed)
-        writer.write(step, 'train', row)
-        progress.update(step, row['loss'])
-        pending, t_log = [], time.perf_counter()
-      if step % tc.eval_every == 0 or step == tc.steps:
-        check_finite(state)
-        eval_metrics = run_eval(state, step)
-        t_log = time.perf_counter()  # evaluation time is not step time
-      if step % tc.checkpoint_every == 0 or step == tc.steps:
-        check_finite(state)
-        ckpt.save(step, state)
-      if interrupt.signal:
-        check_finite(state)
-        ckpt.save(step, state, force=True)
-        ckpt.wait()
-        print(f'{interrupt.signal}: saved the checkpoint at step {step} in '
-              f'{os.path.join(workdir, "checkpoints")}; run the same command to resume.',
-              flush=True)
-        break
+  for step in range(start + 1, tc.steps + 1):
+    state, metrics = p_train(state, put(task.batch('train', step - 1, tc.batch_size)))
+    pending.append(metrics)
+    if step % tc.log_every == 0 or step == tc.steps:
+      check_finite(state)
+      rows = jax.device_get(pending)
+      elapsed = time.perf_counter() - t_log
+      row = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+      row.update(learning_rate=float(schedule(step - 1)), step_time=elapsed / len(rows),
+                 tokens_per_sec=tokens_per_step * len(rows) / elapsed)
+      writer.write(step, 'train', row)
+      progress.update(step, row['loss'])
+      pending, t_log = [], time.perf_counter()
+    if step % tc.eval_every == 0 or step == tc.steps:
+      check_finite(state)
+      eval_metrics = run_eval(state, step)
+      t_log = time.perf_counter()  # evaluation time is not step time
+    if step % tc.checkpoint_every == 0 or step == tc.steps:
+      check_finite(state)
+      ckpt.save(step, state)
+    if interrupt.signal:
+      check_finite(state)
+      ckpt.save(step, state, force=True)
+      ckpt.wait()
+      print(f'{interrupt.signal}: saved the checkpoint at step {step} in '
+            f'{os.path.join(workdir, "checkpoints")}; run the same command to resume.',
+            flush=True)
+      break
   progress.close()
   finished = int(state['step']) >= tc.steps
   if eval_metrics is None and finished:

@@ -251,6 +251,25 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
   assert str(step) in os.listdir(workdir / 'checkpoints')
 
 
+def test_sigterm_while_compiling_saves_the_first_step_and_exits_zero(tmp_path):
+  """A signal before the training loop (restoring, compiling) is not a kill: the run
+  trains its first step, saves it and exits 0, so a sweep counts it as interrupted."""
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen([sys.executable, '-m', 'seqlab.run', '--config',
+                           'experiments/adding.py:quick', '--config.train.steps=100000',
+                           '--workdir', str(workdir)],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while time.time() < deadline and not (workdir / 'config.json').exists():
+    time.sleep(0.01)  # written after the handler is set, before the compile
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  assert 'Compiled the train step' in err  # it went on after the signal
+  step = int(out.split('SIGTERM: saved the checkpoint at step ')[1].split()[0])
+  assert step < 100 and os.listdir(workdir / 'checkpoints') == [str(step)]
+
+
 def test_a_resume_in_a_new_process_is_bitwise_equal(tmp_path):
   """The README's promise as a user meets it: SIGTERM a ``seqlab.run``, give the same
   command again (a new process: fresh compile, data pipeline and RNG state from the
