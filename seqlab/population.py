@@ -275,6 +275,8 @@ def _train(configs, workdirs, built, ckpts, states, start) -> list:
   def run_eval(states, step, active):
     metrics = _evaluate(p_eval, states['params'], tasks, eval_bs, eval_carry, put)
     for i in active:
+      metrics[i].update(train.decoded_metrics(model, _point(states['params'], i), tasks[i],
+                                              eval_bs))
       writers[i].write(step, 'eval', metrics[i])
       ckpts[i].save_best(step, _point(states, i), {best_metric: metrics[i][best_metric]})
     return metrics

@@ -145,11 +145,18 @@ def evaluate_all(eval_fn, model, params, task, batch_size: int, carry=None,
   ``decode_token_accuracy`` from greedy decoding (``seqlab.seq2seq_metrics``).
   """
   metrics = evaluate(eval_fn, params, task, batch_size, carry, put)
-  if task.spec.model == 'seq2seq':
-    from seqlab import seq2seq_metrics  # pylint: disable=g-import-not-at-top
-    decoded = seq2seq_metrics.seq2seq_eval(model, params, task, batch_size)
-    metrics.update({f'decode_{k}': v for k, v in decoded.items() if k != 'count'})
+  metrics.update(decoded_metrics(model, params, task, batch_size))
   return metrics
+
+
+def decoded_metrics(model, params, task, batch_size: int) -> dict:
+  """The ``decode_*`` metrics of greedy decoding of a seq2seq task's eval split; {} for
+  other tasks."""
+  if task.spec.model != 'seq2seq':
+    return {}
+  from seqlab import seq2seq_metrics  # pylint: disable=g-import-not-at-top
+  decoded = seq2seq_metrics.seq2seq_eval(model, params, task, batch_size)
+  return {f'decode_{k}': v for k, v in decoded.items() if k != 'count'}
 
 
 # --- Devices -------------------------------------------------------------------------

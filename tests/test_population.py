@@ -7,7 +7,9 @@ import jax
 import numpy as np
 import pytest
 
+from seqlab import losses
 from seqlab import population
+from seqlab import tasks
 from seqlab import train
 from seqlab import workdir as workdir_lib
 from conftest import cpu_env, load_config, run_module
@@ -126,3 +128,23 @@ def test_one_signal_stops_every_sub_population(tmp_path, monkeypatch):
   assert results == [None, None]  # both to resume
   assert _checkpoint_steps(dirs[0]) == [20]  # not started again
   assert 0 < _checkpoint_steps(dirs[1])[-1] < 2000  # b, from 0, saved where it stopped
+
+
+def test_a_seq2seq_population_logs_the_decoded_metrics(tmp_path):
+  """A vmapped seq2seq point logs what its own run logs, ``decode_*`` included, and can
+  rank its best checkpoint by one of them."""
+  configs = []
+  for seed in (0, 1):
+    config = load_config('reverse')
+    config.seed, config.train.best_metric = seed, 'decode_token_error_rate'
+    configs.append(config)
+  dirs = [str(tmp_path / f'p{seed}') for seed in (0, 1)]
+  results = population.train_population(configs, dirs)
+  spec = tasks.make_task(configs[0].task, 0).spec
+  for workdir, result in zip(dirs, results):
+    evals = [r for r in workdir_lib.read_metrics(workdir) if r['split'] == 'eval']
+    assert evals and all(set(r) - {'step', 'split', 'count'} == set(losses.eval_metrics(spec))
+                         for r in evals)
+    assert 0 <= result['decode_exact_match'] <= 1
+    best = min(evals, key=lambda r: (r['decode_token_error_rate'], r['step']))['step']
+    assert os.listdir(os.path.join(workdir, 'best')) == [str(best)]
