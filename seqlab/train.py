@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from seqlab import checkpoint
@@ -190,6 +191,16 @@ def restore_target(abstract_state, mesh):
                       abstract_state, state_sharding(mesh, abstract_state))
 
 
+def any_process(signal_name: str | None) -> str | None:
+  """``signal_name`` (``cli.Interrupt.signal``) agreed over every process of a multi-host
+  run: each must stop, save and leave the loop at the same step (orbax saves and every
+  step's collectives need them all), whichever of them got the signal."""
+  if jax.process_count() == 1:
+    return signal_name
+  got = multihost_utils.process_allgather(np.int32(signal_name is not None))
+  return signal_name or ('a signal to another process' if np.any(got) else None)
+
+
 def put_batch(batch, shardings):
   """Host batch -> global arrays; each process contributes its own rows of the batch."""
   out = {}
@@ -283,6 +294,7 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt) -> dict:
   for step in range(start + 1, tc.steps + 1):
     state, metrics = p_train(state, put(task.batch('train', step - 1, tc.batch_size)))
     pending.append(metrics)
+    stop = any_process(interrupt.signal)  # read once: it may arrive at any moment
     if step % tc.log_every == 0 or step == tc.steps:
       check_finite(state)
       rows = jax.device_get(pending)
@@ -300,11 +312,11 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt) -> dict:
     if step % tc.checkpoint_every == 0 or step == tc.steps:
       check_finite(state)
       ckpt.save(step, state)
-    if interrupt.signal:
+    if stop:
       check_finite(state)
       ckpt.save(step, state, force=True)
       ckpt.wait()
-      print(f'{interrupt.signal}: saved the checkpoint at step {step} in '
+      print(f'{stop}: saved the checkpoint at step {step} in '
             f'{os.path.join(workdir, "checkpoints")}; run the same command to resume.',
             flush=True)
       break

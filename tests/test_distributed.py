@@ -1,9 +1,11 @@
 """Multi-host training: two processes on one machine joined by jax.distributed."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 from seqlab import run
 from seqlab import workdir as workdir_lib
@@ -27,18 +29,32 @@ def test_in_cluster_reads_the_environment():
   assert not run.initialize_distributed('auto', {})
 
 
-def test_two_processes_train_like_one(tmp_path):
-  """Each process feeds its half of the global batch; the run equals a one-process run."""
-  args = ['-m', 'seqlab.run', '--config', 'experiments/adding.py:quick']
-  port = _free_port()
-  procs = []
+def _start_two_processes(args, workdir):
+  """``python *args --workdir workdir`` as the two processes of one jax.distributed job."""
+  port, procs = _free_port(), []
   for i in range(2):
     env = dict(os.environ, **cpu_env(), JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
                JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i))
-    procs.append(subprocess.Popen([sys.executable, *args, '--workdir', str(tmp_path / 'two')],
+    procs.append(subprocess.Popen([sys.executable, *args, '--workdir', str(workdir)],
                                   cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True))
-  outs = [p.communicate(timeout=300) for p in procs]
+  return procs
+
+
+def _communicate(procs, timeout):
+  try:
+    return [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:  # hung: do not leave it running
+        p.kill()
+
+
+def test_two_processes_train_like_one(tmp_path):
+  """Each process feeds its half of the global batch; the run equals a one-process run."""
+  args = ['-m', 'seqlab.run', '--config', 'experiments/adding.py:quick']
+  procs = _start_two_processes(args, tmp_path / 'two')
+  outs = _communicate(procs, timeout=300)
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   one = run_module('seqlab.run', *args[2:], '--workdir', str(tmp_path / 'one'), env=cpu_env())
@@ -51,3 +67,25 @@ def test_two_processes_train_like_one(tmp_path):
   with open(tmp_path / 'two' / 'run_info.json') as f:
     assert len(json.load(f)['devices']) == 2
   assert sorted(os.listdir(tmp_path / 'two' / 'checkpoints')) == ['20', '40']
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+  """A scheduler may signal one host of a job first: both processes still save the
+  same step and exit 0 (the other would otherwise wait forever in the next step's
+  collectives or in the save)."""
+  args = ['-m', 'seqlab.run', '--config', 'experiments/adding.py:quick',
+          '--config.train.steps=100000', '--config.train.log_every=5',
+          '--config.train.eval_every=100000', '--config.train.checkpoint_every=100000']
+  workdir = tmp_path / 'two'
+  procs = _start_two_processes(args, workdir)
+  deadline = time.time() + 120
+  while time.time() < deadline and not workdir_lib.read_metrics(str(workdir)):
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)  # not the one that writes the metrics
+  outs = _communicate(procs, timeout=120)
+  steps = []
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+    steps.append(int(out.split('saved the checkpoint at step ')[1].split()[0]))
+  assert steps[0] == steps[1] and 'a signal to another process' in outs[0][0]
+  assert os.listdir(workdir / 'checkpoints') == [str(steps[0])]
