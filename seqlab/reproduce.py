@@ -7,7 +7,9 @@ Every entry is an ordinary experiment run (resumable: rerunning continues where 
 stopped and skips finished seeds) in ``<workdir>/<name>/seed<k>``. The table
 ``<workdir>/reproduce.md`` gives task, model, the published figure and its source,
 ours as mean ± std over the seeds, wall time and device. ``--quick`` runs every
-entry's ``:quick`` variant (seconds; for the tests), so its figures mean nothing.
+entry's ``:quick`` variant (seconds; for the tests), so its figures mean nothing; they
+go to runs/reproduce_quick by default, and a directory holding one kind of run refuses
+the other.
 """
 import dataclasses
 import importlib.util
@@ -125,13 +127,17 @@ def run_entry(entry: Entry, seeds: int, workdir: str, quick: bool) -> bool:
   for seed in range(seeds):
     done = _done_path(workdir, entry, seed)
     if os.path.exists(done):
+      with open(done) as f:
+        if json.load(f).get('quick', False) != quick:  # a --quick figure in a real table
+          raise ValueError(f'{done} holds a {"full" if quick else "--quick"} run, this is '
+                           f'{"a --quick" if quick else "a full"} one; give another --workdir')
       continue
     t0 = time.perf_counter()
     metrics = train.train_and_evaluate(entry_config(entry, seed, quick), os.path.dirname(done))
     if not metrics:  # interrupted: the run saved a checkpoint; rerun to continue
       return False
     with open(done, 'w') as f:
-      json.dump({'metrics': metrics, 'wall_s': time.perf_counter() - t0}, f)
+      json.dump({'metrics': metrics, 'wall_s': time.perf_counter() - t0, 'quick': quick}, f)
   return True
 
 
@@ -194,7 +200,8 @@ _QUICK = flags.DEFINE_bool('quick', False, 'Run the :quick variants (seconds; fo
 _ONLY = flags.DEFINE_list('only', [], 'Entries to run (default all); the table lists every '
                           'entry whose seeds have all finished.', flag_values=FLAGS)
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per entry.', lower_bound=1, flag_values=FLAGS)
-_WORKDIR = flags.DEFINE_string('workdir', 'runs/reproduce', 'Where the runs and table go.',
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where the runs and table go (default '
+                               'runs/reproduce, with --quick runs/reproduce_quick).',
                                flag_values=FLAGS)
 
 
@@ -207,18 +214,24 @@ def main(argv):
     print(f'seqlab: unknown reproduction {unknown[0]!r}; choose from: {", ".join(names)}',
           file=sys.stderr)
     return 2
+  workdir = _WORKDIR.value or ('runs/reproduce_quick' if _QUICK.value else 'runs/reproduce')
   for entry in ENTRIES:
     if not _ONLY.value or entry.name in _ONLY.value:
       print(f'== {entry.name}', flush=True)
-      if not run_entry(entry, _SEEDS.value, _WORKDIR.value, _QUICK.value):
+      try:
+        finished = run_entry(entry, _SEEDS.value, workdir, _QUICK.value)
+      except ValueError as e:
+        print(f'seqlab: {e}', file=sys.stderr)
+        return 2
+      if not finished:
         print('interrupted: rerun the same command to continue', flush=True)
         return 0
-  rows = [r for e in ENTRIES if (r := summarize(e, _SEEDS.value, _WORKDIR.value))]
+  rows = [r for e in ENTRIES if (r := summarize(e, _SEEDS.value, workdir))]
   table = markdown_table(rows, device_name())
-  os.makedirs(_WORKDIR.value, exist_ok=True)
-  with open(os.path.join(_WORKDIR.value, 'reproduce.md'), 'w') as f:
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'reproduce.md'), 'w') as f:
     f.write(table)
-  with open(os.path.join(_WORKDIR.value, 'reproduce.json'), 'w') as f:
+  with open(os.path.join(workdir, 'reproduce.json'), 'w') as f:
     json.dump(rows, f, indent=2)
   print(table)
   return 0

@@ -167,6 +167,11 @@ def test_reproduce_quick_writes_the_table_and_skips_finished_seeds(tmp_path):
   assert (tmp_path / 'reproduce.md').read_text() == table
   bad = run_module('seqlab.reproduce', '--only', 'nope', '--workdir', str(tmp_path))
   assert bad.returncode == 2 and 'unknown reproduction' in bad.stderr
+  # A full run refuses the --quick seeds it would otherwise skip as finished.
+  full = run_module('seqlab.reproduce', '--seeds', '2', '--only', 'adding_t100_lstm',
+                    '--workdir', str(tmp_path))
+  assert full.returncode == 2 and 'holds a --quick run' in full.stderr, full.stderr[-3000:]
+  assert not trained.search(full.stdout + full.stderr)
 
 
 def test_interrupt_turns_sigterm_and_sigint_into_a_flag():
