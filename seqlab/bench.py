@@ -605,6 +605,9 @@ def main(argv):
   workdir_lib.quiet_logging()
   check_choices('cells', _CELLS.value, tuple(cells.CELLS))
   check_choices('peers', _PEERS.value, PEERS)
+  if _DTYPE.value != 'float32' and (_MEMORY.value or _CROSSOVER.value):
+    raise app.UsageError('--dtype applies to the speed table only; --memory and --crossover '
+                         'measure float32: leave --dtype out')
   shapes = flag_or_quick(_SHAPES, 'shapes')
   if not (_SHAPES.present or _QUICK.value) and jax.default_backend() != 'cpu':
     shapes = shapes + ACCELERATOR_SHAPES
