@@ -112,6 +112,19 @@ _OUT = flags.DEFINE_string('out', None, 'PNG path (default <first workdir>/gradi
                            'or vanishing_gradients.png).', flag_values=FLAGS)
 
 
+def trained_curves(workdirs) -> tuple[dict, str]:
+  """({label: [T] norms} of each run's best checkpoint, the first run's task name).
+  Labels name the cell and step, and the workdir too where two would be the same."""
+  runs = [train.load_run(w) for w in workdirs]
+  labels = [f'{config.model.cell} (trained, step {step})' for config, *_, step in runs]
+  curves = {}
+  for workdir, label, (config, _, _, state, _) in zip(workdirs, labels, runs):
+    if labels.count(label) > 1:
+      label = f'{label[:-1]}, {workdir})'
+    curves[label] = norms_for_config(config, state['params'])
+  return curves, runs[0][0].task.name
+
+
 def compare_cells(cells, length, hidden, seed=0) -> dict:
   """{cell: [T] norms} at initialisation on the adding problem of length T."""
   curves = {}
@@ -130,13 +143,9 @@ def main(argv):
   workdir_lib.quiet_logging()
   try:
     if _WORKDIR.value:
-      curves = {}
-      for workdir in _WORKDIR.value:
-        config, _, _, state, step = train.load_run(workdir)
-        label = f'{config.model.cell} (trained, step {step})'
-        curves[label] = norms_for_config(config, state['params'])
+      curves, task_name = trained_curves(_WORKDIR.value)
       out = _OUT.value or os.path.join(_WORKDIR.value[0], 'gradient_norms.png')
-      title = f'{config.task.name}: gradient norm through time'
+      title = f'{task_name}: gradient norm through time'
     else:
       curves = compare_cells(_CELLS.value, _LENGTH.value, _HIDDEN.value)
       out = _OUT.value or 'vanishing_gradients.png'

@@ -1,6 +1,7 @@
 """The gradient-through-time diagnostic against an independent perturbation loop."""
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -8,7 +9,7 @@ from seqlab import config as config_lib
 from seqlab import diagnose
 from seqlab import losses
 from seqlab import train
-import ml_collections
+from conftest import load_config, run_module
 
 
 def _config(cell, length=12, hidden=8):
@@ -65,3 +66,21 @@ def test_rejects_models_it_cannot_read():
   c.model.bidirectional = True
   with pytest.raises(ValueError, match='unidirectional'):
     diagnose.norms_for_config(c)
+
+
+def test_trained_runs_each_get_a_curve(tmp_path):
+  """``--workdir a,b``: one curve per run, even for two runs of the same cell at the same
+  step (their labels once collided and one curve replaced the other)."""
+  workdirs = []
+  for seed in (0, 1):
+    config = load_config('adding')
+    config.seed, config.train.steps = seed, 20
+    workdirs.append(str(tmp_path / f'seed{seed}'))
+    train.train_and_evaluate(config, workdirs[-1])
+  curves, task_name = diagnose.trained_curves(workdirs)
+  assert task_name == 'adding' and len(curves) == 2
+  assert all(w in label for w, label in zip(workdirs, curves))
+  out = tmp_path / 'g.png'
+  proc = run_module('seqlab.diagnose', '--workdir', ','.join(workdirs), '--out', str(out))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert out.stat().st_size > 1000
