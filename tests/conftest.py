@@ -1,8 +1,10 @@
 """Shared test helpers: load experiment configs, run the CLI in a subprocess."""
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -25,6 +27,24 @@ def run_module(module: str, *args, env=None, timeout=300, **kwargs):
   full_env = dict(os.environ, **(env or {}))
   return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=full_env,
                         capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def signal_when(module: str, args, ready, timeout=120):
+  """Starts ``python -m <module> args`` from the repo root, sends it SIGTERM once
+  ``ready()`` is true (or ``timeout`` s have passed) and returns the CompletedProcess;
+  a process still running ``timeout`` s after the signal is killed, not left behind."""
+  proc = subprocess.Popen([sys.executable, '-m', module, *args], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + timeout
+  while time.time() < deadline and not ready():
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGTERM)
+  try:
+    out, err = proc.communicate(timeout=timeout)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def cpu_env(devices: int = 1) -> dict:

@@ -2,17 +2,13 @@
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 from seqlab import sweep
 from seqlab import workdir as workdir_lib
-from conftest import ROOT, load_config, run_module
+from conftest import load_config, run_module, signal_when
 
 QUICK = ['--config', 'experiments/adding.py:quick']
 
@@ -208,18 +204,9 @@ def test_sigterm_stops_a_sweep_and_the_same_command_resumes_it(tmp_path, mode):
   args = [*QUICK, '--workdir', str(workdir), '--sweep', 'seed=[0,1]', '--mode', mode,
           '--config.train.log_every=5', '--config.train.eval_every=100000',
           '--config.train.checkpoint_every=100000']
-  proc = subprocess.Popen([sys.executable, '-m', 'seqlab.sweep', *args,
-                           '--config.train.steps=100000'],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 120
-  while time.time() < deadline and not workdir_lib.read_metrics(str(workdir / 'seed=0')):
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
-  try:
-    out, err = proc.communicate(timeout=120)
-  finally:
-    if proc.poll() is None:  # hung: do not leave it running
-      proc.kill()
+  proc = signal_when('seqlab.sweep', [*args, '--config.train.steps=100000'],
+                     lambda: workdir_lib.read_metrics(str(workdir / 'seed=0')))
+  out, err = proc.stdout, proc.stderr
   assert proc.returncode == 0, err[-3000:]
   assert 'sweep: interrupted; run the same command to resume.' in out, out
   points = _statuses(workdir)

@@ -3,9 +3,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +15,7 @@ from seqlab import losses
 from seqlab import tasks
 from seqlab import train
 from seqlab import workdir as workdir_lib
-from conftest import ROOT, cpu_env, load_config, run_module
+from conftest import cpu_env, load_config, run_module, signal_when
 
 
 def _final_state(workdir, config):
@@ -229,14 +226,9 @@ def test_missing_config_file_and_variant(tmp_path):
 def _sigterm_after_first_log(args, workdir):
   """Starts ``python -m seqlab.run *args --workdir workdir``, sends it SIGTERM once its
   first metrics row is written, and returns (returncode, stdout, stderr)."""
-  proc = subprocess.Popen([sys.executable, '-m', 'seqlab.run', *args, '--workdir', str(workdir)],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 120
-  while time.time() < deadline and not workdir_lib.read_metrics(str(workdir)):
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=120)
-  return proc.returncode, out, err
+  proc = signal_when('seqlab.run', [*args, '--workdir', str(workdir)],
+                     lambda: workdir_lib.read_metrics(str(workdir)))
+  return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_sigterm_saves_and_exits_zero(tmp_path):
@@ -255,15 +247,10 @@ def test_sigterm_while_compiling_saves_the_first_step_and_exits_zero(tmp_path):
   """A signal before the training loop (restoring, compiling) is not a kill: the run
   trains its first step, saves it and exits 0, so a sweep counts it as interrupted."""
   workdir = tmp_path / 'run'
-  proc = subprocess.Popen([sys.executable, '-m', 'seqlab.run', '--config',
-                           'experiments/adding.py:quick', '--config.train.steps=100000',
-                           '--workdir', str(workdir)],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 120
-  while time.time() < deadline and not (workdir / 'config.json').exists():
-    time.sleep(0.01)  # written after the handler is set, before the compile
-  proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=120)
+  proc = signal_when('seqlab.run', ['--config', 'experiments/adding.py:quick',
+                                    '--config.train.steps=100000', '--workdir', str(workdir)],
+                     (workdir / 'config.json').exists)  # after the handler, before the compile
+  out, err = proc.stdout, proc.stderr
   assert proc.returncode == 0, err[-3000:]
   assert 'Compiled the train step' in err  # it went on after the signal
   step = int(out.split('SIGTERM: saved the checkpoint at step ')[1].split()[0])
