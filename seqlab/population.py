@@ -172,6 +172,7 @@ def _restore(configs, workdirs):
   built = [train.build(c) for c in configs]
   spec = built[0][0].spec
   inits = {}  # one compiled init per distinct model: seeds are arguments
+  mesh = train.make_mesh()
   ckpts, states, starts = [], [], []
   for config, workdir, (task, model, optimizer) in zip(configs, workdirs, built):
     if not 0 <= config.seed < 2**31:  # traced as int32 below
@@ -186,8 +187,7 @@ def _restore(configs, workdirs):
     init = inits[key]
     ckpt = checkpoint.Checkpointer(workdir, keep=tc.keep_checkpoints,
                                    best_metric=metric, best_mode=mode)
-    abstract = train.restore_target(jax.eval_shape(init, example, np.int32(config.seed)),
-                                    train.make_mesh())
+    abstract = train.restore_target(jax.eval_shape(init, example, np.int32(config.seed)), mesh)
     restored = ckpt.restore_latest(abstract)
     state = init(example, np.int32(config.seed)) if restored is None else restored[0]
     ckpts.append(ckpt)
