@@ -81,7 +81,8 @@ class StackedRNN(nn.Module):
   """``num_layers`` recurrent layers, each one- or bidirectional.
 
   Dropout (rate ``dropout``) sits between layers and is off when ``deterministic``;
-  ``residual`` adds each layer's input to its output where their sizes match.
+  ``residual`` adds each layer's input to its output where their sizes match, at
+  valid steps only (padded outputs stay zero).
   ``__call__(xs [batch, time, in], lengths, initial_carry, deterministic)`` returns
   ``(ys [batch, time, D * hidden], carries)``, D = 2 for bidirectional with
   ``merge='concat'`` else 1, and carries a tuple with one carry per layer
@@ -143,7 +144,9 @@ class StackedRNN(nn.Module):
       ys, carry = layer(xs, lengths, None if initial_carry is None else initial_carry[i])
       carries.append(carry)
       if self.residual and ys.shape[-1] == xs.shape[-1]:
-        ys = ys + xs
+        # Only at valid steps: padded outputs stay zero (what 'mean' pooling relies on).
+        ys = ys + (xs if lengths is None else
+                   jnp.where(scan.valid_mask(lengths, xs.shape[1]).T[..., None], xs, 0))
       if self.dropout > 0 and i < self.num_layers - 1:
         ys = nn.Dropout(self.dropout)(ys, deterministic=deterministic)
       xs = ys

@@ -73,6 +73,30 @@ def test_classifier_pools_valid_steps_only(bidirectional, pool):
     np.testing.assert_allclose(out[i], alone[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('bidirectional', [False, True])
+@pytest.mark.parametrize('pool', ['last', 'mean'])
+def test_residual_adds_the_input_at_valid_steps_only(bidirectional, pool):
+  """With ``residual`` (input size = output size, so every layer adds its input) padded
+  outputs stay zero, and a padded row classifies like the same row alone."""
+  encoder = layers.StackedRNN(cell='gru', hidden_size=6, num_layers=2, residual=True,
+                              bidirectional=bidirectional, merge='sum')
+  model = SequenceModel(encoder=encoder, num_outputs=3, pool=pool)
+  xs = jax.random.normal(jax.random.key(1), (3, 7, 6))
+  lengths = jnp.array([7, 4, 1])
+  params = model.init(jax.random.key(0), xs, lengths)
+  padded = xs.at[1, 4:].set(99.0).at[2, 1:].set(-5.0)
+  ys, _ = encoder.apply({'params': params['params']['encoder']}, padded, lengths)
+  valid = jnp.arange(7)[None, :] < lengths[:, None]
+  np.testing.assert_array_equal(jnp.where(valid[..., None], 0.0, ys), 0.0)
+  ys_plain, _ = encoder.clone(residual=False).apply(
+      {'params': params['params']['encoder']}, padded[:1], lengths[:1])
+  assert not np.allclose(ys[:1], ys_plain)  # the residual is on
+  out, _ = model.apply(params, padded, lengths)
+  for i, n in enumerate(lengths.tolist()):
+    alone, _ = model.apply(params, xs[i:i + 1, :n], jnp.array([n]))
+    np.testing.assert_allclose(out[i], alone[0], rtol=1e-5, atol=1e-6)
+
+
 def test_mean_pool_is_the_mean_of_valid_outputs():
   ys = jnp.arange(2 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 3)
   ys = ys * (jnp.arange(4) < jnp.array([[4], [2]]))[..., None]  # the scan's zero padding
