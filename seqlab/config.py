@@ -20,7 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       cell='lstm', hidden_size=128, num_layers=1, bidirectional=False, merge='concat',
       dropout=0.0, residual=False, embed_dim=32, pool='last', forget_bias=1.0,
-      kernel_init='glorot_uniform', recurrent_init='orthogonal', hoist='auto', unroll=0,
+      kernel_init='glorot_uniform', recurrent_init='auto', hoist='auto', unroll=0,
       dtype='float32', engine='auto', remat=0,
       # seq2seq tasks only (seqlab.models.seq2seq): the decoder's attention, scheduled-
       # sampling rate, layers, and hidden size (0: the encoder's output size).
@@ -85,7 +85,7 @@ def validate(config) -> None:
   _choice(m, 'dtype', 'model', tuple(models.DTYPES))
   from seqlab.cells import initializers  # pylint: disable=g-import-not-at-top
   _choice(m, 'kernel_init', 'model', initializers.NAMES)
-  _choice(m, 'recurrent_init', 'model', initializers.NAMES)
+  _choice(m, 'recurrent_init', 'model', ('auto',) + tuple(initializers.NAMES))
   from seqlab import scan  # pylint: disable=g-import-not-at-top
   _choice(m, 'engine', 'model', scan.ENGINES)
   _positive_int(m, 'remat', 'model', allow_zero=True)

@@ -16,11 +16,13 @@ CELL_OPTION_KEYS = ('forget_bias', 'kernel_init', 'recurrent_init')
 
 
 def cell_options(model_cfg) -> dict:
-  """The ``model`` config keys that the chosen cell takes, as keyword options."""
+  """The ``model`` config keys that the chosen cell takes, as keyword options; 'auto'
+  leaves the cell's own default (``recurrent_init``: orthogonal, identity for irnn)."""
   layers.check_choice('model.cell', model_cfg.cell, tuple(cells.CELLS))
   probe = cells.make_cell(model_cfg.cell, 1)
   fields = {f.name for f in dataclasses.fields(probe)}
-  return {k: model_cfg[k] for k in CELL_OPTION_KEYS if k in fields and k in model_cfg}
+  return {k: model_cfg[k] for k in CELL_OPTION_KEYS
+          if k in fields and k in model_cfg and model_cfg[k] != 'auto'}
 
 
 def build_model(model_cfg, spec):
