@@ -46,6 +46,8 @@ class LRU:
   r_min: float = 0.9
   r_max: float = 0.999
   max_phase: float = 6.28
+  # Kept float32 under a bfloat16 compute dtype (``scan.cast_params``): they set lambda.
+  float32_params = ('nu_log', 'theta_log', 'gamma_log')
 
   def __post_init__(self):
     if not 0.0 <= self.r_min < self.r_max <= 1.0:
