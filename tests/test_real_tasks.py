@@ -398,6 +398,12 @@ def test_read_column_with_and_without_header(tmp_path):
   bad = write(tmp_path / 'c.csv', 'x\n1\nnope\n')
   with pytest.raises(ValueError, match='row 3'):
     forecast.read_column(bad, 'x')
+  dated = write(tmp_path / 'd.csv', '1949-01,112\n1949-02,118\n')  # no header, a date column
+  assert forecast.read_column(dated, '').tolist() == [112.0, 118.0]
+  bom = write(tmp_path / 'e.csv', '\ufeff5\n6\n')  # a byte-order mark, as Excel writes
+  assert forecast.read_column(bom, '').tolist() == [5.0, 6.0]
+  with pytest.raises(ValueError, match=r"task.column='x' is not a column.*0\.\.1 \(no header\)"):
+    forecast.read_column(no_header, 'x')
 
 
 @pytest.mark.skipif(not HAS_STATSMODELS, reason='needs statsmodels (seqlab[data])')
@@ -459,6 +465,7 @@ def test_polarity_folder_layout(data_dir):
     ('with_header.csv', 'label,text\npos,"good, really good"\nneg,bad\npos,fine\nneg,poor\n'),
     ('no_header.csv', 'pos,"good, really good"\nneg,bad\npos,fine\nneg,poor\n'),
     ('data.tsv', 'pos\tgood, really good\nneg\tbad\npos\tfine\nneg\tpoor\n'),
+    ('bom.csv', '\ufefflabel,text\npos,"good, really good"\nneg,bad\npos,fine\nneg,poor\n'),
 ])
 def test_csv_and_tsv_layouts(tmp_path, name, text):
   labels, texts = sentiment.read_examples(write(tmp_path / name, text))

@@ -73,25 +73,29 @@ def _is_number(text: str) -> bool:
 def read_column(path: str, column: str = '') -> np.ndarray:
   """The values float64 [n] of one column of the CSV file at ``path``, in file order.
 
-  The first row is a header when one of its cells is not a number. ``column`` is a
-  header name, a 0-based index, or '' for the last column.
+  ``column`` is a header name, a 0-based index, or '' for the last column. The first
+  row is a header when the chosen column's cell there is not a number (so a date
+  column beside the values does not make it one), or, for a name, when any cell is
+  not. A UTF-8 byte-order mark is skipped.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f'task.csv={path!r} does not exist; point it at a CSV file, or '
                             f'use task.series (one of: {", ".join(SERIES)})')
-  with open(path, newline='', encoding='utf-8') as f:
+  with open(path, newline='', encoding='utf-8-sig') as f:
     rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
   if not rows:
     raise ValueError(f'{path} holds no rows')
-  header = None if all(_is_number(c) for c in rows[0]) else [c.strip() for c in rows[0]]
-  body = rows[1:] if header else rows
-  if column == '':
-    index = len(rows[0]) - 1
-  elif column.isdigit():
-    index = int(column)
-  elif header and column in header:
-    index = header.index(column)
+  by_name = column != '' and not column.isdigit()
+  index = len(rows[0]) - 1 if column == '' else int(column) if not by_name else None
+  if by_name:
+    titled = not all(_is_number(c) for c in rows[0])
   else:
+    titled = index < len(rows[0]) and not _is_number(rows[0][index])
+  header = [c.strip() for c in rows[0]] if titled else None
+  body = rows[1:] if header else rows
+  if by_name and header and column in header:
+    index = header.index(column)
+  elif by_name:
     raise ValueError(f'task.column={column!r} is not a column of {path}; columns: '
                      f'{", ".join(header) if header else f"0..{len(rows[0]) - 1} (no header)"}')
   values = []

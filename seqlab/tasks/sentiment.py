@@ -48,7 +48,7 @@ def read_polarity(folder: str) -> tuple[list[str], list[str]]:
 def read_table(path: str) -> tuple[list[str], list[str]]:
   """(labels, texts) of a ``label,text`` CSV or ``label<TAB>text`` TSV file."""
   delimiter = '\t' if path.endswith('.tsv') else ','
-  with open(path, newline='', encoding='utf-8') as f:
+  with open(path, newline='', encoding='utf-8-sig') as f:  # skips a byte-order mark
     rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
   if rows and [c.strip().lower() for c in rows[0][:2]] == ['label', 'text']:
     rows = rows[1:]
