@@ -246,6 +246,12 @@ def test_ts_missing_values_raise_or_are_carried_forward(tmp_path):
                                                  .series[0]), [[1, 5], [1, 5], [3, 5]])
   _, train, _ = uea.load('Toy', str(tmp_path), missing='ffill')
   assert np.all(np.isfinite(train.inputs))
+  # Normalised by the observed values only, not the ones carried forward.
+  raw = uea.read_ts(str(tmp_path / 'Toy_TRAIN.ts')).series
+  for c in range(2):
+    seen = np.concatenate([train.inputs[i, :len(x), c][~np.isnan(x[:, c])]
+                           for i, x in enumerate(raw)])
+    assert abs(seen.mean()) < 1e-6 and abs(seen.std() - 1) < 1e-6
 
 
 @pytest.mark.parametrize('bad,message', [

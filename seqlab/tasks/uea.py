@@ -183,10 +183,14 @@ def _examples(ts: TsFile, classes: list[str], missing: str, stats, path: str) ->
                          lengths=lengths)
 
 
-def channel_stats(series: list, missing: str) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel (mean, std) over every observed step of ``series``; std 0 -> 1."""
-  steps = np.concatenate([fill_missing(x) if missing == 'ffill' else x for x in series])
-  mean, std = np.nanmean(steps, axis=0), np.nanstd(steps, axis=0)
+def channel_stats(series: list) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel (mean, std) over the observed steps of ``series`` (NaN, missing, left
+  out: not the values ``fill_missing`` carries forward); std 0 or no value -> 1."""
+  steps = np.concatenate(series)
+  observed = ~np.isnan(steps)
+  count = np.maximum(observed.sum(0), 1)
+  mean = np.where(observed, steps, 0).sum(0) / count
+  std = np.sqrt((np.where(observed, steps - mean, 0) ** 2).sum(0) / count)
   return mean, np.where(std > 0, std, 1.0)
 
 
@@ -200,7 +204,7 @@ def load(dataset: str, data_dir: str = '', missing: str = 'error'
   train_path, test_path = find_files(dataset, data_dir)
   train_ts, test_ts = read_ts(train_path), read_ts(test_path)
   classes = arrays.sort_labels(train_ts.class_labels or train_ts.labels)
-  stats = channel_stats(train_ts.series, missing)
+  stats = channel_stats(train_ts.series)
   train = _examples(train_ts, classes, missing, stats, train_path)
   test = _examples(test_ts, classes, missing, stats, test_path)
   length = max(train.inputs.shape[1], test.inputs.shape[1])
