@@ -297,7 +297,7 @@ def _train(configs, workdirs, built, ckpts, states, start) -> list:
         rows = jax.device_get(pending)
         elapsed = time.perf_counter() - t_log
         for i in active:
-          row = {key: float(np.mean([r[key][i] for r in rows])) for key in rows[0]}
+          row = train.window_metrics([{k: v[i] for k, v in r.items()} for r in rows])
           row.update(learning_rate=float(schedules[i](step - 1)),
                      step_time=elapsed / len(rows),
                      tokens_per_sec=tokens_per_step * len(rows) / elapsed)

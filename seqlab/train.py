@@ -84,6 +84,18 @@ def create_state(model, optimizer, batch, seed: int, stateful: bool = False):
   return state
 
 
+def window_metrics(rows: list[dict]) -> dict[str, float]:
+  """One train log row from the metrics of the steps since the last: the loss and the
+  task's metrics weighted by each step's 'count' (the window's metrics as if one batch;
+  'bpc' and 'perplexity' from its cross-entropy, 'count' summed), 'grad_norm' the mean
+  over steps."""
+  counts = [float(r['count']) for r in rows]
+  steps = [{k: v for k, v in r.items() if k != 'grad_norm'} for r in rows]
+  row = losses.aggregate(steps, counts if sum(counts) > 0 else [1.0] * len(rows))
+  row['grad_norm'] = float(np.mean([r['grad_norm'] for r in rows]))
+  return row
+
+
 def train_step(state, batch, *, model, optimizer, spec):
   """One update. Pure: (state, batch) -> (state, metrics).
 
@@ -299,7 +311,7 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt) -> dict:
       check_finite(state)
       rows = jax.device_get(pending)
       elapsed = time.perf_counter() - t_log
-      row = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+      row = window_metrics(rows)
       row.update(learning_rate=float(schedule(step - 1)), step_time=elapsed / len(rows),
                  tokens_per_sec=tokens_per_step * len(rows) / elapsed)
       writer.write(step, 'train', row)

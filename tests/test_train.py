@@ -1,5 +1,6 @@
 """The training loop: resume, interruption, faults, outputs, many devices."""
 import json
+import math
 import os
 import shutil
 import signal
@@ -341,3 +342,18 @@ def test_best_checkpoint_ranks_by_train_best_metric_in_its_own_direction(tmp_pat
   spec = tasks.make_task(config.task, config.seed).spec
   assert spec.metric_mode == 'max' and losses.best_metric(spec, 'loss') == ('loss', 'min')
   assert set(evals[0]) - {'step', 'split', 'count'} == set(losses.eval_metrics(spec))
+
+
+def test_train_log_row_weights_steps_by_their_count():
+  """A log window's metrics are those of its steps as one batch: weighted by 'count',
+  perplexity and bpc from the pooled cross-entropy (not their mean), grad_norm per step."""
+  rows = [dict(loss=1.0, cross_entropy=1.0, perplexity=math.e, bpc=1 / math.log(2),
+               accuracy=0.5, count=1.0, grad_norm=2.0),
+          dict(loss=2.0, cross_entropy=2.0, perplexity=math.e ** 2, bpc=2 / math.log(2),
+               accuracy=1.0, count=3.0, grad_norm=4.0)]
+  row = train.window_metrics(rows)
+  assert row['loss'] == row['cross_entropy'] == pytest.approx(1.75)
+  assert row['perplexity'] == pytest.approx(math.exp(1.75))
+  assert row['bpc'] == pytest.approx(1.75 / math.log(2))
+  assert row['accuracy'] == pytest.approx(0.875) and row['count'] == 4.0
+  assert row['grad_norm'] == pytest.approx(3.0)
