@@ -6,7 +6,7 @@
 Every entry is an ordinary experiment run (resumable: rerunning continues where it
 stopped and skips finished seeds) in ``<workdir>/<name>/seed<k>``. The table
 ``<workdir>/reproduce.md`` gives task, model, the published figure and its source,
-ours as mean ± std over the seeds, wall time and device. ``--quick`` runs every
+ours as mean ± sample std over the seeds, wall time and device. ``--quick`` runs every
 entry's ``:quick`` variant (seconds; for the tests), so its figures mean nothing; they
 go to runs/reproduce_quick by default, and a directory holding one kind of run refuses
 the other.
@@ -122,8 +122,22 @@ def _done_path(workdir, entry, seed):
   return os.path.join(workdir, entry.directory, f'seed{seed}', 'reproduce.json')
 
 
+def config_changes(entry: Entry, seed: int, workdir: str, quick: bool) -> list[str]:
+  """How the config that seed ``seed``'s run was started with differs from the one
+  ``entry`` asks for now ('key: old -> new'); [] if the same or not started."""
+  path = os.path.join(workdir, entry.directory, f'seed{seed}', 'config.json')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    saved = json.load(f)
+  return workdir_lib.flat_diff(saved, json.loads(entry_config(entry, seed, quick).to_json_best_effort()))
+
+
 def run_entry(entry: Entry, seeds: int, workdir: str, quick: bool) -> bool:
-  """Runs (or resumes, or skips when finished) every seed; False if interrupted."""
+  """Runs (or resumes, or skips when finished) every seed; False if interrupted.
+
+  A seed started with another config (the entry or its experiment changed since)
+  is refused, neither resumed nor tabled."""
   for seed in range(seeds):
     done = _done_path(workdir, entry, seed)
     if os.path.exists(done):
@@ -131,6 +145,12 @@ def run_entry(entry: Entry, seeds: int, workdir: str, quick: bool) -> bool:
         if json.load(f).get('quick', False) != quick:  # a --quick figure in a real table
           raise ValueError(f'{done} holds a {"full" if quick else "--quick"} run, this is '
                            f'{"a --quick" if quick else "a full"} one; give another --workdir')
+    changed = config_changes(entry, seed, workdir, quick)
+    if changed:
+      raise ValueError(f'{os.path.dirname(done)} was started with another config than '
+                       f'{entry.name} asks for now ({"; ".join(changed)}); delete that '
+                       'directory to rerun the seed, or give another --workdir')
+    if os.path.exists(done):
       continue
     t0 = time.perf_counter()
     metrics = train.train_and_evaluate(entry_config(entry, seed, quick), os.path.dirname(done))
@@ -142,17 +162,24 @@ def run_entry(entry: Entry, seeds: int, workdir: str, quick: bool) -> bool:
 
 
 def summarize(entry: Entry, seeds: int, workdir: str) -> dict | None:
-  """The table row of ``entry`` if all its seeds are finished, else None."""
+  """The table row of ``entry`` if all its seeds are finished with the config it asks
+  for now, else None. The ± is the sample standard deviation (ddof 1; 0 for one seed)."""
   paths = [_done_path(workdir, entry, seed) for seed in range(seeds)]
   if not all(os.path.exists(p) for p in paths):
     return None
   results = [json.load(open(p)) for p in paths]
+  stale = [s for s, r in enumerate(results) if config_changes(entry, s, workdir, r.get('quick', False))]
+  if stale:
+    print(f'seqlab: {entry.name} is not in the table: seed {stale[0]} was run with another '
+          'config than the entry asks for now; rerun it to see why', file=sys.stderr)
+    return None
   values = [r['metrics'][entry.metric] * entry.scale for r in results]
   walls = [r['wall_s'] for r in results]
   best = [best_eval(os.path.dirname(p), entry) for p in paths]
   return {'name': entry.name, 'task': entry.experiment + (f':{entry.variant}' if entry.variant else ''),
           'model': entry.model, 'metric': entry.metric, 'published': entry.published,
-          'source': entry.source, 'mean': float(np.mean(values)), 'std': float(np.std(values)),
+          'source': entry.source, 'mean': float(np.mean(values)),
+          'std': float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
           'values': values, 'best_mean': float(np.mean(best)), 'best_values': best,
           'seeds': seeds, 'wall_s': float(np.sum(walls))}
 

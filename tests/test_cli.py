@@ -6,6 +6,7 @@ import signal
 import threading
 
 import jax
+import numpy as np
 import pytest
 
 from seqlab import cli
@@ -172,6 +173,23 @@ def test_reproduce_quick_writes_the_table_and_skips_finished_seeds(tmp_path):
                     '--workdir', str(tmp_path))
   assert full.returncode == 2 and 'holds a --quick run' in full.stderr, full.stderr[-3000:]
   assert not trained.search(full.stdout + full.stderr)
+  for r in rows:  # the sample standard deviation
+    assert r['std'] == pytest.approx(float(np.std(r['values'], ddof=1)))
+  # A seed started with another config than the entry asks for now is neither skipped
+  # as finished nor tabled.
+  saved = tmp_path / 'adding_t100_lstm' / 'seed1' / 'config.json'
+  config = json.loads(saved.read_text())
+  config['train']['steps'] += 1
+  saved.write_text(json.dumps(config))
+  stale = run_module('seqlab.reproduce', *args)
+  assert stale.returncode == 2 and 'was started with another config' in stale.stderr
+  assert 'train.steps' in stale.stderr and not trained.search(stale.stdout + stale.stderr)
+  other = run_module('seqlab.reproduce', '--quick', '--seeds', '2', '--only', 'mnist1d_gru',
+                     '--workdir', str(tmp_path))
+  assert other.returncode == 0, other.stderr[-3000:]
+  assert 'adding_t100_lstm is not in the table' in other.stderr
+  with open(tmp_path / 'reproduce.json') as f:
+    assert [r['name'] for r in json.load(f)] == ['mnist1d_gru']
 
 
 def test_interrupt_turns_sigterm_and_sigint_into_a_flag():
