@@ -10,6 +10,7 @@ from seqlab import losses
 from seqlab import tasks
 from seqlab.tasks import adding
 from seqlab.tasks import base
+from seqlab.tasks import charlm
 from seqlab.tasks import copy
 
 
@@ -225,3 +226,24 @@ def test_spec_rejects_unknown_choices():
     base.Spec(**dict(kw, target='seq'))
   with pytest.raises(ValueError, match='exactly one of input_vocab'):
     base.Spec(**dict(kw, input_vocab=5))
+
+
+@pytest.mark.parametrize('batch', [1, 3, 8])
+def test_charlm_eval_scores_every_held_out_character(batch):
+  """The held-out streams end with a masked partial chunk: the scored targets of each
+  stream are its whole slice of the held-out text, in order; at most batch - 1
+  characters are left over. Training keeps whole chunks and has no mask."""
+  text = ''.join(np.random.default_rng(0).choice(list('abcde \n'), 1000))
+  task = charlm.CharLM(seed=0, text=text, seq_len=16, test_fraction=0.2)
+  held = task.encode(text[int(len(text) * 0.8):])
+  length = (len(held) - 1) // batch
+  scored = [[] for _ in range(batch)]
+  for k in range(task.num_eval_batches(batch)):
+    b = task.batch('eval', k, batch)
+    assert bool(b['reset']) == (k == 0) and b['target_mask'].dtype == np.float32
+    for i in range(batch):
+      scored[i] += b['targets'][i][b['target_mask'][i] > 0].tolist()
+  for i in range(batch):
+    assert scored[i] == held[i * length + 1:(i + 1) * length + 1].tolist()
+  assert len(held) - 1 - batch * length < batch
+  assert 'target_mask' not in task.batch('train', 0, batch)

