@@ -20,6 +20,7 @@ import logging as std_logging
 import math
 import os
 import sys
+import tempfile
 
 from absl import logging
 import orbax.checkpoint as ocp
@@ -135,6 +136,21 @@ class Checkpointer:
                           best_fn=best_fn, best_mode=best_mode)
     self._best_value = self._saved_best_value()
     self._superseded = []  # damaged steps newer than the one restore_latest used
+    self._closed = False
+
+  def check_writable(self) -> None:
+    """``CheckpointWriteError`` now if ``checkpoints/`` cannot be written, rather than
+    at the first save (whose failure leaves orbax's threads waiting)."""
+    directory = str(self._latest.directory)
+    if '://' in directory:
+      return
+    try:
+      with tempfile.TemporaryFile(dir=directory):
+        pass
+    except OSError as e:
+      raise CheckpointWriteError(
+          f'cannot write checkpoints in {directory} ({_reason(e)}); fix the permissions '
+          'or give another --workdir') from None
 
   def _saved_best_value(self) -> float | None:
     step = self._best.best_step() if self._best_metric else None
@@ -163,10 +179,11 @@ class Checkpointer:
     Returns:
       (state, step), or None when no step restores. Damaged steps are skipped with
       a warning naming the step and the reason; they are deleted by the next ``save``,
-      which continues the run from the step restored here.
+      which continues the run from the step restored here (or from scratch). A caller
+      that finds none restorable for another reason (a changed config) must not save.
     """
     restored, failed = _restore_newest(self._latest, abstract_state)
-    self._superseded = failed if restored is not None else []
+    self._superseded = failed
     return restored
 
   def restore_best(self, abstract_state):
@@ -219,11 +236,40 @@ class Checkpointer:
     return value < self._best_value if self._best_mode == 'min' else value > self._best_value
 
   def wait(self) -> None:
-    """Blocks until every started save is on disk."""
-    self._latest.wait_until_finished()
-    self._best.wait_until_finished()
+    """Blocks until every started save is on disk; ``CheckpointWriteError`` if one
+    failed (disk full, no permission)."""
+    try:
+      self._latest.wait_until_finished()
+      self._best.wait_until_finished()
+    except OSError as e:
+      raise CheckpointWriteError(
+          f'writing a checkpoint under {os.path.dirname(self._latest.directory)} failed '
+          f'({_reason(e)}); the steps written before it are kept. Free disk space or fix '
+          'the permissions, then run the same command to resume.') from None
 
   def close(self) -> None:
     """Waits for the saves, then releases orbax's threads."""
-    self._latest.close()
-    self._best.close()
+    if not self._closed:
+      self._closed = True
+      self._latest.close()
+      self._best.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, error, traceback):
+    """On the way out, an exception included: the saves started finish before the
+    process can end (an unfinished one would leave only a tmp directory)."""
+    if kind is None:
+      self.close()
+      return
+    try:
+      if not issubclass(kind, CheckpointWriteError):  # waiting again would fail again
+        self.wait()
+      self.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('checkpoints not closed cleanly after %s: %s', kind.__name__, _reason(e))
+
+
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written."""

@@ -59,8 +59,9 @@ def _choice(cfg, key, choices, noun, default=None):
   return value
 
 
-def _number(cfg, key, default, *, low=None, low_open=False, high=None):
-  """cfg[key] as a float, checked to lie in [low, high] ((low, high] if low_open)."""
+def _number(cfg, key, default, *, low=None, low_open=False, high=None, high_open=False):
+  """cfg[key] as a float, checked to lie in [low, high] (open at an end if ``low_open``
+  / ``high_open``)."""
   value = cfg.get(key, default)
   if value is None:
     _fail(key, value, 'is required')
@@ -68,8 +69,8 @@ def _number(cfg, key, default, *, low=None, low_open=False, high=None):
     _fail(key, value, 'must be a finite number')
   if low is not None and (value <= low if low_open else value < low):
     _fail(key, value, f'must be {">" if low_open else ">="} {low}')
-  if high is not None and value > high:
-    _fail(key, value, f'must be <= {high}')
+  if high is not None and (value >= high if high_open else value > high):
+    _fail(key, value, f'must be {"<" if high_open else "<="} {high}')
   return float(value)
 
 
@@ -191,13 +192,15 @@ def _momentum(cfg, default) -> list[optax.GradientTransformation]:
 
 def _preconditioner(cfg, name) -> list[optax.GradientTransformation]:
   """The optimizer proper, before weight decay and the learning rate."""
-  eps = _number(cfg, 'eps', 1e-8, low=0.0)
+  # eps > 0 and b1, b2 < 1: else a zero gradient (an unused embedding row) or Adam's
+  # bias correction divides 0 by 0 and the weights become NaN.
+  eps = _number(cfg, 'eps', 1e-8, low=0.0, low_open=True)
   if name == 'sgd':
     return _momentum(cfg, 0.9)
   if name == 'rmsprop':
     return [optax.scale_by_rms(decay=0.9, eps=eps)] + _momentum(cfg, 0.0)
-  b1 = _number(cfg, 'b1', 0.9, low=0.0, high=1.0)
-  b2 = _number(cfg, 'b2', 0.999, low=0.0, high=1.0)
+  b1 = _number(cfg, 'b1', 0.9, low=0.0, high=1.0, high_open=True)
+  b2 = _number(cfg, 'b2', 0.999, low=0.0, high=1.0, high_open=True)
   return [optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
 
 

@@ -5,6 +5,7 @@ Data order is a pure function of (seed, step), so restoring ``step`` restores th
 data position, and a run resumed from any checkpoint ends bitwise equal to an
 uninterrupted one.
 """
+import contextlib
 import functools
 import json
 import os
@@ -41,6 +42,9 @@ def build(config):
     losses.best_metric(task.spec, config.train.best_metric)
     model = models.build_model(config.model, task.spec)
     optimizer = optim.make_optimizer(config.optim, config.train.steps)
+    # Data too small for a batch fails here, not after training.
+    task.batch('train', 0, config.train.batch_size)
+    task.batch('eval', 0, config.train.eval_batch_size or config.train.batch_size)
   except (ValueError, FileNotFoundError) as e:
     raise config_lib.ConfigError(str(e)) from None
   return task, model, optimizer
@@ -116,7 +120,8 @@ def train_step(state, batch, *, model, optimizer, spec):
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
-  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # The update too: a finite gradient can still give NaN weights (Adam's 0 / 0).
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
   new_state = {
       'step': state['step'] + 1,
@@ -233,11 +238,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for a bad config (before any compile) and ``NonFiniteError`` naming the step where
   training diverged.
   """
-  with cli.Interrupt() as interrupt:
-    return _train_and_evaluate(config, workdir, interrupt)
+  with cli.Interrupt() as interrupt, contextlib.ExitStack() as cleanup:
+    return _train_and_evaluate(config, workdir, interrupt, cleanup)
 
 
-def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt) -> dict:
+def _saved_run_files(workdir: str) -> dict[str, bytes]:
+  """The bytes of the run files ``workdir_lib.prepare`` rewrites, to put back if the
+  run is refused after it."""
+  saved = {}
+  for name in ('config.json', 'run_info.json'):
+    path = os.path.join(workdir, name)
+    if os.path.isfile(path):
+      with open(path, 'rb') as f:
+        saved[name] = f.read()
+  return saved
+
+
+def _refuse_changed_config(workdir: str, saved: dict[str, bytes], config, newest: int):
+  """Raises ``ConfigError`` when no checkpoint restored because the config changed
+  (a model or optimizer of other shapes), after putting the old run files back; a
+  return means the config is the same, so the checkpoints are damaged."""
+  if 'config.json' not in saved:
+    return
+  changed = workdir_lib.flat_diff(json.loads(saved['config.json']),
+                                  json.loads(config.to_json_best_effort()))
+  if not changed:
+    return
+  for name, data in saved.items():
+    with open(os.path.join(workdir, name), 'wb') as f:
+      f.write(data)
+  shown = '; '.join(changed[:6]) + ('; ...' if len(changed) > 6 else '')
+  raise config_lib.ConfigError(
+      f'the checkpoints in {workdir} (newest step {newest}) do not restore into this config, '
+      f'changed since they were written: {shown}. Resume with the old values, or give '
+      'another --workdir for a new run (if the checkpoints are damaged instead, move '
+      'the checkpoints directory away to start over).')
+
+
+def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
+                        cleanup: contextlib.ExitStack) -> dict:
   config = ml_collections.FrozenConfigDict(config)  # never mutated from here on
   # --- Input, model and optimizer -----------------------------------------------
   task, model, optimizer = build(config)
@@ -250,6 +289,7 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt) -> dict:
       raise config_lib.ConfigError(
           f'config.train.{key}={size} does not split over {jax.device_count()} devices; '
           'use a multiple of the device count')
+  saved_files = _saved_run_files(workdir)
   workdir_lib.prepare(workdir, config)
   schedule = optim.make_schedule(config.optim, tc.steps)
 
@@ -260,9 +300,13 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt) -> dict:
   abstract = restore_target(jax.eval_shape(init, example), mesh)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
   # --- Resume before anything else ------------------------------------------------
-  ckpt = checkpoint.Checkpointer(workdir, keep=tc.keep_checkpoints, best_metric=best_metric,
-                                 best_mode=best_mode)
+  # Entered into ``cleanup``: whatever ends the run, the saves started finish first.
+  ckpt = cleanup.enter_context(checkpoint.Checkpointer(
+      workdir, keep=tc.keep_checkpoints, best_metric=best_metric, best_mode=best_mode))
+  ckpt.check_writable()
   restored = ckpt.restore_latest(abstract)
+  if restored is None and ckpt.latest_step() is not None:
+    _refuse_changed_config(workdir, saved_files, config, ckpt.latest_step())
   if restored is None:
     state = jax.jit(init, out_shardings=shardings)(example)
     logging.info('Starting %s from scratch in %s', config.task.name, workdir)
@@ -271,6 +315,7 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt) -> dict:
     logging.info('Resumed from the checkpoint at step %d in %s', step, workdir)
   start = int(state['step'])
   writer = workdir_lib.MetricWriter(workdir, resume_step=start)
+  cleanup.callback(writer.close)  # also on an exception (its thread would keep the process)
 
   # --- Update and eval steps --------------------------------------------------------
   p_train = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer, spec=spec),
@@ -286,6 +331,7 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt) -> dict:
   def check_finite(state):
     bad = int(state['bad_step'])
     if bad > 0:
+      ckpt.wait()  # the step named below is on disk, not being written
       last = ckpt.latest_step()
       raise NonFiniteError(
           f'loss or gradient is not finite at step {bad}; the last good checkpoint '

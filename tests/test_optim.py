@@ -195,9 +195,12 @@ def test_each_optimizer_decreases_a_quadratic(name, lr, kind):
     ('lr', 0.0, T), ('lr', -1.0, T), ('warmup_steps', -1, T), ('warmup_steps', T, T),
     ('weight_decay', -0.1, T), ('clip_norm', -1.0, T), ('momentum', 1.5, T),
     ('nesterov', 'yes', T), ('end_lr_factor', -0.5, T), ('boundaries', [1.5], T),
+    ('eps', 0.0, T), ('b1', 1.0, T), ('b2', 1.0, T),  # 0 / 0: NaN weights
 ])
 def test_bad_values_raise_naming_the_key(key, value, total):
   kw = {'schedule': {'end_lr_factor': 'cosine', 'boundaries': 'step'}.get(key, 'constant')}
+  if key in ('eps', 'b1', 'b2'):
+    kw['name'] = 'adam'
   kw[key] = value
   cfg = config(**kw)
   with pytest.raises(ValueError, match=f'optim.{key}='):

@@ -2,12 +2,16 @@
 import json
 import math
 import os
+import re
 import shutil
 import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from seqlab import checkpoint
@@ -16,7 +20,7 @@ from seqlab import losses
 from seqlab import tasks
 from seqlab import train
 from seqlab import workdir as workdir_lib
-from conftest import cpu_env, load_config, run_module, signal_when
+from conftest import ROOT, cpu_env, load_config, run_module, signal_when
 
 
 def _final_state(workdir, config):
@@ -357,3 +361,91 @@ def test_train_log_row_weights_steps_by_their_count():
   assert row['bpc'] == pytest.approx(1.75 / math.log(2))
   assert row['accuracy'] == pytest.approx(0.875) and row['count'] == 4.0
   assert row['grad_norm'] == pytest.approx(3.0)
+
+
+def test_divergence_while_a_save_is_in_flight_keeps_the_step_it_names(tmp_path):
+  """SGD at lr 1e6 diverges two steps after a checkpoint is started: the run waits for
+  that save before it names it and exits, so the step is on disk and restores."""
+  workdir = str(tmp_path / 'run')
+  proc = run_module('seqlab.run', '--config', 'experiments/adding.py:quick', '--workdir',
+                    workdir, '--config.train.steps=10', '--config.train.checkpoint_every=2',
+                    '--config.train.log_every=1', '--config.optim.name=sgd',
+                    '--config.optim.clip_norm=0', '--config.optim.lr=1e6')
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  named = int(re.search(r'last good checkpoint \(step (\d+)\)', proc.stderr).group(1))
+  assert str(named) in os.listdir(os.path.join(workdir, 'checkpoints'))
+  config = load_config('adding')
+  config.optim.name, config.optim.clip_norm, config.optim.lr = 'sgd', 0.0, 1e6
+  state, step = _final_state(workdir, config)
+  assert step == named and all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
+
+
+def test_resuming_with_a_config_the_checkpoints_do_not_fit_is_refused(tmp_path):
+  """A changed optimizer (clip_norm 0 drops a state) or model shape would not restore:
+  the run refuses, naming the changed keys, and leaves the run as it was."""
+  workdir = tmp_path / 'run'
+  args = ('--config', 'experiments/adding.py:quick', '--workdir', str(workdir))
+  assert run_module('seqlab.run', *args).returncode == 0
+  files = lambda: {str(p.relative_to(workdir)): p.read_bytes()
+                   for p in workdir.rglob('*') if p.is_file() and 'events' not in p.name}
+  before = files()
+  for change, key in (('--config.optim.clip_norm=0', 'optim.clip_norm: 1.0 -> 0.0'),
+                      ('--config.model.hidden_size=8', 'model.hidden_size: 16 -> 8')):
+    proc = run_module('seqlab.run', *args, '--config.train.steps=60', change)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert 'do not restore into this config' in proc.stderr and key in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert files() == before
+
+
+def test_a_failed_checkpoint_write_stops_the_run_with_a_message(tmp_path):
+  """A disk that fills while step 40 is written: one line naming the cause, exit 1
+  (not a hang on orbax's waiting threads), and step 20 kept."""
+  workdir = str(tmp_path / 'run')
+  script = tmp_path / 'full_disk.py'
+  script.write_text(
+      'import sys\n'
+      'from etils.epath import backend\n'
+      'real = backend._OsPathBackend.makedirs\n'
+      'def makedirs(self, path, *a, **k):\n'
+      "  if '40.orbax-checkpoint-tmp' in str(path):\n"
+      "    raise OSError(28, 'No space left on device', str(path))\n"
+      '  return real(self, path, *a, **k)\n'
+      'backend._OsPathBackend.makedirs = makedirs\n'
+      'from seqlab import run\n'
+      "sys.argv = ['seqlab.run', '--config', 'experiments/adding.py:quick', '--workdir', "
+      'sys.argv[1]]\n'
+      'run.run()\n')
+  proc = subprocess.run([sys.executable, str(script), workdir], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert 'seqlab: training stopped: writing a checkpoint' in proc.stderr
+  assert 'No space left on device' in proc.stderr
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['20']
+
+
+def test_checkpoints_that_cannot_be_written_fail_before_training(tmp_path, monkeypatch):
+  def refuse(*args, **kwargs):
+    raise PermissionError(13, 'Permission denied', kwargs.get('dir'))
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  monkeypatch.setattr(checkpoint.tempfile, 'TemporaryFile', refuse)
+  with pytest.raises(checkpoint.CheckpointWriteError, match='cannot write checkpoints in .*'
+                     'Permission denied.*another --workdir'):
+    ckpt.check_writable()
+  ckpt.close()
+
+
+def test_an_update_that_is_not_finite_is_not_applied():
+  """Finite loss and gradient but a NaN update (an optimizer dividing 0 by 0): the
+  state stays the last good one and ``bad_step`` names the step."""
+  config = load_config('adding')
+  task, model, _ = train.build(config)
+  nan = optax.GradientTransformation(
+      lambda params: optax.EmptyState(),
+      lambda grads, state, params=None: (jax.tree.map(lambda g: g * jnp.nan, grads), state))
+  batch = task.batch('train', 0, config.train.batch_size)
+  state = train.create_state(model, nan, batch, 0)
+  new, metrics = train.train_step(state, batch, model=model, optimizer=nan, spec=task.spec)
+  assert np.isfinite(float(metrics['loss'])) and np.isfinite(float(metrics['grad_norm']))
+  assert int(new['bad_step']) == 1
+  _assert_trees_bitwise_equal(new['params'], state['params'])
