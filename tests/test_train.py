@@ -226,6 +226,10 @@ def test_missing_config_file_and_variant(tmp_path):
                     str(tmp_path))
   assert proc.returncode == 2 and 'unknown variant' in proc.stderr
   assert 'Traceback' not in proc.stderr
+  proc = run_module('seqlab.run', '--config', 'experiments/adding.py:quick', '--workdir',
+                    'gs://bucket/runs/x')
+  assert proc.returncode == 2 and 'gcsfuse' in proc.stderr
+  assert not os.path.exists(os.path.join(ROOT, 'gs:'))  # no local 'gs:/bucket/...' folder
 
 
 def _sigterm_after_first_log(args, workdir):
