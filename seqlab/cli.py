@@ -36,9 +36,13 @@ def parser(own: flags.FlagValues, hint: str | None = None):
       message = f'bad command line: {_last_line(str(e))}'
     except OSError as e:
       message = f'cannot load the config file: {_last_line(str(e))}'
+    except SyntaxError as e:
+      message = f'the config file does not parse: {e.filename}, line {e.lineno}: {e.msg}'
     except (AttributeError, KeyError) as e:  # ml_collections: a key the config lacks
       message = ('unknown config key in the overrides: '
                  + ' '.join(re.sub(r"\\n|\\|'|\"", ' ', str(e)).split()))
+      if "no attribute 'get_config'" in str(e):
+        message = 'the config file defines no get_config(); see experiments/*.py'
     except (TypeError, ValueError) as e:
       message = f'bad config override: {_last_line(str(e))}'
     else:

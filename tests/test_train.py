@@ -230,6 +230,13 @@ def test_missing_config_file_and_variant(tmp_path):
                     'gs://bucket/runs/x')
   assert proc.returncode == 2 and 'gcsfuse' in proc.stderr
   assert not os.path.exists(os.path.join(ROOT, 'gs:'))  # no local 'gs:/bucket/...' folder
+  for text, message in (('def get_config(:\n', 'does not parse: .*line 1: invalid syntax'),
+                        ('x = 1\n', r'defines no get_config\(\)')):
+    (tmp_path / 'mine.py').write_text(text)
+    proc = run_module('seqlab.run', '--config', str(tmp_path / 'mine.py'), '--workdir',
+                      str(tmp_path / 'run'))
+    assert proc.returncode == 2 and re.search(message, proc.stderr), proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr
 
 
 def _sigterm_after_first_log(args, workdir):
