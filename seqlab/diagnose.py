@@ -153,11 +153,17 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:
     print(f'seqlab: {e}', file=sys.stderr)
     return 2
-  plot(curves, out, title)
-  with open(os.path.splitext(out)[0] + '.json', 'w') as f:
-    json.dump({k: np.asarray(v).tolist() for k, v in curves.items()}, f)
-  for label, norms in curves.items():
-    print(f'{label:>20}: |dL/dh_0| / |dL/dh_T-1| = {norms[0] / norms[-1]:.3g}')
+  for label, norms in curves.items():  # first: a failed write loses nothing
+    print(f'{label:>20}: |dL/dh_0| / |dL/dh_T-1| = {norms[0] / norms[-1]:.3g}', flush=True)
+  try:
+    plot(curves, out, title)
+    with open(os.path.splitext(out)[0] + '.json', 'w') as f:
+      json.dump({k: np.asarray(v).tolist() for k, v in curves.items()}, f)
+  except OSError as e:
+    blocker = workdir_lib.file_in_path(os.path.dirname(os.path.abspath(out)))
+    reason = f'{blocker} is a file, not a directory' if blocker else e.strerror or str(e)
+    print(f'seqlab: cannot write {out} ({reason}); give a writable --out', file=sys.stderr)
+    return 2
   print(f'wrote {out}')
   return 0
 

@@ -2,7 +2,8 @@
 
   python -m seqlab.evaluate --workdir runs/adding [--checkpoint latest]
 
-Prints the metrics and writes them to <workdir>/eval_<checkpoint>.json. Seq2seq runs
+Prints the metrics and writes them to <workdir>/eval_<checkpoint>.json (a read-only
+workdir gets a warning, not an error: the metrics are printed first). Seq2seq runs
 also decode the split (greedy, or ``--method beam --beam_width 4``) and report
 ``decode_exact_match``, ``decode_token_error_rate`` (PER for G2P),
 ``decode_sequence_error_rate`` (WER) and ``decode_token_accuracy``.
@@ -12,6 +13,7 @@ import os
 import sys
 
 from absl import flags
+from absl import logging
 import jax
 
 from seqlab import cli
@@ -33,6 +35,18 @@ _PENALTY = flags.DEFINE_float('length_penalty', 0.0, 'Seq2seq beam search: GNMT 
 
 def evaluate_workdir(workdir: str, which: str = 'best', method: str = 'greedy',
                      beam_width: int = 4, length_penalty: float = 0.0) -> dict:
+  """The metrics of ``workdir``'s ``which`` checkpoint, also written to eval_<which>.json
+  (a warning, not an error, when the workdir is not writable)."""
+  result = compute_metrics(workdir, which, method, beam_width, length_penalty)
+  problem = save_result(workdir, which, result)
+  if problem:
+    logging.warning('%s', problem)
+  return result
+
+
+def compute_metrics(workdir: str, which: str = 'best', method: str = 'greedy',
+                    beam_width: int = 4, length_penalty: float = 0.0) -> dict:
+  """The metrics of ``workdir``'s ``which`` checkpoint on its held-out split."""
   config, task, model, state, step = train.load_run(workdir, which)
   eval_bs = config.train.eval_batch_size or config.train.batch_size
   eval_fn = jax.jit(lambda p, b, c: train.eval_step(p, b, c, model=model, spec=task.spec))
@@ -45,9 +59,19 @@ def evaluate_workdir(workdir: str, which: str = 'best', method: str = 'greedy',
                                            beam_width, length_penalty)
     result.update({f'decode_{k}': v for k, v in decoded.items() if k != 'count'},
                   decode_method=method if method == 'greedy' else f'beam{beam_width}')
-  with open(os.path.join(workdir, f'eval_{which}.json'), 'w') as f:
-    json.dump(result, f, indent=2)
   return result
+
+
+def save_result(workdir: str, which: str, result: dict) -> str | None:
+  """Writes ``result`` to <workdir>/eval_<which>.json; None, or why it could not."""
+  path = os.path.join(workdir, f'eval_{which}.json')
+  try:
+    with open(path, 'w') as f:
+      json.dump(result, f, indent=2)
+  except OSError as e:
+    return (f'cannot write {path} ({e.strerror or e}); the metrics are not saved: make '
+            'the workdir writable to keep them')
+  return None
 
 
 def main(argv):
@@ -60,12 +84,15 @@ def main(argv):
     return 2
   workdir_lib.quiet_logging()
   try:
-    result = evaluate_workdir(_WORKDIR.value, _CHECKPOINT.value, _METHOD.value, _BEAM.value,
-                              _PENALTY.value)
+    result = compute_metrics(_WORKDIR.value, _CHECKPOINT.value, _METHOD.value, _BEAM.value,
+                             _PENALTY.value)
   except (FileNotFoundError, config_lib.ConfigError) as e:
     print(f'seqlab: {e}', file=sys.stderr)
     return 2
-  print(json.dumps(result, indent=2))
+  print(json.dumps(result, indent=2), flush=True)  # first: a failed write loses nothing
+  problem = save_result(_WORKDIR.value, _CHECKPOINT.value, result)
+  if problem:
+    print(f'seqlab: warning: {problem}', file=sys.stderr)
   return 0
 
 

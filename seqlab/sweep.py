@@ -17,7 +17,10 @@ which holds a normal run's files plus ``point.json`` (its status: running, done,
 failed with the error, interrupted; wall time) and, in process mode, ``log.txt``.
 ``<workdir>/sweep.json`` lists every point with its status. A point is done when its
 metrics.jsonl reaches train.steps; running the same command again skips done points
-and resumes the others from their checkpoints (failed ones are tried again).
+and resumes the others from their checkpoints (failed ones are tried again). A rerun
+may raise train.steps or change the cadence of logs, evals and checkpoints
+(``RESUMABLE``); a point that already ran with another config (other shared
+``--config.k=v`` overrides, an edited experiment file) is refused with exit code 2.
 
   --mode=processes  each point is ``python -m seqlab.run`` in a subprocess, ``--parallel``
                     at a time, so a crash in one point cannot take the others down.
@@ -335,9 +338,49 @@ def read_point(workdir: str) -> dict:
 
 
 def is_done(point: Point) -> bool:
-  """Whether the point's metrics.jsonl reaches its train.steps."""
-  steps = [r['step'] for r in workdir_lib.read_metrics(point.workdir) if r['split'] == 'train']
+  """Whether the point's metrics.jsonl reaches its train.steps (False if unreadable: the
+  point's run then reports what is wrong with it)."""
+  try:
+    rows = workdir_lib.read_metrics(point.workdir)
+  except workdir_lib.WorkdirError:
+    return False
+  steps = [r['step'] for r in rows if r['split'] == 'train']
   return bool(steps) and max(steps) >= point.config.train.steps
+
+
+# Keys a rerun may change and still resume a point's run: more steps, another cadence of
+# logs, evals and checkpoints. Any other change makes the point's results another config's.
+RESUMABLE = ('train.steps', 'train.log_every', 'train.eval_every', 'train.checkpoint_every',
+             'train.keep_checkpoints')
+
+
+def config_changes(point: Point) -> list[str]:
+  """How the config in the point's config.json differs from the one the sweep asks for
+  now ('key: old -> new', ``RESUMABLE`` keys left out); [] if the same or not started."""
+  path = os.path.join(point.workdir, 'config.json')
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise SweepError(f'point {point.name}: cannot read {path} ({e}); delete {point.workdir} '
+                     'to rerun the point, or give another --workdir') from None
+  wanted = json.loads(point.config.to_json_best_effort())  # as workdir.prepare writes it
+  return [c for c in workdir_lib.flat_diff(saved, wanted)
+          if c.partition(':')[0] not in RESUMABLE]
+
+
+def check_unchanged(points: list[Point]) -> None:
+  """SweepError for the first point whose sub-workdir holds a run of another config
+  (the shared --config.k=v overrides or the experiment file changed since)."""
+  for point in points:
+    changed = config_changes(point)
+    if changed:
+      more = f' and {len(changed) - 3} more' if len(changed) > 3 else ''
+      raise SweepError(f'point {point.name} was run with another config '
+                       f'({"; ".join(changed[:3])}{more}); give another --workdir, or delete '
+                       f'{point.workdir} to rerun it')
 
 
 def final_metrics(workdir: str) -> dict:
@@ -622,7 +665,9 @@ def main(argv) -> int:
     points = _points(config_arg, FLAGS.config, base_overrides, workdir)
     index, count = parse_shard(FLAGS.shard)
     metric, metric_mode = _metric(FLAGS.config)
-  except ValueError as e:  # SweepError, ConfigError, a task's ValueError
+    check_unchanged(points)  # in either --mode
+    workdir_lib.ensure_dir(workdir)
+  except ValueError as e:  # SweepError, ConfigError (WorkdirError), a task's ValueError
     source = ' '.join(f'--sweep {s}' for s in FLAGS.sweep) or config_arg
     print(f'seqlab: bad sweep ({source}): {e}', file=sys.stderr)
     return 2

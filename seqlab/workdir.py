@@ -12,6 +12,8 @@ import time
 from absl import logging
 import jax
 
+from seqlab import config as config_lib
+
 PACKAGES = ('seqlab', 'jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml-collections',
             'numpy')
 
@@ -50,6 +52,51 @@ def _versions() -> dict:
   return versions
 
 
+class WorkdirError(config_lib.ConfigError):
+  """A workdir that cannot be created or written: a file, under a file, read-only, full.
+
+  A ``ConfigError`` (and so a ``ValueError``), so that the tools that report a bad
+  config in one line (``seqlab.run``, ``seqlab.sweep``) report this one too.
+  """
+
+
+def file_in_path(path: str) -> str | None:
+  """The first part of ``path`` that exists and is not a directory, if any."""
+  parts = os.path.abspath(path).split(os.sep)
+  for i in range(2, len(parts) + 1):
+    prefix = os.sep.join(parts[:i])
+    if os.path.lexists(prefix) and not os.path.isdir(prefix):
+      return prefix
+  return None
+
+
+def describe_os_error(path: str, error: OSError) -> str:
+  """One line on why directory ``path`` cannot be created or written, with the fix."""
+  blocker = file_in_path(path)
+  if blocker == os.path.abspath(path):
+    return f'{path} is a file, not a directory; give another --workdir'
+  if blocker:
+    return f'cannot create {path}: {blocker} is a file, not a directory; give another --workdir'
+  where = error.filename or path
+  if isinstance(error, PermissionError):
+    return (f'cannot write to {where} (permission denied); make {path} writable '
+            '(chmod u+w) or give another --workdir')
+  return f'cannot write to {where} ({error.strerror or error}); give another --workdir'
+
+
+def ensure_dir(path: str) -> None:
+  """Creates directory ``path`` if needed and checks that it is writable.
+
+  Raises WorkdirError (one line that names the fix) when it cannot be.
+  """
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(describe_os_error(path, e)) from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise WorkdirError(describe_os_error(path, PermissionError(13, 'Permission denied', path)))
+
+
 def flat_diff(old: dict, new: dict, prefix='') -> list[str]:
   """Keys whose values differ between two nested dicts, as 'a.b: old -> new'."""
   out = []
@@ -65,11 +112,20 @@ def flat_diff(old: dict, new: dict, prefix='') -> list[str]:
 def prepare(workdir: str, config) -> None:
   """Creates ``workdir`` and writes config.json (the resolved config) and run_info.json.
 
-  On many hosts only process 0 writes (the workdir is shared storage).
+  On many hosts only process 0 writes (the workdir is shared storage). Raises
+  WorkdirError when ``workdir`` cannot be created or written.
   """
-  os.makedirs(workdir, exist_ok=True)
+  ensure_dir(workdir)
   if jax.process_index() != 0:
     return
+  try:
+    _write_run_files(workdir, config)
+  except OSError as e:
+    raise WorkdirError(describe_os_error(workdir, e)) from None
+
+
+def _write_run_files(workdir: str, config) -> None:
+  """config.json (warning when a resumed run's config changed) and run_info.json."""
   resolved = json.loads(config.to_json_best_effort())
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
@@ -99,12 +155,39 @@ def _write_json(path, obj):
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """The rows of ``workdir/metrics.jsonl``."""
+  """The rows of ``workdir/metrics.jsonl``.
+
+  A last line cut short (a crash or a full disk in the middle of a write) is skipped
+  with a warning; ``MetricWriter`` drops it when the run resumes. An unreadable line
+  before the last raises WorkdirError naming the file and the line.
+  """
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  with open(path, errors='replace') as f:
+    lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+  rows = []
+  for n, line in lines:
+    row, problem = _parse_row(line)
+    if problem is None:
+      rows.append(row)
+    elif n == lines[-1][0]:
+      logging.warning('%s: skipping its last line (%d), cut short by an interrupted write: '
+                      '%.60r', path, n, line)
+    else:
+      raise WorkdirError(f'{path}, line {n}: {problem}; repair or delete that line')
+  return rows
+
+
+def _parse_row(line: str) -> tuple[dict | None, str | None]:
+  """(the row of one metrics.jsonl line, None) or (None, what is wrong with it)."""
+  try:
+    row = json.loads(line)
+  except json.JSONDecodeError as e:
+    return None, f'not a JSON row ({e.msg})'
+  if not isinstance(row, dict) or 'step' not in row or 'split' not in row:
+    return None, 'not a row of metrics (no step and split)'
+  return row, None
 
 
 class MetricWriter:
@@ -121,8 +204,10 @@ class MetricWriter:
     if not self.primary:
       return
     kept = [r for r in read_metrics(workdir) if r['step'] <= resume_step]
-    with open(self.path, 'w') as f:
+    tmp = self.path + '.tmp'  # replaced at once: a crash here keeps the old rows
+    with open(tmp, 'w') as f:
       f.writelines(json.dumps(r) + '\n' for r in kept)
+    os.replace(tmp, self.path)
     self._file = open(self.path, 'a')
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))

@@ -94,7 +94,7 @@ def test_check_points_converts_names_and_validates(tmp_path):
       ([{'optim.lr': -1.0}], 'point optim.lr=-1.0: config.optim.lr must be positive'),
       ([{'model.cell': 'lstmm'}], 'choose one of'),
       ([{'task.length': 1}], 'point task.length=1: task.length must be an integer >= 2'),
-      ([{'optim.b1': 2.0}], 'optim.b1=2.0 must be <= 1'),
+      ([{'optim.b1': 2.0}], 'optim.b1=2.0 must be < 1'),
   ]
   for raw, message in cases:
     with pytest.raises(sweep.SweepError, match=message):
@@ -110,6 +110,33 @@ def test_point_names_are_filesystem_safe_and_short():
   name = sweep.point_name(long)
   assert len(name) <= 120 and name == sweep.point_name(dict(reversed(long.items())))
   assert name != sweep.point_name({**long, 'k9': 'y' * 20})
+
+
+def test_check_unchanged_refuses_a_point_run_with_another_config(tmp_path):
+  """A point's name holds only its swept keys: a sub-workdir whose config.json differs
+  in anything else (other shared overrides, an edited experiment) holds another run."""
+  config = load_config('adding')
+  [point] = sweep.check_points(config, [{'seed': 0}], str(tmp_path), 'adding')
+  sweep.check_unchanged([point])  # not started: nothing to compare
+  os.makedirs(point.workdir)
+
+  def save(**changes):
+    saved = json.loads(point.config.to_json_best_effort())
+    for key, value in changes.items():
+      section, name = key.split('__')
+      saved[section][name] = value
+    (tmp_path / point.name / 'config.json').write_text(json.dumps(saved))
+
+  save(train__steps=7, train__eval_every=3)  # a rerun may add steps, change the cadence
+  sweep.check_unchanged([point])
+  save(model__cell='gru', model__hidden_size=8, train__steps=7)
+  with pytest.raises(sweep.SweepError, match=(
+      r"point seed=0 was run with another config \(model.cell: 'gru' -> 'lstm'; "
+      r'model.hidden_size: 8 -> 16\); give another --workdir, or delete .*seed=0 to rerun')):
+    sweep.check_unchanged([point])
+  save(**{f'optim__{k}': 0.5 for k in ('b1', 'b2', 'eps', 'lr')})
+  with pytest.raises(sweep.SweepError, match=r'optim.eps: 0.5 -> 1e-08 and 1 more\)'):
+    sweep.check_unchanged([point])
 
 
 @pytest.mark.parametrize('count', [1, 2, 3, 7])
@@ -231,3 +258,27 @@ def test_sigterm_stops_a_sweep_and_the_same_command_resumes_it(tmp_path, mode):
           f'Population of 2 points resumed at step {stopped}') in resumed, resumed[-3000:]
   rows = workdir_lib.read_metrics(str(workdir / 'seed=0'))
   assert [r['step'] for r in rows if r['split'] == 'train'][-1] == stopped + 5
+
+
+def test_a_rerun_with_other_shared_overrides_is_refused_in_either_mode(tmp_path):
+  """The same sweep with another --config.model.cell: its points' results are those of
+  the old config, so the sweep exits 2 before anything runs (and reports nothing done)."""
+  workdir = tmp_path / 'sweep'
+  args = [*QUICK, '--workdir', str(workdir), '--sweep', 'seed=[0]', '--config.train.steps=4',
+          '--config.train.eval_every=2', '--config.train.log_every=2',
+          '--config.train.checkpoint_every=2']
+  first = run_module('seqlab.sweep', *args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  log = (workdir / 'seed=0' / 'log.txt').read_text()
+  for mode in sweep.MODES:
+    again = run_module('seqlab.sweep', *args, '--mode', mode, '--config.model.cell=gru',
+                       '--config.model.hidden_size=8')
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert 'Traceback' not in again.stderr and '[start]' not in again.stdout
+    assert again.stderr.strip().splitlines()[-1] == (
+        "seqlab: bad sweep (--sweep seed=[0]): point seed=0 was run with another config "
+        "(model.cell: 'lstm' -> 'gru'; model.hidden_size: 16 -> 8); give another --workdir, "
+        f"or delete {workdir / 'seed=0'} to rerun it")
+  saved = json.loads((workdir / 'seed=0' / 'config.json').read_text())
+  assert saved['model']['cell'] == 'lstm'
+  assert (workdir / 'seed=0' / 'log.txt').read_text() == log
