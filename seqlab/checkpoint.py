@@ -28,14 +28,14 @@ import orbax.checkpoint as ocp
 BEST_MODES = ('min', 'max')
 
 
-def _manager(directory, *, keep, async_save, best_fn=None, best_mode='min'):
+def _manager(directory, *, keep, async_save, best_fn=None, best_mode='min', read_only=False):
   # Both managers may save the same step at once: on many hosts their barriers need
   # distinct names (orbax keys them by step alone otherwise).
   prefix = os.path.basename(directory.rstrip('/'))
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, best_fn=best_fn, best_mode=best_mode,
       keep_checkpoints_without_metrics=False, enable_async_checkpointing=async_save,
-      cleanup_tmp_directories=True,
+      cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only,
       multiprocessing_options=ocp.options.MultiprocessingOptions(
           barrier_sync_key_prefix=prefix))
   # One unnamed item with its handler fixed up front: left to itself, orbax infers
@@ -118,10 +118,12 @@ class Checkpointer:
     best_mode: 'min' (a loss) or 'max' (an accuracy).
     async_save: write in a background thread; ``save`` returns once the arrays are
       copied to host memory.
+    read_only: for restoring only (evaluate, sample): creates and cleans nothing, so
+      no background thread outlives the process and a read-only workdir works.
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, best_metric: str | None = None,
-               best_mode: str = 'min', async_save: bool = True):
+               best_mode: str = 'min', async_save: bool = True, read_only: bool = False):
     if keep < 1:
       raise ValueError(f'keep={keep} must be >= 1')
     if best_mode not in BEST_MODES:
@@ -130,10 +132,11 @@ class Checkpointer:
     self._best_mode = best_mode
     if '://' not in workdir:  # orbax wants absolute local paths; gs://... stays
       workdir = os.path.abspath(workdir)
-    self._latest = _manager(f'{workdir}/checkpoints', keep=keep, async_save=async_save)
+    self._latest = _manager(f'{workdir}/checkpoints', keep=keep, async_save=async_save,
+                            read_only=read_only)
     best_fn = (lambda metrics: metrics[best_metric]) if best_metric else None
     self._best = _manager(f'{workdir}/best', keep=1, async_save=async_save,
-                          best_fn=best_fn, best_mode=best_mode)
+                          best_fn=best_fn, best_mode=best_mode, read_only=read_only)
     self._best_value = self._saved_best_value()
     self._superseded = []  # damaged steps newer than the one restore_latest used
     self._closed = False

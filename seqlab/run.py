@@ -97,6 +97,9 @@ def main(argv):
     return 2
   try:
     metrics = train.train_and_evaluate(_CONFIG.value, workdir)
+  except workdir_lib.WorkdirError as e:
+    print(f'seqlab: {e}', file=sys.stderr)
+    return 2
   except config_lib.ConfigError as e:
     print(f'seqlab: bad config: {e}', file=sys.stderr)
     return 2

@@ -120,8 +120,10 @@ def train_step(state, batch, *, model, optimizer, spec):
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
-  # The update too: a finite gradient can still give NaN weights (Adam's 0 / 0).
-  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
+  # The new weights too: a finite gradient can still give NaN ones (Adam's 0 / 0). Leaf
+  # by leaf, as a norm of large finite weights would overflow.
+  finite = jax.tree.leaves(jax.tree.map(lambda p: jnp.all(jnp.isfinite(p)), params))
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & functools.reduce(jnp.logical_and, finite)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
   new_state = {
       'step': state['step'] + 1,
@@ -420,7 +422,7 @@ def load_run(workdir: str, which: str = 'best'):
                             make_mesh())
   metric, mode = losses.best_metric(task.spec, config.train.best_metric)
   ckpt = checkpoint.Checkpointer(workdir, keep=config.train.keep_checkpoints,
-                                 best_metric=metric, best_mode=mode)
+                                 best_metric=metric, best_mode=mode, read_only=True)
   restored = ckpt.restore_best(abstract) if which == 'best' else ckpt.restore_latest(abstract)
   ckpt.close()
   if restored is None:
