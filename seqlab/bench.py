@@ -118,6 +118,9 @@ class Shape:
       batch, time_, hidden = (int(n) for n in text.lower().split('x'))
     except ValueError:
       raise ValueError(f'shape {text!r} is not batch x time x hidden, e.g. 32x128x256') from None
+    if min(batch, time_, hidden) < 1:
+      raise ValueError(f'shape {text!r}: batch x time x hidden must be positive integers, '
+                       'e.g. --shapes 32x128x256')
     return cls(batch, time_, hidden)
 
   def __str__(self):
@@ -593,6 +596,23 @@ def flag_or_quick(flag, key):
   return QUICK[key] if _QUICK.value and not flag.present else flag.value
 
 
+def parse_lengths(values) -> list[int]:
+  """--lengths' strings -> positive ints; app.UsageError naming a bad one."""
+  lengths = []
+  for value in values:
+    try:
+      lengths.append(int(value))
+    except ValueError:
+      lengths.append(0)
+    if lengths[-1] < 1:
+      raise app.UsageError(f'--lengths: {value!r} is not a positive integer; give sequence '
+                           'lengths separated by commas, e.g. --lengths 1000,4000')
+  if not lengths:
+    raise app.UsageError('--lengths is empty; give sequence lengths separated by commas, '
+                         'e.g. --lengths 1000,4000')
+  return lengths
+
+
 def check_choices(name, values, choices):
   bad = [v for v in values if v not in choices]
   if bad:
@@ -600,6 +620,16 @@ def check_choices(name, values, choices):
 
 
 def main(argv):
+  """Runs the tables the flags ask for; a bad flag value is one line on stderr
+  (``seqlab: ...``) and exit code 2, before anything is measured."""
+  try:
+    return _main(argv)
+  except app.UsageError as e:
+    print(f'seqlab: {e}', file=sys.stderr)
+    return 2
+
+
+def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   workdir_lib.quiet_logging()
@@ -621,7 +651,9 @@ def main(argv):
   steps, rounds = flag_or_quick(_STEPS, 'steps'), flag_or_quick(_ROUNDS, 'rounds')
   if steps < 1 or rounds < 2:
     raise app.UsageError('--steps must be >= 1 and --rounds >= 2 (round 0 is a warm-up)')
-  lengths = [int(t) for t in flag_or_quick(_LENGTHS, 'lengths')]
+  if input_size < 1:
+    raise app.UsageError(f'--input must be a positive integer, got {input_size}')
+  lengths = parse_lengths(flag_or_quick(_LENGTHS, 'lengths'))
   torch = torch_module() if 'torch' in _PEERS.value else None
   if 'torch' in _PEERS.value and torch is None:
     log('torch is not installed: measuring without it')

@@ -32,7 +32,8 @@ _LENGTH = flags.DEFINE_integer('length', 200, 'Tokens to generate (language mode
                                lower_bound=1, flag_values=FLAGS)
 _TEMPERATURE = flags.DEFINE_float('temperature', 1.0, '0 is greedy.', lower_bound=0.0,
                                   flag_values=FLAGS)
-_TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample from the k most likely (0: all).',
+_TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample from the k most likely tokens (0, or k at '
+                              'least the vocabulary size: from all of them).',
                               lower_bound=0, flag_values=FLAGS)
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.', flag_values=FLAGS)
 _NUM = flags.DEFINE_integer('num_samples', 1, 'Samples to draw.', lower_bound=1,
@@ -49,7 +50,11 @@ _PENALTY = flags.DEFINE_float('length_penalty', 0.0, 'Seq2seq beam search: GNMT 
 
 def sample_text(workdir, prompt, length, temperature=1.0, top_k=0, seed=0, num_samples=1,
                 which='best') -> list[str]:
-  """``num_samples`` continuations of ``prompt`` from the language model in ``workdir``."""
+  """``num_samples`` continuations of ``prompt`` from the language model in ``workdir``.
+
+  ``top_k`` > 0 samples from the k most likely tokens; 0, or a k at least the
+  vocabulary size (``task.spec.num_outputs``), samples from all of them.
+  """
   _, task, model, state, _ = train.load_run(workdir, which)
   if task.spec.model == 'seq2seq':
     raise ValueError(f'{workdir} is a seq2seq run: use decode_inputs (or --method)')
@@ -58,6 +63,8 @@ def sample_text(workdir, prompt, length, temperature=1.0, top_k=0, seed=0, num_s
                      'sampling needs a text task such as charlm')
   if not prompt:
     raise ValueError('--prompt must not be empty')
+  if top_k < 0:
+    raise ValueError(f'--top_k must be 0 (no truncation) or positive, got {top_k}')
   ids = np.tile(task.encode(prompt)[None], (num_samples, 1))
   run = jax.jit(lambda p, x, k: models.sample(model, p, x, k, length, temperature, top_k))
   tokens, _ = run(state['params'], ids, jax.random.key(seed))

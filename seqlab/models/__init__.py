@@ -26,9 +26,16 @@ def cell_options(model_cfg) -> dict:
 
 
 def build_model(model_cfg, spec):
-  """``model`` config + task ``Spec`` -> an uninitialised ``SequenceModel`` or ``Seq2Seq``."""
+  """``model`` config + task ``Spec`` -> an uninitialised ``SequenceModel`` or ``Seq2Seq``.
+
+  A causal task (``Spec.causal``, a language model) refuses a bidirectional encoder.
+  """
   layers.check_choice('model.dtype', model_cfg.dtype, tuple(DTYPES))
   layers.check_choice('model.hoist', model_cfg.hoist, tuple(HOIST))
+  if spec.causal and model_cfg.bidirectional:
+    raise ValueError('model.bidirectional=True lets a language model see the next character '
+                     'it predicts (its targets are its next inputs); set '
+                     'model.bidirectional=False')
   dtype = DTYPES[model_cfg.dtype]
   encoder = layers.StackedRNN(
       cell=model_cfg.cell, hidden_size=model_cfg.hidden_size, num_layers=model_cfg.num_layers,

@@ -10,12 +10,13 @@ import jax.numpy as jnp
 def sample_logits(key, logits, temperature: float = 1.0, top_k: int = 0):
   """Draws tokens from logits [batch, vocab]; temperature 0 is greedy (argmax).
 
-  top_k > 0 keeps the k largest logits of each row before sampling.
+  top_k > 0 keeps the k largest logits of each row before sampling; a k of at least
+  vocab keeps every one, as 0 does.
   """
   if temperature == 0:
     return jnp.argmax(logits, axis=-1)
   logits = logits / temperature
-  if top_k > 0:
+  if 0 < top_k < logits.shape[-1]:
     kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   return jax.random.categorical(key, logits, axis=-1)

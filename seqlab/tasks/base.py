@@ -55,6 +55,9 @@ class Spec:
     is true (a stream starts again). Eval batches are read in order the same way.
   model: 'sequence' (``SequenceModel``) or 'seq2seq' (``Seq2Seq``: token inputs,
     target='steps', cross_entropy; batches as in ``seqlab.seq2seq_metrics``).
+  causal: the target of step t is the input of step t + 1 (a language model), so the
+    model must not read ahead: ``models.build_model`` refuses a bidirectional encoder.
+    Needs target='steps'.
   """
   input_vocab: int
   input_features: int
@@ -66,6 +69,7 @@ class Spec:
   fixed_length: int | None = None
   stateful: bool = False
   model: str = 'sequence'
+  causal: bool = False
 
   @property
   def metric_mode(self) -> str:
@@ -78,6 +82,8 @@ class Spec:
         'steps', 'cross_entropy', True):
       raise ValueError("Spec.model='seq2seq' needs token inputs, target='steps' and "
                        "loss='cross_entropy'")
+    if self.causal and self.target != 'steps':
+      raise ValueError("Spec.causal=True needs target='steps' (a target per step)")
     _check_choice('loss', self.loss, tuple(LOSS_METRICS))
     _check_choice('metric', self.metric, tuple(m for m in LOSS_METRICS[self.loss] if m != 'count'))
     if self.input_vocab < 0 or (self.input_vocab > 0) == (self.input_features > 0):

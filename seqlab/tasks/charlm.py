@@ -71,6 +71,13 @@ def load_text(path: str, corpus: str) -> str:
   return _shakespeare() if corpus == 'shakespeare' else _python_stdlib()
 
 
+def min_chars(batch_size: int, seq_len: int, whole: bool = False) -> int:
+  """The fewest characters ``streams`` lays out as ``batch_size`` streams: one chunk of
+  ``seq_len`` targets each (``whole=False``), or one target each (``whole=True``), plus
+  the first input."""
+  return batch_size * (1 if whole else seq_len) + 1
+
+
 def streams(ids: np.ndarray, batch_size: int, seq_len: int, whole: bool = False
             ) -> tuple[np.ndarray, int, int]:
   """Lays ``ids`` out as ``batch_size`` contiguous streams of ``length = (n - 1) //
@@ -80,11 +87,13 @@ def streams(ids: np.ndarray, batch_size: int, seq_len: int, whole: bool = False
   each stream with a zero-padded partial chunk, so that every target of the streams
   is scored (``target_mask``).
   """
+  need = min_chars(batch_size, seq_len, whole)
+  if len(ids) < need:
+    raise ValueError(f'{len(ids)} characters are too few for {batch_size} streams of '
+                     f'{"at least 1" if whole else seq_len} character(s) (they need {need}); '
+                     'use a smaller batch or seq_len, or more text')
   length = (len(ids) - 1) // batch_size
   chunks = -(-length // seq_len) if whole else length // seq_len
-  if chunks < 1:
-    raise ValueError(f'{len(ids)} characters are too few for batch_size {batch_size} x '
-                     f'task.seq_len {seq_len}; use a smaller batch or seq_len, or more text')
   keep = min(length, chunks * seq_len) + 1
   rows = np.zeros((batch_size, chunks * seq_len + 1), ids.dtype)
   for b in range(batch_size):
@@ -119,7 +128,8 @@ class CharLM:
   def spec(self) -> base.Spec:
     vocab = len(self.chars) + 1  # + UNK
     return base.Spec(input_vocab=vocab, input_features=0, target='steps', num_outputs=vocab,
-                     loss='cross_entropy', metric='bpc', fixed_length=self.seq_len, stateful=True)
+                     loss='cross_entropy', metric='bpc', fixed_length=self.seq_len, stateful=True,
+                     causal=True)
 
   def encode(self, text: str, chars=None) -> np.ndarray:
     """Text -> int32 ids (unknown characters -> 0)."""
@@ -131,9 +141,26 @@ class CharLM:
 
   @functools.lru_cache(maxsize=8)
   def _streams(self, split: str, batch_size: int):
-    if split == 'train':
-      return streams(self._split[1], batch_size, self.seq_len)
-    return streams(self._split[2], batch_size, self.seq_len, whole=True)
+    """``streams`` of ``split``; a split too short for ``batch_size`` streams is a
+    ValueError naming the split and the config keys that change it."""
+    train = split == 'train'
+    ids = self._split[1] if train else self._split[2]
+    need = min_chars(batch_size, self.seq_len, whole=not train)
+    if len(ids) < need:
+      if train:
+        raise ValueError(
+            f'the training split has {len(ids)} characters, too few for {batch_size} streams '
+            f'(train.batch_size) of task.seq_len={self.seq_len} characters, which need '
+            f'{need}; lower train.batch_size or task.seq_len, lower task.test_fraction '
+            f'(now {self.test_fraction}), or use more text (task.max_chars, 0 for all of it, '
+            'or a longer task.path)')
+      raise ValueError(
+          f'the held-out (eval) split has {len(ids)} characters (task.test_fraction='
+          f'{self.test_fraction} of {len(self.text)}), too few for an eval batch of '
+          f'{batch_size} streams (train.eval_batch_size, or train.batch_size when it is 0), '
+          f'which need {need}; lower train.eval_batch_size, raise task.test_fraction, or use '
+          'more text (task.max_chars, 0 for all of it, or a longer task.path)')
+    return streams(ids, batch_size, self.seq_len, whole=not train)
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """Chunk ``step mod chunks`` of the split's streams: inputs, targets int32 [batch,

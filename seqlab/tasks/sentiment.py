@@ -46,16 +46,34 @@ def read_polarity(folder: str) -> tuple[list[str], list[str]]:
 
 
 def read_table(path: str) -> tuple[list[str], list[str]]:
-  """(labels, texts) of a ``label,text`` CSV or ``label<TAB>text`` TSV file."""
+  """(labels, texts) of a ``label,text`` CSV or ``label<TAB>text`` TSV file, UTF-8 (with
+  or without a byte-order mark); another encoding is a ValueError naming the file."""
   delimiter = '\t' if path.endswith('.tsv') else ','
-  with open(path, newline='', encoding='utf-8-sig') as f:  # skips a byte-order mark
-    rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
+  try:
+    with open(path, newline='', encoding='utf-8-sig') as f:  # skips a byte-order mark
+      rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
+  except UnicodeDecodeError:
+    raise ValueError(f'{path} is not UTF-8 text ({_first_bad_byte(path)}); re-save it as '
+                     'UTF-8 (a latin-1 file: iconv -f latin1 -t utf-8 OLD > NEW) and point '
+                     'task.path at the new file') from None
   if rows and [c.strip().lower() for c in rows[0][:2]] == ['label', 'text']:
     rows = rows[1:]
   for line, row in enumerate(rows, 1):
     if len(row) < 2:
       raise ValueError(f'{path}, row {line}: expected label{delimiter!r}text, got {row!r}')
   return [r[0].strip() for r in rows], [delimiter.join(r[1:]) for r in rows]
+
+
+def _first_bad_byte(path: str) -> str:
+  """Where the UTF-8 decoding of the file at ``path`` first fails, in words."""
+  with open(path, 'rb') as f:
+    raw = f.read()
+  try:
+    raw.decode('utf-8')
+  except UnicodeDecodeError as e:
+    line = raw.count(b'\n', 0, e.start) + 1
+    return f'byte 0x{raw[e.start]:02x} on line {line}'
+  return 'a byte that is not UTF-8'
 
 
 def read_examples(path: str) -> tuple[list[str], list[str]]:

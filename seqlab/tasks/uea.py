@@ -47,11 +47,16 @@ MISSING = ('error', 'ffill')
 @dataclasses.dataclass(frozen=True, eq=False)
 class TsFile:
   """A parsed ``.ts`` file: ``series`` float64 [length_i, channels] per case (NaN where
-  missing), ``labels`` the cases' label strings, ``class_labels`` the declared labels."""
+  missing), ``labels`` the cases' label strings, ``class_labels`` the declared labels.
+  Every case has ``channels`` channels (@dimensions, else those of the first case)."""
   problem: str
   series: list
   labels: list
   class_labels: tuple
+
+  @property
+  def channels(self) -> int:
+    return self.series[0].shape[1]
 
 
 def _parse_bool(value: str, tag: str, path: str) -> bool:
@@ -102,6 +107,7 @@ def read_ts(path: str) -> TsFile:
         continue
       if in_data:
         x, label = _parse_case(line, line_no, path, channels)
+        channels = x.shape[1]  # undeclared: every case as the first
         series.append(x)
         labels.append(label)
       elif line.lower() == '@data':
@@ -203,6 +209,11 @@ def load(dataset: str, data_dir: str = '', missing: str = 'error'
                      f'{", ".join(MISSING)}')
   train_path, test_path = find_files(dataset, data_dir)
   train_ts, test_ts = read_ts(train_path), read_ts(test_path)
+  if train_ts.channels != test_ts.channels:
+    raise ValueError(f'{test_path} has {test_ts.channels} channel(s) per case but '
+                     f'{train_path} has {train_ts.channels}; the train and test files must '
+                     'come from the same problem (the same @dimensions): replace one so that '
+                     'both match')
   classes = arrays.sort_labels(train_ts.class_labels or train_ts.labels)
   stats = channel_stats(train_ts.series)
   train = _examples(train_ts, classes, missing, stats, train_path)

@@ -1,0 +1,202 @@
+"""Bad input is a clear error that names the problem and the fix, not a traceback from
+deep inside JAX or NumPy: language models refuse a bidirectional encoder, sample's
+--top_k past the vocabulary, bench's --shapes and --lengths, UEA train/test files that
+disagree, non-UTF-8 sentiment CSVs, and charlm splits too short for the batch."""
+import os
+
+import ml_collections
+import pytest
+
+from seqlab import bench
+from seqlab import models
+from seqlab import sample
+from seqlab import tasks
+from seqlab import train
+from seqlab.tasks import base
+from seqlab.tasks import charlm
+from seqlab.tasks import sentiment
+from seqlab.tasks import uea
+from conftest import load_config, run_module
+
+
+def cfg(**kw):
+  return ml_collections.FrozenConfigDict(kw)  # frozen: make_task must never write
+
+
+def write(path, text, encoding='utf-8'):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w', encoding=encoding) as f:
+    f.write(text)
+  return str(path)
+
+
+def one_line_error(proc, *fragments):
+  """``proc`` exited 2 with one ``seqlab: ...`` line on stderr holding ``fragments``."""
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert lines and lines[-1].startswith('seqlab: '), proc.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in lines[-1], (fragment, lines[-1])
+
+
+# --- 1. a language model must not read the character it predicts --------------------------
+
+
+def test_bidirectional_language_model_fails_before_training(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = run_module('seqlab.run', '--config', 'experiments/charlm.py:quick', '--workdir',
+                    str(workdir), '--config.model.bidirectional=True')
+  one_line_error(proc, 'model.bidirectional=True lets a language model see the next character',
+                 'set model.bidirectional=False')
+  assert not (workdir / 'checkpoints').exists()
+
+
+def test_only_causal_specs_refuse_a_bidirectional_encoder():
+  config = load_config('charlm')
+  lm = tasks.make_task(config.task, config.seed).spec
+  assert lm.causal
+  bidirectional = ml_collections.ConfigDict(config.model.to_dict())
+  bidirectional.bidirectional = True
+  with pytest.raises(ValueError, match='set model.bidirectional=False'):
+    models.build_model(bidirectional, lm)
+  models.build_model(config.model, lm)  # unidirectional: fine
+  for name in ('copy', 'reverse', 'adding'):  # targets that are not the next inputs
+    other = load_config(name)
+    spec = tasks.make_task(other.task, other.seed).spec
+    assert not spec.causal, name
+    model_cfg = ml_collections.ConfigDict(other.model.to_dict())
+    model_cfg.bidirectional = True
+    models.build_model(model_cfg, spec)
+  with pytest.raises(ValueError, match="causal=True needs target='steps'"):
+    base.Spec(input_vocab=5, input_features=0, target='sequence', num_outputs=2,
+              loss='cross_entropy', metric='accuracy', causal=True)
+
+
+# --- 2. sample --top_k past the vocabulary ------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def charlm_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('charlm') / 'run')
+  config = load_config('charlm')
+  config.train.steps = config.train.eval_every = config.train.checkpoint_every = 2
+  config.train.log_every = 1
+  config.optim.warmup_steps = 0
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_sample_top_k_at_least_the_vocabulary_keeps_every_token(charlm_run):
+  vocab = tasks.make_task(load_config('charlm').task, 0).spec.num_outputs
+  full = sample.sample_text(charlm_run, 'ab', 8, top_k=0, seed=3)
+  assert sample.sample_text(charlm_run, 'ab', 8, top_k=100000, seed=3) == full
+  assert sample.sample_text(charlm_run, 'ab', 8, top_k=vocab, seed=3) == full
+  assert len(sample.sample_text(charlm_run, 'ab', 8, top_k=2, seed=3)[0]) == 10
+  with pytest.raises(ValueError, match='--top_k must be 0'):
+    sample.sample_text(charlm_run, 'ab', 8, top_k=-1)
+  proc = run_module('seqlab.sample', '--workdir', charlm_run, '--prompt', 'ab', '--length', '8',
+                    '--top_k', '100000', '--seed', '3')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip() == full[0].strip()
+
+
+# --- 3. bench --shapes and --lengths -------------------------------------------------------
+
+
+@pytest.mark.parametrize('args, fragment', [
+    (['--shapes', '0x10x8'], "shape '0x10x8': batch x time x hidden must be positive"),
+    (['--shapes', '4x-2x8'], "shape '4x-2x8': batch x time x hidden must be positive"),
+    (['--memory', '--lengths', 'abc'], "--lengths: 'abc' is not a positive integer"),
+    (['--memory', '--lengths', '64,0'], "--lengths: '0' is not a positive integer"),
+    (['--input', '0'], '--input must be a positive integer'),
+])
+def test_bench_bad_shapes_and_lengths_are_usage_errors(args, fragment):
+  proc = run_module('seqlab.bench', '--cells', 'rnn', '--peers', 'flax', '--steps', '1',
+                    '--rounds', '2', *args, timeout=120)
+  one_line_error(proc, fragment)
+
+
+def test_bench_parsers():
+  assert bench.parse_lengths(['64', '256']) == [64, 256]
+  assert bench.parse_lengths([64]) == [64]  # QUICK's
+  for bad in (['abc'], ['-1'], ['0'], ['1.5'], []):
+    with pytest.raises(bench.app.UsageError, match='--lengths'):
+      bench.parse_lengths(bad)
+  with pytest.raises(ValueError, match='must be positive integers'):
+    bench.Shape.parse('8x0x4')
+
+
+# --- 4. UEA train and test files with different channels ---------------------------------
+
+TS_HEADER = """@problemName Toy
+@timeStamps false
+@classLabel true a b
+"""
+
+
+def test_uea_train_and_test_with_different_channels(tmp_path):
+  train_path = write(tmp_path / 'Toy_TRAIN.ts',
+                     TS_HEADER + '@dimensions 2\n@data\n1,2,3:4,5,6:a\n1,2:3,4:b\n')
+  test_path = write(tmp_path / 'Toy_TEST.ts',
+                    TS_HEADER + '@dimensions 3\n@data\n1,2:3,4:5,6:a\n1:2:3:b\n')
+  with pytest.raises(ValueError) as e:
+    tasks.make_task(cfg(name='uea', dataset='Toy', data_dir=str(tmp_path)), seed=0)
+  message = str(e.value)
+  assert train_path in message and test_path in message
+  assert '3 channel(s)' in message and 'has 2' in message and 'same problem' in message
+
+
+def test_uea_undeclared_channels_must_agree_within_a_file(tmp_path):
+  path = write(tmp_path / 'Toy_TRAIN.ts', TS_HEADER + '@data\n1,2:3,4:a\n1,2:3,4:5,6:b\n')
+  write(tmp_path / 'Toy_TEST.ts', TS_HEADER + '@data\n1,2:3,4:a\n')
+  with pytest.raises(ValueError, match=f'{path}, line 6: expected 2 channel'):
+    uea.load('Toy', str(tmp_path))
+
+
+# --- 5. sentiment CSV that is not UTF-8 ----------------------------------------------------
+
+
+def test_sentiment_csv_that_is_not_utf8_names_the_file_and_the_fix(tmp_path):
+  path = write(tmp_path / 'reviews.csv', 'label,text\npos,good\nneg,caf\u00e9 was bad\n',
+               encoding='latin-1')
+  with pytest.raises(ValueError) as e:
+    tasks.make_task(cfg(name='sentiment', path=path), seed=0)
+  message = str(e.value)
+  assert path in message and 'not UTF-8' in message and 'byte 0xe9 on line 3' in message
+  assert 're-save it as UTF-8' in message
+  utf8 = write(tmp_path / 'ok.csv', 'label,text\npos,good\nneg,caf\u00e9 was bad\n')
+  assert sentiment.read_examples(utf8)[1] == ['good', 'caf\u00e9 was bad']
+
+
+# --- 6. charlm splits too short for the batch ---------------------------------------------
+
+
+def test_charlm_split_too_short_names_the_split_and_the_keys(tmp_path):
+  path = write(tmp_path / 'text.txt', ('abcdefghij' * 300))  # 3000 characters
+  task = tasks.make_task(cfg(name='charlm', path=path, seq_len=32), seed=0)  # 150 held out
+  assert task.num_eval_batches(149) == 1  # one character per eval stream is enough
+  with pytest.raises(ValueError) as e:
+    task.batch('eval', 0, 256)
+  message = str(e.value)
+  for fragment in ('held-out (eval) split has 150 characters', 'train.eval_batch_size',
+                   'train.batch_size', 'task.test_fraction', 'task.max_chars', 'need 257'):
+    assert fragment in message, (fragment, message)
+  with pytest.raises(ValueError, match='held-out'):
+    task.num_eval_batches(150)
+  task.batch('train', 0, 89)  # 2850 training characters: 89 x 32 + 1 = 2849
+  with pytest.raises(ValueError) as e:
+    task.batch('train', 0, 90)
+  message = str(e.value)
+  for fragment in ('training split has 2850 characters', 'train.batch_size', 'task.seq_len',
+                   'task.max_chars', 'need 2881'):
+    assert fragment in message, (fragment, message)
+  with pytest.raises(ValueError, match='too few for 2 streams'):
+    charlm.streams(task.encode('abc'), 2, 4)
+  # Through the command line: before any training step, in one line, nothing written.
+  workdir = tmp_path / 'run'
+  proc = run_module('seqlab.run', '--config', 'experiments/charlm.py:quick', '--workdir',
+                    str(workdir), f'--config.task.path={path}', '--config.task.max_chars=0',
+                    '--config.train.eval_batch_size=256')
+  assert proc.returncode == 2 and 'held-out (eval) split has 150' in proc.stderr
+  assert 'Traceback' not in proc.stderr and not workdir.exists()
