@@ -14,13 +14,13 @@ steps untouched; the leftover tmp directory is ignored and removed on the next s
 A step damaged afterwards (files deleted or truncated) is skipped with a warning and
 the previous one restored instead.
 """
-import contextlib
 import gc
 import logging as std_logging
 import math
 import os
 import sys
 import tempfile
+import warnings
 
 from absl import logging
 import orbax.checkpoint as ocp
@@ -56,55 +56,66 @@ def _restore_newest(manager, abstract_state):
   """(state, step) from the newest restorable step of ``manager``, and the newer
   steps that failed; (None, failed) when none restores."""
   restored, failed = None, []
-  with _quiet_abandoned_reads():
-    for step in sorted(manager.all_steps(), reverse=True):
-      try:
-        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract_state)), step
-        break
-      except Exception as e:  # pylint: disable=broad-except
-        # orbax and tensorstore raise anything from FileNotFoundError to ValueError
-        # and JSONDecodeError for a damaged step; each one only means "try older".
-        logging.warning('checkpoint %s/%d cannot be restored (%s); trying an older one.',
-                        manager.directory, step, _reason(e))
-        failed.append(step)
-    if failed:
-      gc.collect()  # the failed attempts' abandoned reads report now, while filtered
+  _quiet_abandoned_reads_from_now_on()  # before: the echoes may come as the read fails
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=ocp.args.StandardRestore(abstract_state)), step
+      break
+    except Exception as e:  # pylint: disable=broad-except
+      # orbax and tensorstore raise anything from FileNotFoundError to ValueError
+      # and JSONDecodeError for a damaged step; each one only means "try older".
+      logging.warning('checkpoint %s/%d cannot be restored (%s); trying an older one.',
+                      manager.directory, step, _reason(e))
+      failed.append(step)
+  if failed:
+    gc.collect()  # the failed attempts' abandoned reads report now
   return restored, failed
 
 
 class _DropAbandonedTasks(std_logging.Filter):
 
   def filter(self, record):
-    return not record.getMessage().startswith(
-        ('Task exception was never retrieved', 'Future exception was never retrieved'))
+    # 'Task', 'Future' or '_GatheringFuture exception was never retrieved'
+    return 'exception was never retrieved' not in record.getMessage()
 
 
-@contextlib.contextmanager
-def _quiet_abandoned_reads():
-  """Silences the echoes of a failed restore, which are not errors of their own.
+def _is_echo(error) -> bool:
+  """An echo of a failed restore's abandoned reads (see ``_quiet_abandoned_reads``)."""
+  text = str(error)
+  return ((isinstance(error, RuntimeError) and text == 'Event loop is closed')
+          or text.startswith('Encountered error while reading array index'))
+
+
+_echo_filter_installed = False
+
+
+def _quiet_abandoned_reads_from_now_on():
+  """Silences the echoes of failed restores, which are not errors of their own.
 
   orbax restores in a fresh asyncio loop and closes it at the first failed read; the
-  other reads of the damaged step, still in flight in tensorstore, then call back
-  into the closed loop ("RuntimeError: Event loop is closed", through
-  sys.unraisablehook) or are collected unawaited ("Task/Future exception was never
-  retrieved", on the 'asyncio' logger), each with a traceback. The one-line warning
-  above already says what happened; only those two messages are dropped.
+  other reads of the damaged (or differently shaped) step, still in flight in
+  tensorstore, then call back into the closed loop ("RuntimeError: Event loop is
+  closed", through sys.unraisablehook), or their coroutines are collected later,
+  up to the process's exit, with the error ("Exception ignored in: <coroutine ...>:
+  Encountered error while reading array index", pages of TensorStore spec), or are
+  collected unawaited ("Task/Future exception was never retrieved", on the 'asyncio'
+  logger). The one-line warning of ``_restore_newest`` already says what happened;
+  from the first restore on, only those messages are dropped.
   """
+  global _echo_filter_installed
+  if _echo_filter_installed:
+    return
+  _echo_filter_installed = True
   previous_hook = sys.unraisablehook
 
   def hook(args):
-    if not (isinstance(args.exc_value, RuntimeError)
-            and str(args.exc_value) == 'Event loop is closed'):
+    if not _is_echo(args.exc_value):
       previous_hook(args)
 
-  task_filter = _DropAbandonedTasks()
   sys.unraisablehook = hook
-  std_logging.getLogger('asyncio').addFilter(task_filter)
-  try:
-    yield
-  finally:
-    sys.unraisablehook = previous_hook
-    std_logging.getLogger('asyncio').removeFilter(task_filter)
+  std_logging.getLogger('asyncio').addFilter(_DropAbandonedTasks())
+  warnings.filterwarnings('ignore', message="coroutine '_read_array_index_and_device_put' "
+                          'was never awaited', category=RuntimeWarning)
 
 
 class Checkpointer:

@@ -291,6 +291,7 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
       raise config_lib.ConfigError(
           f'config.train.{key}={size} does not split over {jax.device_count()} devices; '
           'use a multiple of the device count')
+  cleanup.enter_context(workdir_lib.lock(workdir))  # one run at a time in a workdir
   saved_files = _saved_run_files(workdir)
   workdir_lib.prepare(workdir, config)
   schedule = optim.make_schedule(config.optim, tc.steps)

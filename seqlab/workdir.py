@@ -1,5 +1,7 @@
 """What a run writes beside its checkpoints: config, run info, metrics, progress."""
+import contextlib
 import datetime
+import fcntl
 import importlib.metadata
 import json
 import logging as logging_std
@@ -95,6 +97,34 @@ def ensure_dir(path: str) -> None:
     raise WorkdirError(describe_os_error(path, e)) from None
   if not os.access(path, os.W_OK | os.X_OK):
     raise WorkdirError(describe_os_error(path, PermissionError(13, 'Permission denied', path)))
+
+
+@contextlib.contextmanager
+def lock(workdir: str):
+  """Holds ``workdir/.lock`` while a run writes the workdir: a second run started on
+  the same workdir gets a WorkdirError instead of interleaving its metrics and
+  checkpoints. Only process 0 locks (on many hosts the others share its workdir)."""
+  if jax.process_index() != 0:
+    yield
+    return
+  ensure_dir(workdir)
+  path = os.path.join(workdir, '.lock')
+  with open(path, 'a+') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.seek(0)
+      holder = f.read().strip() or 'another process'
+      raise WorkdirError(f'{workdir} is in use by a run ({holder}); wait for it to end, '
+                         'or give another --workdir') from None
+    f.seek(0)
+    f.truncate()
+    f.write(f'pid {os.getpid()} on {platform.node()}')
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def flat_diff(old: dict, new: dict, prefix='') -> list[str]:

@@ -8,7 +8,7 @@ import pytest
 
 from seqlab import train
 from seqlab import workdir as workdir_lib
-from conftest import load_config, run_module
+from conftest import load_config, run_module, signal_when
 
 # chmod does not stop root from writing: those tests have a root-proof twin beside them.
 needs_non_root = pytest.mark.skipif(os.geteuid() == 0, reason='root ignores chmod')
@@ -182,3 +182,23 @@ def test_evaluate_without_checkpoints_is_one_line_and_writes_nothing(finished_ru
   assert proc.returncode == 2 and 'no restorable checkpoint' in proc.stderr
   assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
   assert sorted(os.listdir(workdir)) == ['config.json']
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
+  """While one run trains in a workdir, another on it exits 2 naming the holder; the
+  first is untouched and resumes its own way."""
+  workdir = str(tmp_path / 'run')
+  args = ['--config', 'experiments/adding.py:quick', '--workdir', workdir,
+          '--config.train.steps=100000', '--config.train.log_every=1']
+  second = []
+
+  def ready():
+    if workdir_lib.read_metrics(workdir) and not second:
+      second.append(run_module('seqlab.run', *args))
+    return bool(second)
+
+  first = signal_when('seqlab.run', args, ready)
+  assert first.returncode == 0, first.stderr[-2000:]  # SIGTERM: saved, exit 0
+  assert second[0].returncode == 2, second[0].stderr[-2000:]
+  assert 'is in use by a run (pid' in second[0].stderr
+  assert 'Traceback' not in second[0].stderr
