@@ -14,12 +14,14 @@ steps untouched; the leftover tmp directory is ignored and removed on the next s
 A step damaged afterwards (files deleted or truncated) is skipped with a warning and
 the previous one restored instead.
 """
+import contextlib
 import gc
 import logging as std_logging
 import math
 import os
 import sys
 import tempfile
+import traceback
 import warnings
 
 from absl import logging
@@ -56,64 +58,102 @@ def _restore_newest(manager, abstract_state):
   """(state, step) from the newest restorable step of ``manager``, and the newer
   steps that failed; (None, failed) when none restores."""
   restored, failed = None, []
-  _quiet_abandoned_reads_from_now_on()  # before: the echoes may come as the read fails
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore(abstract_state)), step
-      break
-    except Exception as e:  # pylint: disable=broad-except
-      # orbax and tensorstore raise anything from FileNotFoundError to ValueError
-      # and JSONDecodeError for a damaged step; each one only means "try older".
-      logging.warning('checkpoint %s/%d cannot be restored (%s); trying an older one.',
-                      manager.directory, step, _reason(e))
-      failed.append(step)
+  with _quiet_abandoned_reads():
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract_state)), step
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        # orbax and tensorstore raise anything from FileNotFoundError to ValueError
+        # and JSONDecodeError for a damaged step; each one only means "try older".
+        logging.warning('checkpoint %s/%d cannot be restored (%s); trying an older one.',
+                        manager.directory, step, _reason(e))
+        failed.append(step)
+    if failed:
+      gc.collect()  # the failed attempts' abandoned reads report now, while filtered
   if failed:
-    gc.collect()  # the failed attempts' abandoned reads report now
+    _quiet_read_echoes_from_now_on()  # after the scoped hook is put back
   return restored, failed
 
 
-class _DropAbandonedTasks(std_logging.Filter):
+def _read_echo(text: str, tb=None) -> bool:
+  """Whether an error is an abandoned read of a failed restore: its text or the
+  files of its traceback name orbax or tensorstore."""
+  if any(k in text for k in ('Encountered error while reading array index',
+                             'is not compatible with the stored shape', 'tensorstore',
+                             'TensorStore', 'orbax')):
+    return True
+  return any('orbax' in f.filename or 'tensorstore' in f.filename
+             for f in (traceback.extract_tb(tb) if tb else ()))
+
+
+class _DropReadEchoes(std_logging.Filter):
+  """asyncio's 'Task/Future/_GatheringFuture exception was never retrieved' for an
+  abandoned read (``broad``: any, while a restore runs)."""
+
+  def __init__(self, broad: bool):
+    super().__init__()
+    self.broad = broad
 
   def filter(self, record):
-    # 'Task', 'Future' or '_GatheringFuture exception was never retrieved'
-    return 'exception was never retrieved' not in record.getMessage()
+    if 'exception was never retrieved' not in record.getMessage():
+      return True
+    tb = record.exc_info[2] if record.exc_info else None
+    return not (self.broad or _read_echo(record.getMessage(), tb))
 
 
-def _is_echo(error) -> bool:
-  """An echo of a failed restore's abandoned reads (see ``_quiet_abandoned_reads``)."""
-  text = str(error)
-  return ((isinstance(error, RuntimeError) and text == 'Event loop is closed')
-          or text.startswith('Encountered error while reading array index'))
-
-
-_echo_filter_installed = False
-
-
-def _quiet_abandoned_reads_from_now_on():
+@contextlib.contextmanager
+def _quiet_abandoned_reads():
   """Silences the echoes of failed restores, which are not errors of their own.
 
   orbax restores in a fresh asyncio loop and closes it at the first failed read; the
   other reads of the damaged (or differently shaped) step, still in flight in
   tensorstore, then call back into the closed loop ("RuntimeError: Event loop is
-  closed", through sys.unraisablehook), or their coroutines are collected later,
-  up to the process's exit, with the error ("Exception ignored in: <coroutine ...>:
-  Encountered error while reading array index", pages of TensorStore spec), or are
-  collected unawaited ("Task/Future exception was never retrieved", on the 'asyncio'
-  logger). The one-line warning of ``_restore_newest`` already says what happened;
-  from the first restore on, only those messages are dropped.
+  closed", through sys.unraisablehook) or are collected unawaited ("Task/Future
+  exception was never retrieved", on the 'asyncio' logger), each with a traceback.
+  While a restore runs, those two are dropped. After a restore failed, the reads'
+  later echoes (collected up to the process's exit: "Exception ignored in:
+  <coroutine ...>: Encountered error while reading array index" with pages of
+  TensorStore spec, the same asyncio messages, "coroutine ... was never awaited")
+  are dropped from then on, but only those that name orbax or tensorstore (and
+  "Event loop is closed"). The one-line warning of ``_restore_newest`` already says
+  what happened.
   """
-  global _echo_filter_installed
-  if _echo_filter_installed:
-    return
-  _echo_filter_installed = True
   previous_hook = sys.unraisablehook
 
   def hook(args):
-    if not _is_echo(args.exc_value):
+    closed = isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == 'Event loop is closed'
+    if not (closed or _read_echo(str(args.exc_value))):
+      previous_hook(args)
+
+  broad = _DropReadEchoes(broad=True)
+  sys.unraisablehook = hook
+  std_logging.getLogger('asyncio').addFilter(broad)
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous_hook
+    std_logging.getLogger('asyncio').removeFilter(broad)
+
+
+_after_failed_restore = False
+
+
+def _quiet_read_echoes_from_now_on():
+  """The lasting part of ``_quiet_abandoned_reads``, installed once."""
+  global _after_failed_restore
+  if _after_failed_restore:
+    return
+  _after_failed_restore = True
+  previous_hook = sys.unraisablehook
+
+  def hook(args):
+    closed = isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == 'Event loop is closed'
+    if not (closed or _read_echo(str(args.exc_value))):
       previous_hook(args)
 
   sys.unraisablehook = hook
-  std_logging.getLogger('asyncio').addFilter(_DropAbandonedTasks())
+  std_logging.getLogger('asyncio').addFilter(_DropReadEchoes(broad=False))
   warnings.filterwarnings('ignore', message="coroutine '_read_array_index_and_device_put' "
                           'was never awaited', category=RuntimeWarning)
 
@@ -193,11 +233,11 @@ class Checkpointer:
     Returns:
       (state, step), or None when no step restores. Damaged steps are skipped with
       a warning naming the step and the reason; they are deleted by the next ``save``,
-      which continues the run from the step restored here (or from scratch). A caller
-      that finds none restorable for another reason (a changed config) must not save.
+      which continues the run from the step restored here. When none restores, none
+      is deleted (``seqlab.train`` then refuses to start over them).
     """
     restored, failed = _restore_newest(self._latest, abstract_state)
-    self._superseded = failed
+    self._superseded = failed if restored is not None else []
     return restored
 
   def restore_best(self, abstract_state):
@@ -223,7 +263,9 @@ class Checkpointer:
     self._superseded = []
     if step in self._latest.all_steps():
       return
-    if not self._latest.save(step, args=ocp.args.StandardSave(state), force=force):
+    with self._write_errors():  # orbax reports the previous async save's failure here
+      saved = self._latest.save(step, args=ocp.args.StandardSave(state), force=force)
+    if not saved:
       logging.warning('step %d not saved: it is older than the latest checkpoint %s '
                       '(pass force=True to save it anyway).', step, self.latest_step())
 
@@ -239,7 +281,8 @@ class Checkpointer:
     value = metrics[self._best_metric]
     if not self._improves(value) or step in self._best.all_steps():
       return
-    self._best.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+    with self._write_errors():
+      self._best.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
     self._best_value = value
 
   def _improves(self, value: float) -> bool:
@@ -252,10 +295,20 @@ class Checkpointer:
   def wait(self) -> None:
     """Blocks until every started save is on disk; ``CheckpointWriteError`` if one
     failed (disk full, no permission)."""
-    try:
+    with self._write_errors():
       self._latest.wait_until_finished()
       self._best.wait_until_finished()
-    except OSError as e:
+
+  @contextlib.contextmanager
+  def _write_errors(self):
+    """A failed write as ``CheckpointWriteError``: an OSError, or TensorStore's
+    ValueError carrying the OS error ('Error writing ... [os_error_code=28]')."""
+    try:
+      yield
+    except (OSError, ValueError) as e:
+      text = str(e)
+      if isinstance(e, ValueError) and 'os_error_code' not in text and 'Error writing' not in text:
+        raise
       raise CheckpointWriteError(
           f'writing a checkpoint under {os.path.dirname(self._latest.directory)} failed '
           f'({_reason(e)}); the steps written before it are kept. Free disk space or fix '
@@ -280,9 +333,13 @@ class Checkpointer:
     try:
       if not issubclass(kind, CheckpointWriteError):  # waiting again would fail again
         self.wait()
-      self.close()
     except Exception as e:  # pylint: disable=broad-except
       logging.warning('checkpoints not closed cleanly after %s: %s', kind.__name__, _reason(e))
+    finally:
+      try:
+        self.close()
+      except Exception:  # pylint: disable=broad-except
+        pass  # a failed save fails its close too; the error above is the one to see
 
 
 class CheckpointWriteError(RuntimeError):

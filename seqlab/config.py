@@ -5,6 +5,8 @@ Every experiment's ``get_config`` starts from ``base_config()`` and sets values;
 experiment file itself. ``validate`` checks every value before anything is compiled
 and raises ``ConfigError`` with a message that names the key and the valid choices.
 """
+import json
+
 import ml_collections
 
 
@@ -55,6 +57,21 @@ def _choice(cfg, key, section, choices):
   v = cfg[key]
   _require(v in choices, f'{section}.{key}',
            f'={v!r} is not valid; choose one of: {", ".join(map(str, choices))}')
+
+
+def resolved(values: dict) -> dict:
+  """A config as plain dicts (``config.json``) with 'auto' values that stand for a
+  cell's own default replaced by that default, so that two configs compare by what
+  they train: ``model.recurrent_init='auto'`` is 'orthogonal' for an LSTM, and
+  nothing for a cell without a recurrent kernel."""
+  from seqlab import cells  # pylint: disable=g-import-not-at-top
+  out = json.loads(json.dumps(values))
+  model = out.get('model', {})
+  if model.get('cell') in cells.CELLS and 'recurrent_init' in model:
+    own = getattr(cells.make_cell(model['cell'], 1), 'recurrent_init', None)
+    if model['recurrent_init'] == 'auto' or own is None:
+      model['recurrent_init'] = own
+  return out
 
 
 def validate(config) -> None:

@@ -265,7 +265,7 @@ def _train(configs, workdirs, built, ckpts, states, start) -> list:
     for i, bad in enumerate(np.asarray(jax.device_get(states['bad_step']))):
       if bad > 0 and failed[i] is None:
         last = ckpts[i].latest_step()
-        failed[i] = (f'loss or gradient is not finite at step {bad}; the last good '
+        failed[i] = (f'loss, gradient or new weights are not finite at step {bad}; the last good '
                      f'checkpoint ({"none" if last is None else f"step {last}"}) in '
                      f'{workdirs[i]} is kept. Lower optim.lr, set optim.clip_norm, or '
                      'check the data.')

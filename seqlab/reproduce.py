@@ -125,12 +125,8 @@ def _done_path(workdir, entry, seed):
 def config_changes(entry: Entry, seed: int, workdir: str, quick: bool) -> list[str]:
   """How the config that seed ``seed``'s run was started with differs from the one
   ``entry`` asks for now ('key: old -> new'); [] if the same or not started."""
-  path = os.path.join(workdir, entry.directory, f'seed{seed}', 'config.json')
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    saved = json.load(f)
-  return workdir_lib.flat_diff(saved, json.loads(entry_config(entry, seed, quick).to_json_best_effort()))
+  return workdir_lib.config_changes(os.path.join(workdir, entry.directory, f'seed{seed}'),
+                                    entry_config(entry, seed, quick))
 
 
 def run_entry(entry: Entry, seeds: int, workdir: str, quick: bool) -> bool:
@@ -148,7 +144,7 @@ def run_entry(entry: Entry, seeds: int, workdir: str, quick: bool) -> bool:
     changed = config_changes(entry, seed, workdir, quick)
     if changed:
       raise ValueError(f'{os.path.dirname(done)} was started with another config than '
-                       f'{entry.name} asks for now ({"; ".join(changed)}); delete that '
+                       f'{entry.name} asks for now ({workdir_lib.show_changes(changed)}); delete that '
                        'directory to rerun the seed, or give another --workdir')
     if os.path.exists(done):
       continue

@@ -83,11 +83,6 @@ def main(argv):
     return 2
   workdir_lib.quiet_logging()
   workdir = _WORKDIR.value or default_workdir(path)
-  if '://' in workdir:
-    print(f'seqlab: --workdir={workdir} is a URL; the run writes its config and metrics '
-          'as plain files, so give a local or mounted path (a gs:// bucket mounted with '
-          'gcsfuse, say /gcs/bucket/runs/NAME)', file=sys.stderr)
-    return 2
   try:
     initialize_distributed(_DISTRIBUTED.value)
   except (RuntimeError, ValueError) as e:

@@ -19,7 +19,7 @@ failed with the error, interrupted; wall time) and, in process mode, ``log.txt``
 metrics.jsonl reaches train.steps; running the same command again skips done points
 and resumes the others from their checkpoints (failed ones are tried again). A rerun
 may raise train.steps or change the cadence of logs, evals and checkpoints
-(``RESUMABLE``); a point that already ran with another config (other shared
+(``workdir.RESUMABLE``); a point that already ran with another config (other shared
 ``--config.k=v`` overrides, an edited experiment file) is refused with exit code 2.
 
   --mode=processes  each point is ``python -m seqlab.run`` in a subprocess, ``--parallel``
@@ -348,27 +348,10 @@ def is_done(point: Point) -> bool:
   return bool(steps) and max(steps) >= point.config.train.steps
 
 
-# Keys a rerun may change and still resume a point's run: more steps, another cadence of
-# logs, evals and checkpoints. Any other change makes the point's results another config's.
-RESUMABLE = ('train.steps', 'train.log_every', 'train.eval_every', 'train.checkpoint_every',
-             'train.keep_checkpoints')
-
-
 def config_changes(point: Point) -> list[str]:
-  """How the config in the point's config.json differs from the one the sweep asks for
-  now ('key: old -> new', ``RESUMABLE`` keys left out); [] if the same or not started."""
-  path = os.path.join(point.workdir, 'config.json')
-  if not os.path.exists(path):
-    return []
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    raise SweepError(f'point {point.name}: cannot read {path} ({e}); delete {point.workdir} '
-                     'to rerun the point, or give another --workdir') from None
-  wanted = json.loads(point.config.to_json_best_effort())  # as workdir.prepare writes it
-  return [c for c in workdir_lib.flat_diff(saved, wanted)
-          if c.partition(':')[0] not in RESUMABLE]
+  """How the config the point's run was started with differs from the one the sweep
+  asks for now (``workdir.config_changes``, ``workdir.RESUMABLE`` keys left out)."""
+  return workdir_lib.config_changes(point.workdir, point.config, ignore=workdir_lib.RESUMABLE)
 
 
 def check_unchanged(points: list[Point]) -> None:
@@ -377,10 +360,9 @@ def check_unchanged(points: list[Point]) -> None:
   for point in points:
     changed = config_changes(point)
     if changed:
-      more = f' and {len(changed) - 3} more' if len(changed) > 3 else ''
       raise SweepError(f'point {point.name} was run with another config '
-                       f'({"; ".join(changed[:3])}{more}); give another --workdir, or delete '
-                       f'{point.workdir} to rerun it')
+                       f'({workdir_lib.show_changes(changed, 3)}); give another --workdir, '
+                       f'or delete {point.workdir} to rerun it')
 
 
 def final_metrics(workdir: str) -> dict:

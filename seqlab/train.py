@@ -31,7 +31,7 @@ from seqlab import workdir as workdir_lib
 
 
 class NonFiniteError(RuntimeError):
-  """The loss or the gradient stopped being finite."""
+  """The loss, the gradient or the new weights stopped being finite."""
 
 
 def build(config):
@@ -81,7 +81,7 @@ def create_state(model, optimizer, batch, seed: int, stateful: bool = False):
       'params': params,
       'opt_state': optimizer.init(params),
       'rng': jax.random.key_data(dropout_rng),
-      'bad_step': jnp.zeros((), jnp.int32),  # first update whose loss/grad was not finite
+      'bad_step': jnp.zeros((), jnp.int32),  # first update with a non-finite loss, grad or weights
   }
   if stateful:
     state['carry'] = model.encoder.initial_carry(batch['inputs'].shape[0])
@@ -103,7 +103,7 @@ def window_metrics(rows: list[dict]) -> dict[str, float]:
 def train_step(state, batch, *, model, optimizer, spec):
   """One update. Pure: (state, batch) -> (state, metrics).
 
-  An update whose loss or gradient is not finite changes nothing but ``bad_step``
+  An update whose loss, gradient or new weights are not finite changes nothing but ``bad_step``
   (set to its 1-based number), so the state stays the last good one and the loop
   can stop naming the step. The dropout key of step s is ``fold_in(rng, s)``.
   """
@@ -244,37 +244,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return _train_and_evaluate(config, workdir, interrupt, cleanup)
 
 
-def _saved_run_files(workdir: str) -> dict[str, bytes]:
-  """The bytes of the run files ``workdir_lib.prepare`` rewrites, to put back if the
-  run is refused after it."""
-  saved = {}
-  for name in ('config.json', 'run_info.json'):
-    path = os.path.join(workdir, name)
-    if os.path.isfile(path):
-      with open(path, 'rb') as f:
-        saved[name] = f.read()
-  return saved
-
-
-def _refuse_changed_config(workdir: str, saved: dict[str, bytes], config, newest: int):
-  """Raises ``ConfigError`` when no checkpoint restored because the config changed
-  (a model or optimizer of other shapes), after putting the old run files back; a
-  return means the config is the same, so the checkpoints are damaged."""
-  if 'config.json' not in saved:
-    return
-  changed = workdir_lib.flat_diff(json.loads(saved['config.json']),
-                                  json.loads(config.to_json_best_effort()))
-  if not changed:
-    return
-  for name, data in saved.items():
-    with open(os.path.join(workdir, name), 'wb') as f:
-      f.write(data)
-  shown = '; '.join(changed[:6]) + ('; ...' if len(changed) > 6 else '')
-  raise config_lib.ConfigError(
-      f'the checkpoints in {workdir} (newest step {newest}) do not restore into this config, '
-      f'changed since they were written: {shown}. Resume with the old values, or give '
-      'another --workdir for a new run (if the checkpoints are damaged instead, move '
-      'the checkpoints directory away to start over).')
+def _refuse_unrestorable(workdir: str, config, newest: int):
+  """Raises ``WorkdirError``: checkpoints are there (newest step ``newest``) but none
+  restores into ``config``. Starting over would bury them, so the run stops, naming
+  the config keys changed since they were written, or else (same config: damaged,
+  unreadable) saying how to start over."""
+  changed = workdir_lib.config_changes(workdir, config)
+  if changed:
+    raise workdir_lib.WorkdirError(
+        f'the checkpoints in {workdir} (newest step {newest}) do not restore into this '
+        f'config, changed since they were written: {workdir_lib.show_changes(changed)}. '
+        'Resume with the old values, or give another --workdir for a new run.')
+  raise workdir_lib.WorkdirError(
+      f'no checkpoint in {workdir} restores (newest step {newest}; the warnings above say '
+      'why). If they are damaged, move the checkpoints directory away to start over.')
 
 
 def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
@@ -292,8 +275,6 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
           f'config.train.{key}={size} does not split over {jax.device_count()} devices; '
           'use a multiple of the device count')
   cleanup.enter_context(workdir_lib.lock(workdir))  # one run at a time in a workdir
-  saved_files = _saved_run_files(workdir)
-  workdir_lib.prepare(workdir, config)
   schedule = optim.make_schedule(config.optim, tc.steps)
 
   example = task.batch('train', 0, tc.batch_size)
@@ -309,7 +290,10 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
   ckpt.check_writable()
   restored = ckpt.restore_latest(abstract)
   if restored is None and ckpt.latest_step() is not None:
-    _refuse_changed_config(workdir, saved_files, config, ckpt.latest_step())
+    _refuse_unrestorable(workdir, config, ckpt.latest_step())
+  if jax.process_count() > 1:  # every process has read config.json before it changes
+    multihost_utils.sync_global_devices('seqlab: restored')
+  workdir_lib.prepare(workdir, config)  # after the resume: a refused run keeps its files
   if restored is None:
     state = jax.jit(init, out_shardings=shardings)(example)
     logging.info('Starting %s from scratch in %s', config.task.name, workdir)
@@ -337,7 +321,7 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
       ckpt.wait()  # the step named below is on disk, not being written
       last = ckpt.latest_step()
       raise NonFiniteError(
-          f'loss or gradient is not finite at step {bad}; the last good checkpoint '
+          f'loss, gradient or new weights are not finite at step {bad}; the last good checkpoint '
           f'({"none" if last is None else f"step {last}"}) in {workdir} is kept. Lower '
           'optim.lr, set optim.clip_norm, or check the data.')
 

@@ -13,6 +13,7 @@ import time
 
 from absl import logging
 import jax
+import numpy as np
 
 from seqlab import config as config_lib
 
@@ -91,6 +92,10 @@ def ensure_dir(path: str) -> None:
 
   Raises WorkdirError (one line that names the fix) when it cannot be.
   """
+  if '://' in path:
+    raise WorkdirError(f'{path} is a URL; runs write their config and metrics as plain '
+                       'files, so give a local or mounted path (a gs:// bucket mounted with '
+                       'gcsfuse, say /gcs/bucket/runs/NAME)')
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
@@ -103,28 +108,85 @@ def ensure_dir(path: str) -> None:
 def lock(workdir: str):
   """Holds ``workdir/.lock`` while a run writes the workdir: a second run started on
   the same workdir gets a WorkdirError instead of interleaving its metrics and
-  checkpoints. Only process 0 locks (on many hosts the others share its workdir)."""
-  if jax.process_index() != 0:
-    yield
-    return
+  checkpoints. Process 0 locks (on many hosts the others share its workdir) and
+  tells the others, so that all of them refuse or none."""
   ensure_dir(workdir)
   path = os.path.join(workdir, '.lock')
-  with open(path, 'a+') as f:
+  f, holder = None, None
+  if jax.process_index() == 0:
+    f = open(path, 'a+')
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
       f.seek(0)
       holder = f.read().strip() or 'another process'
-      raise WorkdirError(f'{workdir} is in use by a run ({holder}); wait for it to end, '
-                         'or give another --workdir') from None
-    f.seek(0)
-    f.truncate()
-    f.write(f'pid {os.getpid()} on {platform.node()}')
-    f.flush()
-    try:
-      yield
-    finally:
+      f.close()
+      f = None
+    except OSError as e:  # a filesystem without locks (NFS without lockd, Lustre noflock)
+      logging.warning('cannot lock %s (%s); nothing keeps a second run off it', path, e)
+    else:
+      f.seek(0)
+      f.truncate()
+      f.write(f'pid {os.getpid()} on {platform.node()}')
+      f.flush()
+  busy = holder is not None
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    busy = bool(multihost_utils.broadcast_one_to_all(np.int32(busy)))
+  if busy:
+    raise WorkdirError(f'{workdir} is in use by a run ({holder or "see process 0"}); wait '
+                       'for it to end, or give another --workdir')
+  try:
+    yield
+  finally:
+    if f is not None:
       fcntl.flock(f, fcntl.LOCK_UN)
+      f.close()
+
+
+# Keys whose change a resumed run takes in its stride: more steps, another cadence of
+# logs, evals and checkpoints. Any other change makes a run's results another config's.
+RESUMABLE = ('train.steps', 'train.log_every', 'train.eval_every', 'train.checkpoint_every',
+             'train.keep_checkpoints')
+
+
+def config_changes(workdir: str, config, ignore=()) -> list[str]:
+  """How ``config`` differs from the one a run in ``workdir`` was started with
+  ('key: old -> new'); [] if the same or no run is there.
+
+  Compared as ``config_lib.resolved``: keys the saved config lacks (added to seqlab
+  since) and 'auto' values equal to what the saved ones meant do not count, nor the
+  keys in ``ignore`` (e.g. ``RESUMABLE``).
+  """
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f'cannot read {path} ({e}); repair it, or move {workdir} away to '
+                       'start over') from None
+  new = config_lib.resolved(json.loads(config.to_json_best_effort()))
+  changes = flat_diff(_with_defaults(config_lib.resolved(saved), new), new)
+  return [c for c in changes if c.partition(':')[0] not in ignore]
+
+
+def _with_defaults(old: dict, new: dict) -> dict:
+  """``old`` with the keys only ``new`` has taken from ``new``."""
+  out = dict(old)
+  for k, v in new.items():
+    if k not in out:
+      out[k] = v
+    elif isinstance(out[k], dict) and isinstance(v, dict):
+      out[k] = _with_defaults(out[k], v)
+  return out
+
+
+def show_changes(changes: list[str], limit: int = 4) -> str:
+  """The first ``limit`` of ``config_changes``, '; '-joined, and how many more."""
+  more = f' and {len(changes) - limit} more' if len(changes) > limit else ''
+  return '; '.join(changes[:limit]) + more
 
 
 def flat_diff(old: dict, new: dict, prefix='') -> list[str]:

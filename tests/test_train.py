@@ -436,7 +436,7 @@ def test_a_failed_checkpoint_write_stops_the_run_with_a_message(tmp_path):
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['20']
 
 
-def test_checkpoints_that_cannot_be_written_fail_before_training(tmp_path, monkeypatch):
+def test_check_writable_names_the_directory_and_the_fix(tmp_path, monkeypatch):
   def refuse(*args, **kwargs):
     raise PermissionError(13, 'Permission denied', kwargs.get('dir'))
   ckpt = checkpoint.Checkpointer(str(tmp_path))
