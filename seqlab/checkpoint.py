@@ -158,6 +158,27 @@ def _quiet_read_echoes_from_now_on():
                           'was never awaited', category=RuntimeWarning)
 
 
+_WRITE_FAILURES = ('Error writing', 'os_error_code', 'No space left', 'File too large',
+                   'Permission denied', 'Operation not permitted', 'Read-only file system')
+
+
+class _DropWriteFailureLogs(std_logging.Filter):
+  """orbax's own ERROR logs of a failed save (one per thread, each with a traceback,
+  hundreds of lines for one full disk): ``Checkpointer`` raises the failure as one
+  ``CheckpointWriteError`` that names it, so these are dropped."""
+
+  def filter(self, record):
+    if record.levelno < std_logging.ERROR or '/orbax/' not in record.pathname.replace('\\', '/'):
+      return True
+    text = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+      text += str(record.exc_info[1])
+    return not any(k in text for k in _WRITE_FAILURES)
+
+
+std_logging.getLogger('absl').addFilter(_DropWriteFailureLogs())
+
+
 class Checkpointer:
   """Saves and restores training states under ``workdir``.
 
@@ -309,6 +330,7 @@ class Checkpointer:
       text = str(e)
       if isinstance(e, ValueError) and 'os_error_code' not in text and 'Error writing' not in text:
         raise
+      _quiet_read_echoes_from_now_on()  # the failed save's loop closes on pending writes
       raise CheckpointWriteError(
           f'writing a checkpoint under {os.path.dirname(self._latest.directory)} failed '
           f'({_reason(e)}); the steps written before it are kept. Free disk space or fix '

@@ -249,7 +249,7 @@ def _refuse_unrestorable(workdir: str, config, newest: int):
   restores into ``config``. Starting over would bury them, so the run stops, naming
   the config keys changed since they were written, or else (same config: damaged,
   unreadable) saying how to start over."""
-  changed = workdir_lib.config_changes(workdir, config)
+  changed = workdir_lib.config_changes(workdir, config, ignore=workdir_lib.RESUMABLE)
   if changed:
     raise workdir_lib.WorkdirError(
         f'the checkpoints in {workdir} (newest step {newest}) do not restore into this '

@@ -112,7 +112,7 @@ def lock(workdir: str):
   tells the others, so that all of them refuse or none."""
   ensure_dir(workdir)
   path = os.path.join(workdir, '.lock')
-  f, holder = None, None
+  f, holder, locked = None, None, False
   if jax.process_index() == 0:
     f = open(path, 'a+')
     try:
@@ -120,11 +120,10 @@ def lock(workdir: str):
     except BlockingIOError:
       f.seek(0)
       holder = f.read().strip() or 'another process'
-      f.close()
-      f = None
     except OSError as e:  # a filesystem without locks (NFS without lockd, Lustre noflock)
       logging.warning('cannot lock %s (%s); nothing keeps a second run off it', path, e)
     else:
+      locked = True
       f.seek(0)
       f.truncate()
       f.write(f'pid {os.getpid()} on {platform.node()}')
@@ -133,14 +132,15 @@ def lock(workdir: str):
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     busy = bool(multihost_utils.broadcast_one_to_all(np.int32(busy)))
-  if busy:
-    raise WorkdirError(f'{workdir} is in use by a run ({holder or "see process 0"}); wait '
-                       'for it to end, or give another --workdir')
   try:
+    if busy:
+      raise WorkdirError(f'{workdir} is in use by a run ({holder or "see process 0"}); '
+                         'wait for it to end, or give another --workdir')
     yield
   finally:
-    if f is not None:
+    if locked:
       fcntl.flock(f, fcntl.LOCK_UN)
+    if f is not None:
       f.close()
 
 

@@ -461,3 +461,62 @@ def test_an_update_that_is_not_finite_is_not_applied():
   assert np.isfinite(float(metrics['loss'])) and np.isfinite(float(metrics['grad_norm']))
   assert int(new['bad_step']) == 1
   _assert_trees_bitwise_equal(new['params'], state['params'])
+
+
+def test_a_full_disk_stops_the_run_in_one_line(tmp_path):
+  """A real write failure (a file-size limit: TensorStore's ValueError, not an
+  OSError, surfacing in the next save): one `seqlab:` line naming it, exit 1, and
+  orbax's own hundreds of lines of error logs dropped."""
+  import resource  # pylint: disable=g-import-not-at-top
+
+  def limit():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (6000, 6000))
+
+  proc = subprocess.run(
+      [sys.executable, '-m', 'seqlab.run', '--config', 'experiments/adding.py:quick',
+       '--workdir', str(tmp_path / 'run'), '--config.train.steps=8',
+       '--config.train.checkpoint_every=2', '--config.train.eval_every=2',
+       '--config.train.log_every=2'],
+      cwd=ROOT, preexec_fn=limit, capture_output=True, text=True, timeout=240)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert 'seqlab: training stopped: writing a checkpoint' in proc.stderr
+  assert 'Error writing' in proc.stderr
+  assert len(proc.stderr.splitlines()) < 150, len(proc.stderr.splitlines())
+
+
+def test_checkpoints_that_do_not_restore_are_kept_and_the_run_refused(tmp_path):
+  """Same config, every step unreadable: no start from scratch over them (its first
+  save would delete them); exit 2 saying how to start over, the steps still there."""
+  workdir = tmp_path / 'run'
+  args = ('--config', 'experiments/adding.py:quick', '--workdir', str(workdir))
+  assert run_module('seqlab.run', *args).returncode == 0
+  for step in ('20', '40'):
+    for p in (workdir / 'checkpoints' / step).rglob('*'):
+      if p.is_file():
+        p.write_bytes(b'')
+  proc = run_module('seqlab.run', *args, '--config.train.steps=60')
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'no checkpoint in' in proc.stderr and 'move the checkpoints directory away' in proc.stderr
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['20', '40']
+  assert 'Traceback' not in proc.stderr
+
+
+def test_config_changes_count_what_trains(tmp_path):
+  """Keys added to seqlab since a run was saved, and 'auto' values equal to the saved
+  ones, are no change; a real difference is, and ``ignore`` leaves keys out."""
+  config = load_config('adding')
+  saved = json.loads(config.to_json_best_effort())
+  saved['model']['recurrent_init'] = 'orthogonal'  # an LSTM's 'auto'
+  del saved['train']['best_metric']  # a key added since
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  assert workdir_lib.config_changes(str(tmp_path), config) == []
+  config.model.cell = 'irnn'  # 'auto' is the identity there
+  saved['model']['cell'] = 'irnn'
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  assert workdir_lib.config_changes(str(tmp_path), config) == [
+      "model.recurrent_init: 'orthogonal' -> 'identity'"]
+  config.train.steps += 1
+  assert len(workdir_lib.config_changes(str(tmp_path), config)) == 2
+  assert len(workdir_lib.config_changes(str(tmp_path), config,
+                                        ignore=workdir_lib.RESUMABLE)) == 1

@@ -202,3 +202,13 @@ def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
   assert second[0].returncode == 2, second[0].stderr[-2000:]
   assert 'is in use by a run (pid' in second[0].stderr
   assert 'Traceback' not in second[0].stderr
+
+
+def test_a_filesystem_without_locks_warns_and_goes_on(tmp_path, monkeypatch, caplog):
+  def no_locks(*args):
+    raise OSError(37, 'No locks available')
+  monkeypatch.setattr(workdir_lib.fcntl, 'flock', no_locks)
+  with caplog.at_level(logging.WARNING):
+    with workdir_lib.lock(str(tmp_path / 'run')):
+      pass
+  assert 'nothing keeps a second run off it' in caplog.text
