@@ -29,6 +29,7 @@ A point's results equal its separate run within float tolerance, not bitwise: th
 vmapped matmuls may sum in another order.
 """
 import collections
+import contextlib
 import functools
 import json
 import time
@@ -208,22 +209,26 @@ def train_population(configs, workdirs) -> list:
   if len({signature(c) for c in configs}) != 1:
     raise ValueError('these points cannot share one program; they differ in: '
                      + ', '.join(split_reasons(configs)))
-  for c, w in zip(configs, workdirs):
-    workdir_lib.prepare(w, c)
-  built, ckpts, states, starts = _restore(configs, workdirs)
-  if len(set(starts)) > 1:  # a save cut short, a point retried from 0: train apart
-    for ckpt in ckpts:
+  with contextlib.ExitStack() as locks:  # one run at a time in a workdir, as seqlab.run
+    for w in workdirs:
+      locks.enter_context(workdir_lib.lock(w))
+    for c, w in zip(configs, workdirs):
+      workdir_lib.prepare(w, c)
+    built, ckpts, states, starts = _restore(configs, workdirs)
+    if len(set(starts)) == 1:
+      return _train(configs, workdirs, built, ckpts, states, starts[0])
+    for ckpt in ckpts:  # a save cut short, a point retried from 0: train apart
       ckpt.close()
-    results = [None] * len(configs)
-    for start in sorted(set(starts)):
-      idx = [i for i, s in enumerate(starts) if s == start]
-      sub = train_population([configs[i] for i in idx], [workdirs[i] for i in idx])
-      for i, r in zip(idx, sub):
-        results[i] = r
-      if any(r is None for r in sub):  # interrupted: start no other (theirs stay None)
-        break
-    return results
-  return _train(configs, workdirs, built, ckpts, states, starts[0])
+  # The locks are released here: each sub-population takes its own.
+  results = [None] * len(configs)
+  for start in sorted(set(starts)):
+    idx = [i for i, s in enumerate(starts) if s == start]
+    sub = train_population([configs[i] for i in idx], [workdirs[i] for i in idx])
+    for i, r in zip(idx, sub):
+      results[i] = r
+    if any(r is None for r in sub):  # interrupted: start no other (theirs stay None)
+      break
+  return results
 
 
 def _train(configs, workdirs, built, ckpts, states, start) -> list:

@@ -540,6 +540,9 @@ def run_vmap(points: list[Point], state: State, config_arg: str, base_overrides:
                                                [p.workdir for p in group])
       except _Abort:
         results = [None] * len(group)  # before or after the loop: nothing left to save
+      except workdir_lib.WorkdirError as e:  # a busy or unusable point workdir: one line
+        print(f'seqlab: {e}', file=sys.stderr, flush=True)
+        results = [str(e)] * len(group)
       except Exception as e:  # pylint: disable=broad-except
         traceback.print_exc()
         results = [f'{type(e).__name__}: {str(e).strip().splitlines()[0][:500]}'] * len(group)

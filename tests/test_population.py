@@ -148,3 +148,16 @@ def test_a_seq2seq_population_logs_the_decoded_metrics(tmp_path):
     assert 0 <= result['decode_exact_match'] <= 1
     best = min(evals, key=lambda r: (r['decode_token_error_rate'], r['step']))['step']
     assert os.listdir(os.path.join(workdir, 'best')) == [str(best)]
+
+
+def test_a_population_refuses_a_busy_workdir(tmp_path):
+  """As ``seqlab.run``: a point whose workdir another run holds is not trained."""
+  configs = [load_config('adding') for _ in range(2)]
+  for seed, c in enumerate(configs):
+    c.seed, c.train.steps = seed, 4
+  dirs = [str(tmp_path / 'a'), str(tmp_path / 'b')]
+  with workdir_lib.lock(dirs[0]):
+    with pytest.raises(workdir_lib.WorkdirError, match='is in use by a run'):
+      population.train_population(configs, dirs)
+  assert not os.path.exists(os.path.join(dirs[0], 'metrics.jsonl'))
+  assert population.train_population(configs, dirs)[0]  # free again: it trains
