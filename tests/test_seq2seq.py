@@ -138,6 +138,25 @@ def test_full_scheduled_sampling_reads_only_bos_from_the_decoder_inputs():
   assert not np.allclose(sampled, forward(model, params)[0])  # deterministic: teacher forcing
 
 
+def test_scheduled_sampling_feeds_only_tokens_the_decoder_could_emit(monkeypatch):
+  """The fed tokens are drawn with PAD and BOS masked, as decoding masks them."""
+  model, params = built('sampling')
+  fed, draw = [], jax.random.categorical
+
+  def recording(key, logits, axis=-1):
+    token = draw(key, logits, axis=axis)
+    jax.debug.callback(lambda t: fed.append(np.asarray(t)), token)
+    return token
+
+  monkeypatch.setattr(jax.random, 'categorical', recording)
+  for seed in range(10):
+    model.apply(params, BATCH['inputs'], BATCH['lengths'], BATCH['decoder_inputs'],
+                deterministic=False, rngs={'dropout': jax.random.key(seed)})
+  tokens = np.concatenate(fed)
+  assert tokens.size > 100 and len(set(tokens.tolist())) > 2
+  assert not np.isin(tokens, [s2s.PAD, s2s.BOS]).any()
+
+
 def test_loss_ignores_padded_target_steps():
   task = reverse.Reverse(seed=0, vocab=5, max_length=8)
   batch = task.batch('train', 0, 6)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from seqlab import cells
 from seqlab import layers
 from seqlab import scan
+from seqlab.models import decode
 
 ATTENTIONS = ('none', 'bahdanau', 'luong_dot', 'luong_general')
 NEG = -1e30  # score of padded source steps: exp(NEG - max) is exactly 0 in float32
@@ -264,8 +265,9 @@ class Seq2Seq(nn.Module):
       pe_t = x_t if hoist else dec.embed_project(params, x_t)
       state, features, weights = dec.step(params, state, pe_t, memory)
       if sampling:
-        logits = jax.lax.stop_gradient(dec.logits(params, features))
-        previous = jax.random.categorical(key_t, logits, axis=-1).astype(tokens.dtype)
+        # A token the decoder could emit: PAD and BOS masked, as in decoding.
+        logp = decode.log_probs(jax.lax.stop_gradient(dec.logits(params, features)))
+        previous = jax.random.categorical(key_t, logp, axis=-1).astype(tokens.dtype)
       return (state, previous), (features, weights)
 
     init = (state, tokens[0])
