@@ -33,7 +33,10 @@ from seqlab import workdir as workdir_lib
 def carry_gradient_norms(model, params, batch, spec) -> np.ndarray:
   """Mean over the batch of ||dLoss/d carry_t||_2 for t = 0 .. T-1: a [T] array.
 
-  ``carry_t`` is the whole carry after step t (h, and c for an LSTM).
+  ``carry_t`` is the whole carry after step t (h, and c for an LSTM). With
+  ``batch['lengths']`` a row counts at the steps it has (t < its length), and rows of
+  ``example_weight`` 0 (an eval batch's padding) not at all; each row's gradient is
+  that of its own loss term.
   """
   enc = model.encoder
   if enc.num_layers != 1 or enc.bidirectional or model.target != 'sequence' or model.pool != 'last':
@@ -46,20 +49,24 @@ def carry_gradient_norms(model, params, batch, spec) -> np.ndarray:
     xs = p['embed']['embedding'][xs]
   xs = jnp.asarray(xs, jnp.float32)
   batch_size, time = xs.shape[:2]
+  lengths = jnp.asarray(batch.get('lengths', np.full((batch_size,), time)), jnp.int32)
+  weight = jnp.asarray(batch.get('example_weight', np.ones((batch_size,))), jnp.float32)
 
   def loss_from(t, h):
     rest = jnp.roll(xs, -(t + 1), axis=1)
-    lengths = jnp.full((batch_size,), time - t - 1)
-    final, _ = scan.run(cell, cell_params, rest, lengths=lengths, initial_carry=h)
+    final, _ = scan.run(cell, cell_params, rest, lengths=jnp.maximum(lengths - t - 1, 0),
+                        initial_carry=h)
     outputs = _head(p, cell.output(final))
-    return losses.loss_and_metrics(spec, outputs, batch)[0]
+    loss, metrics = losses.loss_and_metrics(spec, outputs, batch)
+    return loss * jax.lax.stop_gradient(metrics['count'])  # each row's own term
 
   def norm_at(t):
-    prefix, _ = scan.run(cell, cell_params, xs, lengths=jnp.full((batch_size,), t + 1))
-    grads = jax.grad(lambda h: loss_from(t, h) * batch_size)(prefix)  # per-example scale
+    prefix, _ = scan.run(cell, cell_params, xs, lengths=jnp.minimum(t + 1, lengths))
+    grads = jax.grad(lambda h: loss_from(t, h))(prefix)
     # |g|^2: complex carries (LRU) count their magnitude
     sq = sum(jnp.sum(jnp.abs(g) ** 2, axis=-1) for g in jax.tree.leaves(grads))
-    return jnp.mean(jnp.sqrt(sq))
+    counts = (t < lengths) & (weight > 0)
+    return jnp.sum(jnp.where(counts, jnp.sqrt(sq), 0.0)) / jnp.maximum(jnp.sum(counts), 1)
 
   return np.asarray(jax.jit(jax.vmap(norm_at))(jnp.arange(time)))
 

@@ -20,10 +20,18 @@ def _config(cell, length=12, hidden=8):
   return c
 
 
-def _reference(cell_name, config):
-  """dL/d carry_t by adding a zero perturbation to the carry after every step."""
+def _reference(cell_name, config, lengths=None):
+  """dL/d carry_t by adding a zero perturbation to the carry after every step; with
+  ``lengths``, a row's carry stops at its end and the mean is over the rows that
+  reach step t."""
   task, model, optimizer = train.build(config)
-  batch = task.batch('eval', 0, 5)
+  batch = dict(task.batch('eval', 0, 5))
+  time = batch['inputs'].shape[1]
+  valid = np.ones((5, time), bool)
+  if lengths is not None:
+    valid = np.arange(time)[None, :] < np.asarray(lengths)[:, None]
+    batch['inputs'] = np.where(valid[..., None], batch['inputs'], 7.0)  # padding
+    batch['lengths'] = np.asarray(lengths, np.int32)
   params = train.create_state(model, optimizer, batch, config.seed)['params']
   p = params['params']
   cell = model.encoder.make_cell()
@@ -34,22 +42,24 @@ def _reference(cell_name, config):
   def loss(deltas):
     carry = cell.initial_carry((xs.shape[0],))
     for t in range(time):  # a plain Python loop: independent of seqlab.scan
-      carry, _ = cell.recur(cp, carry, cell.project(cp, xs[:, t]))
-      carry = jax.tree.map(lambda c, d: c + d[t], carry, deltas)
+      new, _ = cell.recur(cp, carry, cell.project(cp, xs[:, t]))
+      new = jax.tree.map(lambda c, d: c + d[t], new, deltas)
+      carry = jax.tree.map(lambda n, c: jnp.where(valid[:, t, None], n, c), new, carry)
     out = cell.output(carry) @ p['head']['kernel'] + p['head']['bias']
     return losses.loss_and_metrics(task.spec, out, batch)[0] * xs.shape[0]
 
   zeros = jax.tree.map(lambda c: jnp.zeros((time,) + c.shape), cell.initial_carry((5,)))
   grads = jax.grad(loss)(zeros)
   sq = sum(jnp.sum(g ** 2, axis=-1) for g in jax.tree.leaves(grads))  # [time, batch]
-  expected = np.asarray(jnp.mean(jnp.sqrt(sq), axis=1))
+  expected = np.asarray(jnp.sum(jnp.sqrt(sq), axis=1)) / valid.sum(0)
   got = diagnose.carry_gradient_norms(model, params, batch, task.spec)
   return got, expected
 
 
 @pytest.mark.parametrize('cell', ['rnn', 'lstm', 'gru'])
-def test_carry_gradient_norms_match_perturbation_gradients(cell):
-  got, expected = _reference(cell, _config(cell))
+@pytest.mark.parametrize('lengths', [None, [12, 5, 8, 3, 12]])
+def test_carry_gradient_norms_match_perturbation_gradients(cell, lengths):
+  got, expected = _reference(cell, _config(cell), lengths)
   np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
