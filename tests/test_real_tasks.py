@@ -236,6 +236,14 @@ def test_ts_parser_reads_a_univariate_ucr_file(tmp_path):
   np.testing.assert_array_equal(np.stack(ts.series), [[[1], [2], [3]], [[4], [5], [6]]])
 
 
+def test_ts_file_with_a_byte_order_mark(tmp_path):
+  plain = uea.read_ts(write(tmp_path / 'a' / 'Toy_TRAIN.ts', TOY_TRAIN))
+  marked = uea.read_ts(write(tmp_path / 'b' / 'Toy_TRAIN.ts', '\ufeff' + TOY_TRAIN))
+  assert marked.labels == plain.labels
+  for x, y in zip(marked.series, plain.series):
+    np.testing.assert_array_equal(x, y)
+
+
 def test_ts_missing_values_raise_or_are_carried_forward(tmp_path):
   text = TOY_TRAIN.replace('1.0,2.0,3.0:4.0,5.0,6.0:10', '1.0,?,3.0:?,5.0,?:10')
   write(tmp_path / 'Toy_TRAIN.ts', text)

@@ -99,7 +99,7 @@ def _channels(header: dict, path: str) -> int | None:
 def read_ts(path: str) -> TsFile:
   """Parses the ``.ts`` file at ``path`` (see the module docstring)."""
   header, series, labels = {}, [], []
-  with open(path, encoding='utf-8') as f:
+  with open(path, encoding='utf-8-sig') as f:  # skips a byte-order mark
     in_data, channels = False, None
     for line_no, raw in enumerate(f, 1):
       line = raw.strip()
