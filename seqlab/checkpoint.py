@@ -87,6 +87,19 @@ def _read_echo(text: str, tb=None) -> bool:
              for f in (traceback.extract_tb(tb) if tb else ()))
 
 
+def _unraisable_hook_without_echoes(previous_hook):
+  """``sys.unraisablehook`` passing everything to ``previous_hook`` but a failed read's
+  echoes: a callback into its closed loop, or an error naming orbax or tensorstore."""
+
+  def hook(args):
+    error = args.exc_value
+    closed = isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+    if not (closed or _read_echo(str(error))):
+      previous_hook(args)
+
+  return hook
+
+
 class _DropReadEchoes(std_logging.Filter):
   """asyncio's 'Task/Future/_GatheringFuture exception was never retrieved' for an
   abandoned read (``broad``: any, while a restore runs)."""
@@ -120,14 +133,8 @@ def _quiet_abandoned_reads():
   what happened.
   """
   previous_hook = sys.unraisablehook
-
-  def hook(args):
-    closed = isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == 'Event loop is closed'
-    if not (closed or _read_echo(str(args.exc_value))):
-      previous_hook(args)
-
   broad = _DropReadEchoes(broad=True)
-  sys.unraisablehook = hook
+  sys.unraisablehook = _unraisable_hook_without_echoes(previous_hook)
   std_logging.getLogger('asyncio').addFilter(broad)
   try:
     yield
@@ -145,14 +152,7 @@ def _quiet_read_echoes_from_now_on():
   if _after_failed_restore:
     return
   _after_failed_restore = True
-  previous_hook = sys.unraisablehook
-
-  def hook(args):
-    closed = isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == 'Event loop is closed'
-    if not (closed or _read_echo(str(args.exc_value))):
-      previous_hook(args)
-
-  sys.unraisablehook = hook
+  sys.unraisablehook = _unraisable_hook_without_echoes(sys.unraisablehook)
   std_logging.getLogger('asyncio').addFilter(_DropReadEchoes(broad=False))
   warnings.filterwarnings('ignore', message="coroutine '_read_array_index_and_device_put' "
                           'was never awaited', category=RuntimeWarning)

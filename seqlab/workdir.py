@@ -218,14 +218,10 @@ def prepare(workdir: str, config) -> None:
 
 def _write_run_files(workdir: str, config) -> None:
   """config.json (warning when a resumed run's config changed) and run_info.json."""
-  resolved = json.loads(config.to_json_best_effort())
-  path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      changed = flat_diff(json.load(f), resolved)
-    if changed:
-      logging.warning('Resuming %s with a changed config: %s', workdir, '; '.join(changed))
-  _write_json(path, resolved)
+  changed = config_changes(workdir, config)
+  if changed:
+    logging.warning('Resuming %s with a changed config: %s', workdir, '; '.join(changed))
+  _write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
   _write_json(os.path.join(workdir, 'run_info.json'), {
       'command': sys.argv,
       'seed': config.seed,
