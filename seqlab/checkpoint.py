@@ -27,6 +27,8 @@ import warnings
 from absl import logging
 import orbax.checkpoint as ocp
 
+from seqlab import workdir as workdir_lib
+
 BEST_MODES = ('min', 'max')
 
 
@@ -87,14 +89,17 @@ def _read_echo(text: str, tb=None) -> bool:
              for f in (traceback.extract_tb(tb) if tb else ()))
 
 
-def _unraisable_hook_without_echoes(previous_hook):
-  """``sys.unraisablehook`` passing everything to ``previous_hook`` but a failed read's
-  echoes: a callback into its closed loop, or an error naming orbax or tensorstore."""
+def _unraisable_hook_without_echoes(previous_hook, reads: bool = True):
+  """``sys.unraisablehook`` passing everything to ``previous_hook`` but the echoes of a
+  failed read or write: tensorstore's callbacks into orbax's loop, already closed on
+  the first error, for the reads or writes still in flight ("RuntimeError: Event loop
+  is closed", with a traceback each, 18-36 of them for one full disk) and, with
+  ``reads``, an error naming orbax or tensorstore."""
 
   def hook(args):
     error = args.exc_value
     closed = isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
-    if not (closed or _read_echo(str(error))):
+    if not (closed or (reads and _read_echo(str(error)))):
       previous_hook(args)
 
   return hook
@@ -158,6 +163,19 @@ def _quiet_read_echoes_from_now_on():
                           'was never awaited', category=RuntimeWarning)
 
 
+_writing = False
+
+
+def _quiet_write_echoes():
+  """Drops a failed save's callbacks into its closed loop, installed once by the first
+  writing ``Checkpointer``: tensorstore's threads report them while the save fails,
+  before the main thread hears of it."""
+  global _writing
+  if not _writing:
+    _writing = True
+    sys.unraisablehook = _unraisable_hook_without_echoes(sys.unraisablehook, reads=False)
+
+
 _WRITE_FAILURES = ('Error writing', 'os_error_code', 'No space left', 'File too large',
                    'Permission denied', 'Operation not permitted', 'Read-only file system')
 
@@ -212,6 +230,8 @@ class Checkpointer:
     self._best_value = self._saved_best_value()
     self._superseded = []  # damaged steps newer than the one restore_latest used
     self._closed = False
+    if not read_only:
+      _quiet_write_echoes()
 
   def check_writable(self) -> None:
     """``CheckpointWriteError`` now if ``checkpoints/`` cannot be written, rather than
@@ -330,7 +350,7 @@ class Checkpointer:
       text = str(e)
       if isinstance(e, ValueError) and 'os_error_code' not in text and 'Error writing' not in text:
         raise
-      _quiet_read_echoes_from_now_on()  # the failed save's loop closes on pending writes
+      _quiet_read_echoes_from_now_on()  # the failed save's later asyncio echoes
       raise CheckpointWriteError(
           f'writing a checkpoint under {os.path.dirname(self._latest.directory)} failed '
           f'({_reason(e)}); the steps written before it are kept. Free disk space or fix '
@@ -364,5 +384,5 @@ class Checkpointer:
         pass  # a failed save fails its close too; the error above is the one to see
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(workdir_lib.WriteError):
   """A checkpoint could not be written."""

@@ -68,6 +68,16 @@ def run(main, own: flags.FlagValues) -> None:
   app.run(lambda argv: sys.exit(main(argv) or 0), flags_parser=parser(own))
 
 
+def exit_after_write_error(error: Exception) -> None:
+  """Ends the process at once with exit code 1 after ``seqlab: training stopped:
+  <error>`` (a ``workdir.WriteError``: a full disk, say). A save that failed half-way
+  leaves orbax's threads waiting for it forever, which would keep the interpreter from
+  exiting; everything that could be written is."""
+  print(f'seqlab: training stopped: {error}', file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(1)  # pylint: disable=protected-access
+
+
 class Interrupt:
   """``with Interrupt() as stop:``: SIGTERM and SIGINT set ``stop.signal`` to the signal's
   name (None until one comes) instead of killing the process; the old handlers come

@@ -25,6 +25,7 @@ import numpy as np
 from seqlab import cli
 from seqlab import config as config_lib
 from seqlab import losses
+from seqlab import plots
 from seqlab import scan
 from seqlab import train
 from seqlab import workdir as workdir_lib
@@ -78,12 +79,7 @@ def _head(p, h):
 
 def plot(curves: dict, path: str, title: str) -> None:
   """Writes the log-scale picture of {label: [T] norms} to ``path`` (PNG)."""
-  try:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError("plots need matplotlib: pip install 'seqlab[plots]'") from e
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
   for label, norms in curves.items():
     ax.semilogy(np.arange(len(norms)), np.maximum(norms, 1e-30), label=label)
@@ -94,8 +90,7 @@ def plot(curves: dict, path: str, title: str) -> None:
   ax.legend()
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  plots.save(fig, path, dpi=120)
 
 
 def norms_for_config(config, params=None, batch_size: int = 64) -> np.ndarray:

@@ -10,7 +10,7 @@ import os
 from seqlab import workdir as workdir_lib
 
 
-def _pyplot():
+def pyplot():
   try:
     import matplotlib  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -19,6 +19,23 @@ def _pyplot():
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
+
+
+def save(fig, path: str, dpi: int = 100) -> str:
+  """Writes ``fig`` to ``path`` whole or not at all (a full disk keeps the old file,
+  not a cut-off one), and closes it; returns ``path``."""
+  root, ext = os.path.splitext(path)
+  tmp = f'{root}.tmp{ext}'
+  try:
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
+  except OSError:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  finally:
+    pyplot().close(fig)
+  return path
 
 
 def _series(rows, split, key):
@@ -42,7 +59,7 @@ def learning_curves(runs: dict, metric: str, path: str, title: str = '') -> str:
   Returns:
     ``path``.
   """
-  plt = _pyplot()
+  plt = pyplot()
   fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(12, 4.5))
   for label, rows in runs.items():
     line, = ax_loss.plot(*_series(rows, 'train', 'loss'), label=label, lw=1.2)
@@ -58,9 +75,7 @@ def learning_curves(runs: dict, metric: str, path: str, title: str = '') -> str:
     ax_loss.legend(fontsize=7)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return save(fig, path)
 
 
 def metric_vs(xs: list, ys: dict, key: str, metric: str, path: str) -> str:
@@ -73,7 +88,7 @@ def metric_vs(xs: list, ys: dict, key: str, metric: str, path: str) -> str:
     metric: the y label.
     path: the PNG to write.
   """
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 4.5))
   numeric = _positive(xs)
   order = sorted(set(xs), key=lambda v: (v if numeric else str(v)))
@@ -96,9 +111,7 @@ def metric_vs(xs: list, ys: dict, key: str, metric: str, path: str) -> str:
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return save(fig, path)
 
 
 def plot_run(workdir: str, metric: str | None = None) -> str:

@@ -246,6 +246,8 @@ def main(argv):
       except ValueError as e:
         print(f'seqlab: {e}', file=sys.stderr)
         return 2
+      except workdir_lib.WriteError as e:  # a full disk: the seeds written so far are kept
+        cli.exit_after_write_error(e)
       if not finished:
         print('interrupted: rerun the same command to continue', flush=True)
         return 0

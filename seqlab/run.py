@@ -13,7 +13,6 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from seqlab import checkpoint
 from seqlab import cli
 from seqlab import config as config_lib
 from seqlab import train
@@ -101,12 +100,8 @@ def main(argv):
   except train.NonFiniteError as e:
     print(f'seqlab: training stopped: {e}', file=sys.stderr)
     return 1
-  except checkpoint.CheckpointWriteError as e:
-    print(f'seqlab: training stopped: {e}', file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    # A save that failed half-way leaves orbax's threads waiting for it forever, which
-    # would keep the interpreter from exiting; everything that could be written is.
-    os._exit(1)  # pylint: disable=protected-access
+  except workdir_lib.WriteError as e:  # a checkpoint, metrics.jsonl, TensorBoard events
+    cli.exit_after_write_error(e)
   if metrics:
     print('final eval: ' + ', '.join(f'{k}={v:.5g}' for k, v in sorted(metrics.items())
                                   if k != 'count'))

@@ -339,13 +339,19 @@ def read_point(workdir: str) -> dict:
 
 def is_done(point: Point) -> bool:
   """Whether the point's metrics.jsonl reaches its train.steps (False if unreadable: the
-  point's run then reports what is wrong with it)."""
+  point's run then reports what is wrong with it) and its checkpoint of that step is
+  written."""
   try:
     rows = workdir_lib.read_metrics(point.workdir)
   except workdir_lib.WorkdirError:
     return False
   steps = [r['step'] for r in rows if r['split'] == 'train']
-  return bool(steps) and max(steps) >= point.config.train.steps
+  if not steps or max(steps) < point.config.train.steps:
+    return False
+  # The last step's metrics are written before its checkpoint, whose save may fail.
+  ckpts = os.path.join(point.workdir, 'checkpoints')
+  return any(d.isdigit() and int(d) >= point.config.train.steps
+             for d in (os.listdir(ckpts) if os.path.isdir(ckpts) else ()))
 
 
 def config_changes(point: Point) -> list[str]:
@@ -540,7 +546,8 @@ def run_vmap(points: list[Point], state: State, config_arg: str, base_overrides:
                                                [p.workdir for p in group])
       except _Abort:
         results = [None] * len(group)  # before or after the loop: nothing left to save
-      except workdir_lib.WorkdirError as e:  # a busy or unusable point workdir: one line
+      except (workdir_lib.WorkdirError, workdir_lib.WriteError) as e:  # one line: a busy
+        # or unusable point workdir, a full disk (points with no final checkpoint fail)
         print(f'seqlab: {e}', file=sys.stderr, flush=True)
         results = [str(e)] * len(group)
       except Exception as e:  # pylint: disable=broad-except

@@ -302,7 +302,7 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
     logging.info('Resumed from the checkpoint at step %d in %s', step, workdir)
   start = int(state['step'])
   writer = workdir_lib.MetricWriter(workdir, resume_step=start)
-  cleanup.callback(writer.close)  # also on an exception (its thread would keep the process)
+  cleanup.callback(writer.close)  # also on an exception
 
   # --- Update and eval steps --------------------------------------------------------
   p_train = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer, spec=spec),
@@ -387,6 +387,10 @@ def plot_learning_curves(workdir: str, metric: str) -> None:
   except ImportError:
     logging.info('matplotlib is not installed: no learning_curves.png (pip install '
                  "'seqlab[plots]')")
+  except OSError as e:  # a full disk at the end: the run itself is saved
+    logging.warning('could not write %s (%s); the checkpoints and metrics are kept. Free '
+                    'disk space and run the same command again to draw it.',
+                    os.path.join(workdir, 'learning_curves.png'), e.strerror or e)
 
 
 def load_run(workdir: str, which: str = 'best'):

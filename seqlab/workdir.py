@@ -63,6 +63,20 @@ class WorkdirError(config_lib.ConfigError):
   """
 
 
+class WriteError(RuntimeError):
+  """A run's file could not be written mid-run (a full disk, a lost mount, changed
+  permissions): a checkpoint (``checkpoint.CheckpointWriteError``), metrics.jsonl or
+  the TensorBoard events. Its message names the file and the fix; ``seqlab.run``
+  prints it in one line and exits 1, with the checkpoints written before kept.
+  """
+
+
+def _write_failed(path: str, error: OSError) -> WriteError:
+  return WriteError(f'writing {path} failed ({error.strerror or error}); the checkpoints '
+                    'written before it are kept. Free disk space or fix the permissions, '
+                    'then run the same command to resume.')
+
+
 def file_in_path(path: str) -> str | None:
   """The first part of ``path`` that exists and is not a directory, if any."""
   parts = os.path.abspath(path).split(os.sep)
@@ -279,11 +293,13 @@ def _parse_row(line: str) -> tuple[dict | None, str | None]:
 
 
 class MetricWriter:
-  """Appends rows to metrics.jsonl and TensorBoard event files (tensorboardX).
+  """Appends rows to metrics.jsonl and a TensorBoard event file.
 
   On resume, rows logged after the restored step (written before an interruption
   but not covered by a checkpoint) are dropped, so the file reads as one run. On many
-  hosts only process 0 writes files; the others log eval rows only.
+  hosts only process 0 writes files; the others log eval rows only. Both files are
+  written in the caller's thread, so a failed write (a full disk) raises WriteError
+  at once rather than ending a background thread and blocking the run.
   """
 
   def __init__(self, workdir: str, resume_step: int = 0):
@@ -293,12 +309,21 @@ class MetricWriter:
       return
     kept = [r for r in read_metrics(workdir) if r['step'] <= resume_step]
     tmp = self.path + '.tmp'  # replaced at once: a crash here keeps the old rows
-    with open(tmp, 'w') as f:
-      f.writelines(json.dumps(r) + '\n' for r in kept)
-    os.replace(tmp, self.path)
-    self._file = open(self.path, 'a')
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self.tensorboard = os.path.join(workdir, 'tensorboard')
+    # pylint: disable=g-import-not-at-top
+    from tensorboardX import event_file_writer  # a second to import: only when writing
+    from tensorboardX.proto import event_pb2, summary_pb2
+    # pylint: enable=g-import-not-at-top
+    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+    try:
+      with open(tmp, 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in kept)
+      os.replace(tmp, self.path)
+      self._file = open(self.path, 'a')
+      os.makedirs(self.tensorboard, exist_ok=True)
+      self._events = event_file_writer.EventsWriter(os.path.join(self.tensorboard, 'events'))
+    except OSError as e:
+      raise _write_failed(e.filename or self.path, e) from None
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     row = {'step': int(step), 'split': split}
@@ -307,17 +332,29 @@ class MetricWriter:
       logging.info('step %d eval %s', step, ', '.join(f'{k}={v:.5g}' for k, v in metrics.items()))
     if not self.primary:
       return
-    self._file.write(json.dumps(row) + '\n')
-    self._file.flush()
-    for k, v in row.items():
-      if k not in ('step', 'split'):
-        self._tb.add_scalar(f'{split}/{k}', v, step)
+    scalars = self._summary(value=[
+        self._summary.Value(tag=f'{split}/{k}', simple_value=v)
+        for k, v in row.items() if k not in ('step', 'split')])
+    path = self.path
+    try:
+      self._file.write(json.dumps(row) + '\n')
+      self._file.flush()
+      path = self.tensorboard
+      self._events.write_event(self._event(wall_time=time.time(), step=row['step'],
+                                           summary=scalars))
+      self._events.flush()
+    except OSError as e:
+      raise _write_failed(path, e) from None
 
   def close(self) -> None:
-    if not self.primary:
+    """Closes the files; again is a no-op."""
+    if not self.primary or self._file.closed:
       return
-    self._file.close()
-    self._tb.close()
+    try:
+      self._file.close()
+      self._events.close()
+    except OSError as e:
+      raise _write_failed(self.path, e) from None
 
 
 class Progress:

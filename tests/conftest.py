@@ -1,6 +1,7 @@
 """Shared test helpers: load experiment configs, run the CLI in a subprocess."""
 import importlib.util
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -22,11 +23,21 @@ def load_config(name: str, variant: str | None = 'quick'):
   return module.get_config(variant)
 
 
-def run_module(module: str, *args, env=None, timeout=300, **kwargs):
-  """``python -m <module> args`` from the repo root; returns the CompletedProcess."""
+def run_module(module: str, *args, env=None, timeout=300, file_limit_kib=None, **kwargs):
+  """``python -m <module> args`` from the repo root; returns the CompletedProcess.
+
+  ``file_limit_kib``: no file the process writes may grow past it, a real full disk
+  for each write (TensorStore's ValueError for a checkpoint, an OSError elsewhere).
+  The shell sets it (``ulimit -f``; SIGXFSZ ignored, so a write past it fails) rather
+  than a ``preexec_fn`` forked from this multithreaded process.
+  """
   full_env = dict(os.environ, **(env or {}))
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=full_env,
-                        capture_output=True, text=True, timeout=timeout, **kwargs)
+  command = [sys.executable, '-m', module, *args]
+  if file_limit_kib is not None:
+    command = ['bash', '-c', f"trap '' XFSZ; ulimit -f {int(file_limit_kib)}; "
+               f'exec {shlex.join(command)}']
+  return subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True,
+                        timeout=timeout, **kwargs)
 
 
 def signal_when(module: str, args, ready, timeout=120):

@@ -192,6 +192,20 @@ def test_reproduce_quick_writes_the_table_and_skips_finished_seeds(tmp_path):
     assert [r['name'] for r in json.load(f)] == ['mnist1d_gru']
 
 
+def test_reproduce_on_a_full_disk_stops_in_one_line(tmp_path):
+  """A seed whose checkpoint does not fit (files limited to 4 KiB): one line, exit 1,
+  the seed not marked finished; with room, the same command finishes it."""
+  args = ('--quick', '--seeds', '1', '--only', 'adding_t100_lstm', '--workdir', str(tmp_path))
+  proc = run_module('seqlab.reproduce', *args, file_limit_kib=4, timeout=240)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert 'seqlab: training stopped: writing a checkpoint under' in proc.stderr
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  assert not (tmp_path / 'adding_t100_lstm' / 'seed0' / 'reproduce.json').exists()
+  again = run_module('seqlab.reproduce', *args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert (tmp_path / 'adding_t100_lstm' / 'seed0' / 'reproduce.json').exists()
+
+
 def test_interrupt_turns_sigterm_and_sigint_into_a_flag():
   """``cli.Interrupt``, under the training loop, populations and sweeps: the signal
   sets ``.signal`` instead of ending the process, and the old handlers come back."""

@@ -119,3 +119,27 @@ def test_plot_run_writes_learning_curves_into_the_run(tmp_path):
     f.write(load_config('adding').to_json())
   path = plots.plot_run(os.path.join(d, 'run'))  # metric from the task: mse
   assert path == os.path.join(d, 'run', 'learning_curves.png') and os.path.getsize(path) > 0
+
+
+def test_a_full_disk_keeps_the_old_plot_and_the_finished_run(tmp_path, caplog):
+  """The end-of-run plot on a full disk (its temporary file is /dev/full: ENOSPC):
+  a warning, the previous learning_curves.png whole, no temporary file left."""
+  from seqlab import train  # pylint: disable=g-import-not-at-top
+  d = str(tmp_path)
+  _write_point(d, 'run', {}, 'done', [0.3, 0.2])
+  run = os.path.join(d, 'run')
+  with open(os.path.join(run, 'config.json'), 'w') as f:
+    f.write(load_config('adding').to_json())
+  train.plot_learning_curves(run, 'mse')
+  png = os.path.join(run, 'learning_curves.png')
+  before = open(png, 'rb').read()
+  tmp = os.path.join(run, 'learning_curves.tmp.png')
+  os.symlink('/dev/full', tmp)
+  _write_point(d, 'run2', {}, 'done', [0.3, 0.2, 0.1])  # a different picture
+  os.replace(os.path.join(d, 'run2', 'metrics.jsonl'), os.path.join(run, 'metrics.jsonl'))
+  train.plot_learning_curves(run, 'mse')  # no exception: the run itself is saved
+  assert 'could not write' in caplog.text and 'No space left on device' in caplog.text
+  assert open(png, 'rb').read() == before
+  assert not os.path.lexists(tmp)
+  train.plot_learning_curves(run, 'mse')  # the disk freed: drawn again
+  assert open(png, 'rb').read() != before

@@ -282,3 +282,28 @@ def test_a_rerun_with_other_shared_overrides_is_refused_in_either_mode(tmp_path)
   saved = json.loads((workdir / 'seed=0' / 'config.json').read_text())
   assert saved['model']['cell'] == 'lstm'
   assert (workdir / 'seed=0' / 'log.txt').read_text() == log
+
+
+@pytest.mark.parametrize('mode', ['processes', 'vmap'])
+def test_a_full_disk_fails_the_points_and_the_same_command_resumes_them(tmp_path, mode):
+  """Checkpoints too big for the disk (hidden 64, files limited to 12 KiB): the points
+  are 'failed' with the one-line error, not 'done' (their metrics reach train.steps,
+  their final checkpoint does not; vmap used to mark them done with a traceback); once
+  there is room the same command trains them to done."""
+  workdir = tmp_path / 'sweep'
+  args = [*QUICK, '--workdir', str(workdir), '--sweep', 'seed=[0,1]', '--mode', mode,
+          '--config.model.hidden_size=64', '--config.train.steps=8',
+          '--config.train.checkpoint_every=4', '--config.train.eval_every=4']
+  proc = run_module('seqlab.sweep', *args, file_limit_kib=12, timeout=240)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  points = _statuses(workdir)
+  for s in (0, 1):
+    assert points[f'seed={s}']['status'] == 'failed', points
+    assert 'writing a checkpoint under' in points[f'seed={s}']['error'], points
+  if mode == 'vmap':
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  again = run_module('seqlab.sweep', *args, timeout=240)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert [_statuses(workdir)[f'seed={s}']['status'] for s in (0, 1)] == ['done'] * 2
+  for s in (0, 1):
+    assert '8' in os.listdir(workdir / f'seed={s}' / 'checkpoints')
