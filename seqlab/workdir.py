@@ -321,7 +321,10 @@ class MetricWriter:
       os.replace(tmp, self.path)
       self._file = open(self.path, 'a')
       os.makedirs(self.tensorboard, exist_ok=True)
-      self._events = event_file_writer.EventsWriter(os.path.join(self.tensorboard, 'events'))
+      # Named by the second and host, as TensorBoard's are, and by the nanosecond too:
+      # a resume within the same second would otherwise truncate the earlier file.
+      self._events = event_file_writer.EventsWriter(os.path.join(self.tensorboard, 'events'),
+                                                    filename_suffix=f'.{time.time_ns()}')
     except OSError as e:
       raise _write_failed(e.filename or self.path, e) from None
 

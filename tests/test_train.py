@@ -183,6 +183,18 @@ def _tensorboard_scalars(directory) -> dict:
   return out
 
 
+def test_a_resume_within_a_second_keeps_the_earlier_tensorboard_events(tmp_path):
+  """Two writers on one workdir in quick succession (a run stopped at once and
+  resumed): the second event file does not replace the first."""
+  for step in (1, 2):
+    writer = workdir_lib.MetricWriter(str(tmp_path), resume_step=step - 1)
+    writer.write(step, 'train', {'loss': float(step)})
+    writer.close()
+  assert _tensorboard_scalars(tmp_path / 'tensorboard') == {('train/loss', 1): 1.0,
+                                                            ('train/loss', 2): 2.0}
+  assert [r['step'] for r in workdir_lib.read_metrics(str(tmp_path))] == [1, 2]
+
+
 def test_config_is_never_mutated(tmp_path):
   config = load_config('adding')
   before = config.to_json()
