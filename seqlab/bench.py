@@ -654,6 +654,11 @@ def _main(argv):
   if input_size < 1:
     raise app.UsageError(f'--input must be a positive integer, got {input_size}')
   lengths = parse_lengths(flag_or_quick(_LENGTHS, 'lengths'))
+  if _JSON.value:  # now, not after the benchmark has run
+    folder = os.path.dirname(os.path.abspath(_JSON.value))
+    if os.path.isdir(_JSON.value) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+      raise app.UsageError(f'--json {_JSON.value}: cannot write a file there (no such '
+                           'directory, a directory, or not writable); give another path')
   torch = torch_module() if 'torch' in _PEERS.value else None
   if 'torch' in _PEERS.value and torch is None:
     log('torch is not installed: measuring without it')

@@ -15,6 +15,7 @@ import sys
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 
 def parser(own: flags.FlagValues, hint: str | None = None):
@@ -32,6 +33,7 @@ def parser(own: flags.FlagValues, hint: str | None = None):
       sys.exit(0)
     try:
       rest = own(argv)
+      problem = _config_file_problem(own)
     except flags.Error as e:
       message = f'bad command line: {_last_line(str(e))}'
     except OSError as e:
@@ -46,6 +48,9 @@ def parser(own: flags.FlagValues, hint: str | None = None):
     except (TypeError, ValueError) as e:
       message = f'bad config override: {_last_line(str(e))}'
     else:
+      if problem:
+        print(f'seqlab: {problem}', file=sys.stderr)
+        sys.exit(2)
       if own is not flags.FLAGS:
         flags.FLAGS(argv[:1])  # absl's own flags (logging) at their defaults
       return rest
@@ -55,6 +60,18 @@ def parser(own: flags.FlagValues, hint: str | None = None):
     sys.exit(2)
 
   return parse
+
+
+def _config_file_problem(own: flags.FlagValues) -> str | None:
+  """What is wrong with --config's file path, if anything: ml_collections defers a
+  missing file or a directory to the config's first read, deep in the tool."""
+  if 'config' not in own or not own['config'].present:
+    return None
+  path = config_flags.get_config_filename(own['config']).partition(':')[0]
+  if os.path.isfile(path):
+    return None
+  kind = 'is a directory, not a config file' if os.path.isdir(path) else 'does not exist'
+  return f'--config {path} {kind}; experiments are in experiments/'
 
 
 def _last_line(message: str) -> str:

@@ -40,8 +40,10 @@ def carry_gradient_norms(model, params, batch, spec) -> np.ndarray:
   that of its own loss term.
   """
   enc = model.encoder
-  if enc.num_layers != 1 or enc.bidirectional or model.target != 'sequence' or model.pool != 'last':
-    raise ValueError('diagnose needs a one-layer unidirectional many-to-one model (pool=last)')
+  if (getattr(model, 'target', None) != 'sequence' or getattr(model, 'pool', None) != 'last'
+      or enc.num_layers != 1 or enc.bidirectional):  # a Seq2Seq has neither target nor pool
+    raise ValueError('diagnose needs a one-layer unidirectional many-to-one model (pool=last); '
+                     f'this run has a {type(model).__name__} that is not one')
   p = params['params']
   cell = enc.make_cell()
   cell_params = p['encoder']['layer_0']['cell']

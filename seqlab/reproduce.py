@@ -172,8 +172,13 @@ def summarize(entry: Entry, seeds: int, workdir: str) -> dict | None:
   values = [r['metrics'][entry.metric] * entry.scale for r in results]
   walls = [r['wall_s'] for r in results]
   best = [best_eval(os.path.dirname(p), entry) for p in paths]
-  return {'name': entry.name, 'task': entry.experiment + (f':{entry.variant}' if entry.variant else ''),
-          'model': entry.model, 'metric': entry.metric, 'published': entry.published,
+  task, model = entry.experiment + (f':{entry.variant}' if entry.variant else ''), entry.model
+  if results[0].get('quick', False):  # the experiment's :quick config, whatever the entry
+    m = entry_config(entry, 0, quick=True).model
+    task = f'{entry.experiment}:quick'
+    model = ' '.join(str(m[k]) for k in ('cell', 'hidden_size') if k in m) + ' (smoke run)'
+  return {'name': entry.name, 'task': task,
+          'model': model, 'metric': entry.metric, 'published': entry.published,
           'source': entry.source, 'mean': float(np.mean(values)),
           'std': float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
           'values': values, 'best_mean': float(np.mean(best)), 'best_values': best,

@@ -6,6 +6,7 @@
 Running the same command on the same workdir resumes from its latest checkpoint.
 """
 import os
+import re
 import sys
 
 from absl import app
@@ -53,6 +54,10 @@ def initialize_distributed(mode: str, env=None) -> bool:
   import jax  # pylint: disable=g-import-not-at-top
   env = os.environ if env is None else env
   explicit = {}  # a hand-made cluster (no SLURM / TPU metadata): all three from the env
+  address = env.get('JAX_COORDINATOR_ADDRESS', '')
+  if address and not re.fullmatch(r'\[?[^\s]+\]?:\d+', address):  # jax: an IndexError
+    raise ValueError(f'JAX_COORDINATOR_ADDRESS={address!r} needs a port, host:port '
+                     '(e.g. 10.0.0.1:1234)')
   if env.get('JAX_COORDINATOR_ADDRESS') and env.get('JAX_NUM_PROCESSES'):
     explicit = dict(coordinator_address=env['JAX_COORDINATOR_ADDRESS'],
                     num_processes=int(env['JAX_NUM_PROCESSES']),
@@ -76,10 +81,6 @@ def main(argv):
   if not flags.FLAGS['config'].present:
     raise app.UsageError('--config experiments/<name>.py[:variant] is required')
   path = config_flags.get_config_filename(flags.FLAGS['config'])
-  if not os.path.exists(path.partition(':')[0]):
-    print(f'seqlab: no config file {path.partition(":")[0]!r}; experiments are in experiments/',
-          file=sys.stderr)
-    return 2
   workdir_lib.quiet_logging()
   workdir = _WORKDIR.value or default_workdir(path)
   try:

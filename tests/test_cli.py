@@ -155,6 +155,9 @@ def test_reproduce_quick_writes_the_table_and_skips_finished_seeds(tmp_path):
   with open(tmp_path / 'reproduce.json') as f:
     rows = json.load(f)
   assert [r['name'] for r in rows] == ['adding_t100_lstm', 'mnist1d_gru']
+  # What --quick trained (each experiment's :quick config), not the entry's published model.
+  assert [(r['task'], r['model']) for r in rows] == [
+      ('adding:quick', 'lstm 16 (smoke run)'), ('mnist1d:quick', 'gru 6 (smoke run)')]
   assert all(r['seeds'] == 2 and len(r['values']) == 2 for r in rows)
   assert 0 <= rows[1]['mean'] <= 100  # accuracy in percent
   table = (tmp_path / 'reproduce.md').read_text()

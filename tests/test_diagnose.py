@@ -76,6 +76,8 @@ def test_rejects_models_it_cannot_read():
   c.model.bidirectional = True
   with pytest.raises(ValueError, match='unidirectional'):
     diagnose.norms_for_config(c)
+  with pytest.raises(ValueError, match='this run has a Seq2Seq'):  # no AttributeError
+    diagnose.norms_for_config(load_config('reverse'))
 
 
 def test_trained_runs_each_get_a_curve(tmp_path):

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from seqlab import run
 from seqlab import workdir as workdir_lib
 from conftest import ROOT, cpu_env, run_module
@@ -27,6 +29,9 @@ def test_in_cluster_reads_the_environment():
   assert run.in_cluster({'TPU_WORKER_HOSTNAMES': 'a,b'})
   assert not run.initialize_distributed('off', {'JAX_COORDINATOR_ADDRESS': 'host:1'})
   assert not run.initialize_distributed('auto', {})
+  with pytest.raises(ValueError, match='needs a port'):  # not an IndexError inside jax
+    run.initialize_distributed('on', {'JAX_COORDINATOR_ADDRESS': 'notahost',
+                                      'JAX_NUM_PROCESSES': '1'})
 
 
 def _start_two_processes(args, workdir):

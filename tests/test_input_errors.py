@@ -110,6 +110,8 @@ def test_sample_top_k_at_least_the_vocabulary_keeps_every_token(charlm_run):
     (['--memory', '--lengths', 'abc'], "--lengths: 'abc' is not a positive integer"),
     (['--memory', '--lengths', '64,0'], "--lengths: '0' is not a positive integer"),
     (['--input', '0'], '--input must be a positive integer'),
+    (['--json', '/nonexistent/dir/b.json'], '--json /nonexistent/dir/b.json: cannot write'),
+    (['--json', '/tmp'], '--json /tmp: cannot write'),
 ])
 def test_bench_bad_shapes_and_lengths_are_usage_errors(args, fragment):
   proc = run_module('seqlab.bench', '--cells', 'rnn', '--peers', 'flax', '--steps', '1',
@@ -170,6 +172,23 @@ def test_sentiment_csv_that_is_not_utf8_names_the_file_and_the_fix(tmp_path):
 
 
 # --- 6. charlm splits too short for the batch ---------------------------------------------
+
+
+def test_a_directory_as_charlm_path_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match='is a directory; point it at a text file'):
+    charlm.load_text(str(tmp_path), 'shakespeare')
+
+
+def test_the_readmes_own_csv_forecast_command_runs(tmp_path):
+  """README: sunspots' experiment with ``--config.task.csv=FILE --config.task.column=NAME``
+  (the file replaces the shipped series, which the experiment sets)."""
+  path = write(tmp_path / 'series.csv', 'day,val\n' + ''.join(
+      f'{i},{(i * 7) % 23 + 0.5 * i}\n' for i in range(200)))
+  proc = run_module('seqlab.run', '--config', 'experiments/sunspots.py:quick', '--workdir',
+                    str(tmp_path / 'run'), f'--config.task.csv={path}', '--config.task.column=val',
+                    '--config.train.steps=4')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'final eval:' in proc.stdout
 
 
 def test_charlm_split_too_short_names_the_split_and_the_keys(tmp_path):

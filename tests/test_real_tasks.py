@@ -429,7 +429,7 @@ def test_sunspots_is_the_yearly_series_shipped_by_statsmodels():
 def test_forecast_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match=str(tmp_path / 'nope.csv')):
     tasks.make_task(cfg(name='forecast', csv=str(tmp_path / 'nope.csv'), context=3), seed=0)
-  with pytest.raises(ValueError, match='exactly one of task.series'):
+  with pytest.raises(ValueError, match='set task.series .* or task.csv'):
     tasks.make_task(cfg(name='forecast', context=3), seed=0)
   with pytest.raises(ValueError, match='task.season \\(5\\) must be at most task.context'):
     forecast.Forecast(seed=0, values=np.arange(50.0), context=4, season=5)

@@ -252,7 +252,14 @@ def test_bad_config_fails_before_compiling_without_traceback(tmp_path, override,
 
 def test_missing_config_file_and_variant(tmp_path):
   proc = run_module('seqlab.run', '--config', 'experiments/nope.py', '--workdir', str(tmp_path))
-  assert proc.returncode == 2 and 'no config file' in proc.stderr
+  assert proc.returncode == 2 and 'experiments/nope.py does not exist' in proc.stderr
+  for tool in ('seqlab.run', 'seqlab.sweep'):  # a directory, a missing file: one line each
+    proc = run_module(tool, '--config', 'experiments', '--workdir', str(tmp_path / 'd'))
+    assert proc.returncode == 2 and 'experiments is a directory' in proc.stderr, proc.stderr
+    assert 'Traceback' not in proc.stderr
+  proc = run_module('seqlab.sweep', '--config', 'experiments/nope.py', '--workdir', str(tmp_path))
+  assert proc.returncode == 2 and 'does not exist' in proc.stderr
+  assert 'Traceback' not in proc.stderr
   proc = run_module('seqlab.run', '--config', 'experiments/adding.py:nope', '--workdir',
                     str(tmp_path))
   assert proc.returncode == 2 and 'unknown variant' in proc.stderr

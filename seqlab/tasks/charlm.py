@@ -61,8 +61,9 @@ def _python_stdlib() -> str:
 def load_text(path: str, corpus: str) -> str:
   """The corpus text: ``path`` when given, else the named shipped corpus."""
   if path:
-    if not os.path.exists(path):
-      raise FileNotFoundError(f'task.path={path!r} does not exist; point it at a text file, or '
+    if not os.path.isfile(path):
+      problem = 'is a directory' if os.path.isdir(path) else 'does not exist'
+      raise FileNotFoundError(f'task.path={path!r} {problem}; point it at a text file, or '
                               f'leave it empty to use task.corpus (one of: {", ".join(CORPORA)})')
     with open(path, encoding='utf-8', errors='replace') as f:
       return f.read()

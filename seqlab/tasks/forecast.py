@@ -237,15 +237,15 @@ def forecast_report(task: Forecast, predictions) -> dict[str, float]:
 
 
 def from_config(task_cfg, seed: int) -> Forecast:
-  """``task.series`` or ``task.csv`` (+ ``task.column``), ``task.context``,
+  """``task.series`` or ``task.csv`` (+ ``task.column``; it wins over ``task.series``),
+  ``task.context``,
   ``task.horizon``, ``task.test_fraction``, ``task.season``."""
   cfg = base.read_config(task_cfg, {'series': '', 'csv': '', 'column': '', 'context': None,
                                     'horizon': 1, 'test_fraction': 0.2, 'season': 1})
-  if bool(cfg['series']) == bool(cfg['csv']):
-    raise ValueError('set exactly one of task.series (one of: '
-                     f'{", ".join(SERIES)}) and task.csv (a CSV file), got '
-                     f'series={cfg["series"]!r}, csv={cfg["csv"]!r}')
-  if cfg['csv']:
+  if not (cfg['series'] or cfg['csv']):
+    raise ValueError(f'set task.series (one of: {", ".join(SERIES)}) or task.csv (a CSV '
+                     'file, with task.column)')
+  if cfg['csv']:  # a file of one's own replaces the experiment's shipped series
     values = read_column(cfg['csv'], str(cfg['column']))
   else:
     path, column = shipped_csv(cfg['series'])
