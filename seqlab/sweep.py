@@ -371,6 +371,24 @@ def check_unchanged(points: list[Point]) -> None:
                        f'or delete {point.workdir} to rerun it')
 
 
+def check_same_points(workdir: str, points: list[Point]) -> None:
+  """SweepError when ``workdir`` holds a sweep with points (run or started) that this
+  one lacks: its sweep.json, and so the report, would silently leave them out. An
+  extended grid (every earlier point still in it) is fine."""
+  try:
+    with open(os.path.join(workdir, 'sweep.json')) as f:
+      earlier = [p['name'] for p in json.load(f)['points']]
+  except (OSError, ValueError, KeyError, TypeError):
+    return  # no sweep there yet (or no readable summary: the points' own files remain)
+  names = {p.name for p in points}
+  dropped = [n for n in earlier if n not in names and os.path.isdir(os.path.join(workdir, n))]
+  if dropped:
+    raise SweepError(f'{workdir} holds a sweep with {len(dropped)} point(s) this one lacks '
+                     f'({", ".join(dropped[:3])}{", ..." if len(dropped) > 3 else ""}); its '
+                     'sweep.json and report would leave them out. Give another --workdir, or '
+                     'a grid that includes them (extending one is fine)')
+
+
 def final_metrics(workdir: str) -> dict:
   evals = [r for r in workdir_lib.read_metrics(workdir) if r['split'] == 'eval']
   return evals[-1] if evals else {}
@@ -658,6 +676,7 @@ def main(argv) -> int:
     index, count = parse_shard(FLAGS.shard)
     metric, metric_mode = _metric(FLAGS.config)
     check_unchanged(points)  # in either --mode
+    check_same_points(workdir, points)
     workdir_lib.ensure_dir(workdir)
   except ValueError as e:  # SweepError, ConfigError (WorkdirError), a task's ValueError
     source = ' '.join(f'--sweep {s}' for s in FLAGS.sweep) or config_arg

@@ -307,3 +307,23 @@ def test_a_full_disk_fails_the_points_and_the_same_command_resumes_them(tmp_path
   assert [_statuses(workdir)[f'seed={s}']['status'] for s in (0, 1)] == ['done'] * 2
   for s in (0, 1):
     assert '8' in os.listdir(workdir / f'seed={s}' / 'checkpoints')
+
+
+def test_a_sweep_with_fewer_points_is_refused_on_an_earlier_sweeps_workdir(tmp_path):
+  """A rerun with a grid that drops earlier points (their runs on disk) would rewrite
+  sweep.json, and so the report, without them: refused before anything runs. A grid
+  that extends the earlier one passes the check."""
+  workdir = tmp_path / 'sweep'
+  for name in ('seed=0', 'seed=1'):
+    (workdir / name).mkdir(parents=True)
+  (workdir / 'sweep.json').write_text(json.dumps({'points': [
+      {'name': 'seed=0'}, {'name': 'seed=1'}]}))
+  proc = run_module('seqlab.sweep', *QUICK, '--workdir', str(workdir), '--sweep', 'seed=[5]')
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert '2 point(s) this one lacks (seed=0, seed=1)' in proc.stderr
+  assert 'Traceback' not in proc.stderr and not (workdir / 'seed=5').exists()
+  grid = [sweep.Point(i, {'seed': s}, load_config('adding'), f'seed={s}',
+                      str(workdir / f'seed={s}')) for i, s in enumerate((0, 1, 5))]
+  sweep.check_same_points(str(workdir), grid)  # extended: fine
+  with pytest.raises(sweep.SweepError, match=r'1 point\(s\) this one lacks \(seed=1\)'):
+    sweep.check_same_points(str(workdir), grid[::2])
