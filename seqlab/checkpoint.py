@@ -37,7 +37,8 @@ def _manager(directory, *, keep, async_save, best_fn=None, best_mode='min', read
   # distinct names (orbax keys them by step alone otherwise).
   prefix = os.path.basename(directory.rstrip('/'))
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, best_fn=best_fn, best_mode=best_mode,
+      max_to_keep=None if read_only else keep, best_fn=best_fn, best_mode=best_mode,
+      save_interval_steps=0 if read_only else 1,  # what orbax sets, with a warning each
       keep_checkpoints_without_metrics=False, enable_async_checkpointing=async_save,
       cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only,
       multiprocessing_options=ocp.options.MultiprocessingOptions(
@@ -183,10 +184,16 @@ _WRITE_FAILURES = ('Error writing', 'os_error_code', 'No space left', 'File too 
 class _DropWriteFailureLogs(std_logging.Filter):
   """orbax's own ERROR logs of a failed save (one per thread, each with a traceback,
   hundreds of lines for one full disk): ``Checkpointer`` raises the failure as one
-  ``CheckpointWriteError`` that names it, so these are dropped."""
+  ``CheckpointWriteError`` that names it, so these are dropped. So is its warning
+  'Given directory is read only' for a read-only ``Checkpointer`` (evaluate, sample,
+  diagnose), which asked for just that."""
 
   def filter(self, record):
-    if record.levelno < std_logging.ERROR or '/orbax/' not in record.pathname.replace('\\', '/'):
+    if '/orbax/' not in record.pathname.replace('\\', '/'):
+      return True
+    if record.levelno == std_logging.WARNING:
+      return not record.getMessage().startswith('Given directory is read only')
+    if record.levelno < std_logging.ERROR:
       return True
     text = record.getMessage()
     if record.exc_info and record.exc_info[1] is not None:
