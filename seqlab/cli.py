@@ -8,6 +8,8 @@ defines nothing twice. ``run(main, own)`` parses ``own`` and exits with ``main``
 before it exits.
 """
 
+import difflib
+import importlib.util
 import os
 import re
 import signal
@@ -41,12 +43,13 @@ def parser(own: flags.FlagValues, hint: str | None = None):
     except SyntaxError as e:
       message = f'the config file does not parse: {e.filename}, line {e.lineno}: {e.msg}'
     except (AttributeError, KeyError) as e:  # ml_collections: a key the config lacks
-      message = ('unknown config key in the overrides: '
-                 + ' '.join(re.sub(r"\\n|\\|'|\"", ' ', str(e)).split()))
+      message = _unknown_key(argv) or (
+          'unknown config key in the overrides: '
+          + ' '.join(re.sub(r"\\n|\\|'|\"", ' ', str(e)).split()))
       if "no attribute 'get_config'" in str(e):
         message = 'the config file defines no get_config(); see experiments/*.py'
-    except (TypeError, ValueError) as e:
-      message = f'bad config override: {_last_line(str(e))}'
+    except (TypeError, ValueError) as e:  # also a key under a value: model.cell.x
+      message = _unknown_key(argv) or f'bad config override: {_last_line(str(e))}'
     else:
       if problem:
         print(f'seqlab: {problem}', file=sys.stderr)
@@ -72,6 +75,37 @@ def _config_file_problem(own: flags.FlagValues) -> str | None:
     return None
   kind = 'is a directory, not a config file' if os.path.isdir(path) else 'does not exist'
   return f'--config {path} {kind}; experiments are in experiments/'
+
+
+def _unknown_key(argv) -> str | None:
+  """'--config.model.xyz: model has no key 'xyz'; its keys: ...' for the first override
+  in ``argv`` that names no key of the config file's config; None if none is found."""
+  args = list(argv[1:])
+  given = [a.split('=', 1)[1] for a in args if a.startswith('--config=')] + [
+      args[i + 1] for i, a in enumerate(args[:-1]) if a == '--config']
+  try:
+    path, _, variant = given[0].partition(':')
+    spec = importlib.util.spec_from_file_location('seqlab_config_keys', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(variant) if variant else module.get_config()
+  except Exception:  # pylint: disable=broad-except  # the generic message then
+    return None
+  for arg in argv[1:]:
+    match = re.match(r'--config\.([\w.]+)', arg)
+    if not match:
+      continue
+    node, parts = config, match.group(1).split('.')
+    for i, part in enumerate(parts):
+      if not hasattr(node, 'keys') or part not in node:
+        owner = '.'.join(parts[:i]) or 'the config'
+        keys = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else 'none (a value)'
+        close = difflib.get_close_matches(part, list(node.keys()) if hasattr(node, 'keys') else [], 1)
+        hint = f' (did you mean {".".join(parts[:i] + close)}?)' if close else ''
+        return (f'unknown config key --config.{match.group(1)}: {owner} has no key '
+                f'{part!r}{hint}; its keys: {keys}')
+      node = node[part]
+  return None
 
 
 def _last_line(message: str) -> str:
