@@ -367,8 +367,8 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
       break
   progress.close()
   finished = int(state['step']) >= tc.steps
-  if eval_metrics is None and finished:
-    eval_metrics = run_eval(state, int(state['step']))  # resumed at the end: evaluate again
+  if eval_metrics is None and finished:  # resumed at the end (a rerun of a finished run)
+    eval_metrics = logged_eval(workdir, int(state['step'])) or run_eval(state, int(state['step']))
   ckpt.wait()
   ckpt.close()
   writer.close()
@@ -377,6 +377,16 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
   # An interrupted run returns {} even after a periodic eval, so that callers (reproduce,
   # sweeps) do not take it for finished.
   return (eval_metrics or {}) if finished else {}
+
+
+def logged_eval(workdir: str, step: int) -> dict | None:
+  """The eval metrics logged at ``step`` (a finished run's final eval), if any: a rerun
+  of a finished run reports them rather than evaluating again and logging a duplicate."""
+  rows = [r for r in workdir_lib.read_metrics(workdir) if r['split'] == 'eval' and r['step'] == step]
+  if not rows:
+    return None
+  logging.info('%s finished at step %d; its final eval is read from metrics.jsonl', workdir, step)
+  return {k: v for k, v in rows[-1].items() if k not in ('step', 'split')}
 
 
 def plot_learning_curves(workdir: str, metric: str) -> None:

@@ -195,6 +195,19 @@ def test_a_resume_within_a_second_keeps_the_earlier_tensorboard_events(tmp_path)
   assert [r['step'] for r in workdir_lib.read_metrics(str(tmp_path))] == [1, 2]
 
 
+def test_a_rerun_of_a_finished_run_reports_its_final_eval_without_logging_it_again(tmp_path):
+  args = ('--config', 'experiments/adding.py:quick', '--workdir', str(tmp_path / 'run'),
+          '--config.train.steps=6', '--config.train.eval_every=3')
+  first = run_module('seqlab.run', *args)
+  assert first.returncode == 0, first.stderr[-2000:]
+  metrics = (tmp_path / 'run' / 'metrics.jsonl').read_bytes()
+  again = run_module('seqlab.run', *args)
+  assert again.returncode == 0, again.stderr[-2000:]
+  final = [l for l in first.stdout.splitlines() if l.startswith('final eval:')]
+  assert final and final == [l for l in again.stdout.splitlines() if l.startswith('final eval:')]
+  assert (tmp_path / 'run' / 'metrics.jsonl').read_bytes() == metrics  # no duplicate row
+
+
 def test_config_is_never_mutated(tmp_path):
   config = load_config('adding')
   before = config.to_json()
