@@ -207,7 +207,9 @@ def test_bfloat16_training_follows_float32(cell):
   logged, means, state, hlo, carries = adding_curve(cell, 'bfloat16')
   assert 'bf16' in hlo and 'bf16' not in f32_hlo
   assert not np.array_equal(logged, f32_logged)  # bfloat16 did change the numbers
-  np.testing.assert_allclose(logged, f32_logged, rtol=0.10)
+  # 10%, or 0.25% of the starting loss: one batch's loss near zero (the GRU's ~0.02 at
+  # step 180) moves by up to 5% with the CPU's bfloat16 dot (1% with XLA held to AVX2).
+  np.testing.assert_allclose(logged, f32_logged, rtol=0.10, atol=0.0025 * f32_logged[0])
   # 5% relative, or 2% of the starting loss once the loss is near zero (GRU: 0.008).
   np.testing.assert_allclose(means, f32_means, rtol=0.05, atol=0.02 * f32_means[0])
   assert means[-1] < 0.8 * means[0]
