@@ -9,7 +9,6 @@ before it exits.
 """
 
 import difflib
-import importlib.util
 import os
 import re
 import signal
@@ -18,6 +17,8 @@ import sys
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from seqlab import config as config_lib
 
 
 def parser(own: flags.FlagValues, hint: str | None = None):
@@ -85,9 +86,7 @@ def _unknown_key(argv) -> str | None:
       args[i + 1] for i, a in enumerate(args[:-1]) if a == '--config']
   try:
     path, _, variant = given[0].partition(':')
-    spec = importlib.util.spec_from_file_location('seqlab_config_keys', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_lib.load_file(path)
     config = module.get_config(variant) if variant else module.get_config()
   except Exception:  # pylint: disable=broad-except  # the generic message then
     return None

@@ -5,6 +5,7 @@ Every experiment's ``get_config`` starts from ``base_config()`` and sets values;
 experiment file itself. ``validate`` checks every value before anything is compiled
 and raises ``ConfigError`` with a message that names the key and the valid choices.
 """
+import importlib.util
 import json
 
 import ml_collections
@@ -128,3 +129,12 @@ def validate(config) -> None:
   _positive_int(t, 'eval_batch_size', 'train', allow_zero=True)
   _require(o.warmup_steps < t.steps or o.warmup_steps == 0, 'optim.warmup_steps',
            f'({o.warmup_steps}) must be smaller than train.steps ({t.steps})')
+
+
+def load_file(path: str, name: str = 'seqlab_experiment'):
+  """The experiment file at ``path`` as a fresh module (its ``get_config``, and
+  ``get_sweep`` where it has one)."""
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -12,7 +12,6 @@ go to runs/reproduce_quick by default, and a directory holding one kind of run r
 the other.
 """
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ import jax
 import numpy as np
 
 from seqlab import cli
+from seqlab import config as config_lib
 from seqlab import train
 from seqlab import workdir as workdir_lib
 
@@ -99,10 +99,7 @@ HIGHER_IS_BETTER = ('accuracy', 'decode_exact_match', 'decode_token_accuracy')
 
 def load_config(experiment: str, variant):
   path = os.path.join(ROOT, 'experiments', f'{experiment}.py')
-  spec = importlib.util.spec_from_file_location(f'experiments_{experiment}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_lib.load_file(path, f'experiments_{experiment}').get_config(variant)
 
 
 def entry_config(entry: Entry, seed: int, quick: bool):

@@ -40,7 +40,6 @@ import collections
 import dataclasses
 import datetime
 import hashlib
-import importlib.util
 import itertools
 import json
 import math
@@ -601,9 +600,7 @@ flags.DEFINE_string('shard', '0/1', 'i/n: run every n-th point from the i-th.',
 def _file_points(config_arg: str) -> list:
   """The experiment file's ``get_sweep(variant)``."""
   path, _, variant = config_arg.partition(':')
-  spec = importlib.util.spec_from_file_location('seqlab_sweep_experiment', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_lib.load_file(path, 'seqlab_sweep_experiment')
   if not hasattr(module, 'get_sweep'):
     raise SweepError(f'{path} has no get_sweep(arg); give the points with --sweep '
                      'key=[v1,v2,...]')
