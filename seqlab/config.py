@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
       attention='bahdanau', scheduled_sampling=0.0, decoder_layers=1, decoder_hidden_size=0))
   c.optim = ml_collections.ConfigDict(dict(
       name='adam', lr=1e-3, schedule='constant', warmup_steps=0, weight_decay=0.0,
-      clip_norm=1.0, clip_kind='global_norm', momentum=0.9, nesterov=False, b1=0.9,
+      clip_norm=1.0, clip_kind='global_norm', momentum=0.0, nesterov=False, b1=0.9,
       b2=0.999, eps=1e-8, decay_rate=0.1, boundaries=(0.5, 0.75), step_factor=0.1,
       end_lr_factor=0.0))
   c.train = ml_collections.ConfigDict(dict(

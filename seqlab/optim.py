@@ -27,7 +27,7 @@ Keys, with defaults for the optional ones:
   clip_norm      clipping threshold, >= 0; 0 or None disables clipping (None)
   clip_kind      one of CLIP_KINDS ('global_norm'); 'value' clips each entry to
                  [-clip_norm, clip_norm]
-  momentum       sgd: 0.9, rmsprop: 0 (0 means no momentum trace; for rmsprop the
+  momentum       heavy-ball trace for sgd and rmsprop (0.: none; for rmsprop the
                  trace comes before the lr, optax.rmsprop puts it after: the same
                  update while the lr is constant)
   nesterov       Nesterov momentum for sgd/rmsprop (False)
@@ -196,7 +196,7 @@ def _preconditioner(cfg, name) -> list[optax.GradientTransformation]:
   # bias correction divides 0 by 0 and the weights become NaN.
   eps = _number(cfg, 'eps', 1e-8, low=0.0, low_open=True)
   if name == 'sgd':
-    return _momentum(cfg, 0.9)
+    return _momentum(cfg, 0.0)
   if name == 'rmsprop':
     return [optax.scale_by_rms(decay=0.9, eps=eps)] + _momentum(cfg, 0.0)
   b1 = _number(cfg, 'b1', 0.9, low=0.0, high=1.0, high_open=True)
