@@ -15,27 +15,27 @@ warmup from 0 to ``lr`` over ``warmup_steps``, then the named decay over the rem
 ``total_steps - warmup_steps`` (the decay horizon). With ``total_steps == 0`` there is
 no horizon and the lr stays at ``lr`` after the warmup.
 
-The config (``optim``) is read, never written. seqlab.population trains many points in
-one program by passing a view of it whose ``traced`` dict holds one point's ``lr``,
-``clip_norm`` and ``weight_decay`` as arrays (everything is checked on the plain values).
-Keys, with defaults for the optional ones:
+The config (``optim``) is read, never written. A population (many sweep points in one
+vmapped program, ``seqlab.train``) passes each point's ``lr``, ``clip_norm`` and
+``weight_decay`` (``TRACEABLE``) as explicit array arguments, which stand in for the
+config's values in the chain; every check and branch uses the config's plain values.
+Keys (their defaults live in one place, ``seqlab.config.base_config``):
   name           one of OPTIMIZERS
   lr             peak learning rate, > 0
-  schedule       one of SCHEDULES ('constant')
-  warmup_steps   linear warmup length, 0 <= w < total_steps (0)
-  weight_decay   decoupled decay coefficient, >= 0 (0.)
-  clip_norm      clipping threshold, >= 0; 0 or None disables clipping (None)
-  clip_kind      one of CLIP_KINDS ('global_norm'); 'value' clips each entry to
-                 [-clip_norm, clip_norm]
-  momentum       heavy-ball trace for sgd and rmsprop (0.: none; for rmsprop the
+  schedule       one of SCHEDULES
+  warmup_steps   linear warmup length, 0 <= w < total_steps
+  weight_decay   decoupled decay coefficient, >= 0
+  clip_norm      clipping threshold, >= 0; 0 or None disables clipping
+  clip_kind      one of CLIP_KINDS; 'value' clips each entry to [-clip_norm, clip_norm]
+  momentum       heavy-ball trace for sgd and rmsprop, in [0, 1) (0: none; for rmsprop the
                  trace comes before the lr, optax.rmsprop puts it after: the same
                  update while the lr is constant)
-  nesterov       Nesterov momentum for sgd/rmsprop (False)
-  b1, b2, eps    adam/adamw moments (0.9, 0.999, 1e-8); eps is rmsprop's too
-  end_lr_factor  cosine/linear end value as a fraction of lr (0.)
-  decay_rate     exponential: lr * decay_rate ** (t / horizon) (0.1)
-  boundaries     step: fractions of total_steps where lr is scaled ([0.5, 0.75])
-  step_factor    step: the scale applied at each boundary (0.1)
+  nesterov       Nesterov momentum for sgd/rmsprop
+  b1, b2, eps    adam/adamw moments; eps is rmsprop's too
+  end_lr_factor  cosine/linear end value as a fraction of lr
+  decay_rate     exponential: lr * decay_rate ** (t / horizon)
+  boundaries     step: fractions of total_steps where lr is scaled
+  step_factor    step: the scale applied at each boundary
 """
 import functools
 import math
@@ -46,23 +46,25 @@ import optax
 OPTIMIZERS = ('sgd', 'adam', 'adamw', 'rmsprop')
 SCHEDULES = ('constant', 'cosine', 'linear', 'exponential', 'step')
 CLIP_KINDS = ('global_norm', 'value', 'none')
+# The numbers a population may trace (one array per point) in place of the config's.
+TRACEABLE = ('lr', 'clip_norm', 'weight_decay')
 
 
 def _fail(key, value, why):
   raise ValueError(f'optim.{key}={value!r} {why}')
 
 
-def _choice(cfg, key, choices, noun, default=None):
-  value = cfg.get(key, default)
+def _choice(cfg, key, choices, noun):
+  value = cfg[key]
   if value not in choices:
     _fail(key, value, f'is not a known {noun}; choose one of: {", ".join(choices)}')
   return value
 
 
-def _number(cfg, key, default, *, low=None, low_open=False, high=None, high_open=False):
+def _number(cfg, key, *, low=None, low_open=False, high=None, high_open=False):
   """cfg[key] as a float, checked to lie in [low, high] (open at an end if ``low_open``
   / ``high_open``)."""
-  value = cfg.get(key, default)
+  value = cfg[key]
   if value is None:
     _fail(key, value, 'is required')
   if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -74,15 +76,8 @@ def _number(cfg, key, default, *, low=None, low_open=False, high=None, high_open
   return float(value)
 
 
-def _traced(cfg, key, value):
-  """``value``, or the array standing in for it in ``cfg.traced`` (a population's view
-  of one point, seqlab.population); checks and branches always use ``value``."""
-  traced = getattr(cfg, 'traced', None) or {}
-  return traced.get(key, value)
-
-
 def _warmup_steps(cfg, total_steps):
-  w = cfg.get('warmup_steps', 0)
+  w = cfg['warmup_steps']
   if isinstance(w, bool) or not isinstance(w, int) or w < 0:
     _fail('warmup_steps', w, 'must be an integer >= 0')
   if total_steps > 0 and w >= total_steps:
@@ -92,8 +87,8 @@ def _warmup_steps(cfg, total_steps):
 
 def _step_boundaries(cfg, total_steps, warmup):
   """{step after warmup: scale} for the 'step' schedule; equal boundaries multiply."""
-  fractions = cfg.get('boundaries', (0.5, 0.75))
-  factor = _number(cfg, 'step_factor', 0.1, low=0.0, low_open=True)
+  fractions = cfg['boundaries']
+  factor = _number(cfg, 'step_factor', low=0.0, low_open=True)
   scales = {}
   for b in fractions:
     if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= b <= 1.0:
@@ -111,15 +106,15 @@ def _decay(cfg, kind, lr, total_steps, warmup):
   if kind == 'step':
     return optax.piecewise_constant_schedule(lr, _step_boundaries(cfg, total_steps, warmup))
   if kind == 'exponential':
-    rate = _number(cfg, 'decay_rate', 0.1, low=0.0, low_open=True)
+    rate = _number(cfg, 'decay_rate', low=0.0, low_open=True)
     return optax.exponential_decay(lr, transition_steps=horizon, decay_rate=rate)
-  end = lr * _number(cfg, 'end_lr_factor', 0.0, low=0.0, high=1.0)
+  end = lr * _number(cfg, 'end_lr_factor', low=0.0, high=1.0)
   if kind == 'cosine':
     return optax.cosine_decay_schedule(lr, horizon, alpha=end / lr)
   return optax.linear_schedule(lr, end, horizon)
 
 
-def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
+def make_schedule(optim_cfg, total_steps: int, lr=None) -> optax.Schedule:
   """Learning rate as a function of the step count t (0-based).
 
     t < w:   lr * t / w                                     (linear warmup)
@@ -134,6 +129,7 @@ def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
   Args:
     optim_cfg: the ``optim`` ConfigDict (see the module docstring); not modified.
     total_steps: number of training steps, >= 0.
+    lr: an array standing in for ``optim_cfg.lr`` (a population's traced value), or None.
 
   Returns:
     an optax schedule, jittable, mapping a step count to a float32 learning rate.
@@ -143,8 +139,9 @@ def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
   """
   if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 0:
     raise ValueError(f'total_steps={total_steps!r} must be an integer >= 0')
-  lr = _traced(optim_cfg, 'lr', _number(optim_cfg, 'lr', None, low=0.0, low_open=True))
-  kind = _choice(optim_cfg, 'schedule', SCHEDULES, 'schedule', 'constant')
+  plain_lr = _number(optim_cfg, 'lr', low=0.0, low_open=True)
+  lr = plain_lr if lr is None else lr
+  kind = _choice(optim_cfg, 'schedule', SCHEDULES, 'schedule')
   warmup = _warmup_steps(optim_cfg, total_steps)
   schedule = _decay(optim_cfg, kind, lr, total_steps, warmup)
   if warmup > 0:
@@ -168,21 +165,22 @@ def learning_rate(optim_cfg, total_steps: int, step: int) -> float:
   return float(make_schedule(optim_cfg, total_steps)(step))
 
 
-def _clipping(cfg) -> list[optax.GradientTransformation]:
-  kind = _choice(cfg, 'clip_kind', CLIP_KINDS, 'clipping kind', 'global_norm')
-  c = cfg.get('clip_norm', None)
-  c = 0.0 if c is None else _number(cfg, 'clip_norm', None, low=0.0)
+def _clipping(cfg, traced=None) -> list[optax.GradientTransformation]:
+  kind = _choice(cfg, 'clip_kind', CLIP_KINDS, 'clipping kind')
+  c = cfg['clip_norm']
+  c = 0.0 if c is None else _number(cfg, 'clip_norm', low=0.0)
   if kind == 'none' or c == 0.0:
     return []
+  c = c if traced is None else traced
   if kind == 'global_norm':
-    return [optax.clip_by_global_norm(_traced(cfg, 'clip_norm', c))]
-  return [optax.clip(_traced(cfg, 'clip_norm', c))]
+    return [optax.clip_by_global_norm(c)]
+  return [optax.clip(c)]
 
 
-def _momentum(cfg, default) -> list[optax.GradientTransformation]:
+def _momentum(cfg) -> list[optax.GradientTransformation]:
   """Heavy-ball (or Nesterov) trace m <- g + mu * m; nothing when mu == 0."""
-  mu = _number(cfg, 'momentum', default, low=0.0)
-  nesterov = cfg.get('nesterov', False)
+  mu = _number(cfg, 'momentum', low=0.0)
+  nesterov = cfg['nesterov']
   if not isinstance(nesterov, bool):
     _fail('nesterov', nesterov, 'must be True or False')
   if mu >= 1.0:
@@ -194,22 +192,27 @@ def _preconditioner(cfg, name) -> list[optax.GradientTransformation]:
   """The optimizer proper, before weight decay and the learning rate."""
   # eps > 0 and b1, b2 < 1: else a zero gradient (an unused embedding row) or Adam's
   # bias correction divides 0 by 0 and the weights become NaN.
-  eps = _number(cfg, 'eps', 1e-8, low=0.0, low_open=True)
+  eps = _number(cfg, 'eps', low=0.0, low_open=True)
   if name == 'sgd':
-    return _momentum(cfg, 0.0)
+    return _momentum(cfg)
   if name == 'rmsprop':
-    return [optax.scale_by_rms(decay=0.9, eps=eps)] + _momentum(cfg, 0.0)
-  b1 = _number(cfg, 'b1', 0.9, low=0.0, high=1.0, high_open=True)
-  b2 = _number(cfg, 'b2', 0.999, low=0.0, high=1.0, high_open=True)
+    return [optax.scale_by_rms(decay=0.9, eps=eps)] + _momentum(cfg)
+  b1 = _number(cfg, 'b1', low=0.0, high=1.0, high_open=True)
+  b2 = _number(cfg, 'b2', low=0.0, high=1.0, high_open=True)
   return [optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
 
 
-def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(optim_cfg, total_steps: int, *, lr=None, clip_norm=None,
+                   weight_decay=None) -> optax.GradientTransformation:
   """The whole optimizer as one chain (see the module docstring for the update).
 
   Args:
     optim_cfg: the ``optim`` ConfigDict; not modified.
     total_steps: number of training steps, >= 0 (the schedule's horizon).
+    lr, clip_norm, weight_decay: arrays standing in for the config's values in the
+      chain (``TRACEABLE``: one point of a vmapped population), or None. Whether
+      clipping and weight decay are in the chain at all is decided by the config's
+      values, so a population shares it.
 
   Returns:
     ``optax.chain(clip, optimizer, add_decayed_weights, scale_by_learning_rate)``,
@@ -220,11 +223,11 @@ def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
     ValueError: naming the offending key when a name or a value is invalid.
   """
   name = _choice(optim_cfg, 'name', OPTIMIZERS, 'optimizer')
-  schedule = make_schedule(optim_cfg, total_steps)
-  wd = _number(optim_cfg, 'weight_decay', 0.0, low=0.0)
-  decay = ([optax.add_decayed_weights(_traced(optim_cfg, 'weight_decay', wd))]
+  schedule = make_schedule(optim_cfg, total_steps, lr)
+  wd = _number(optim_cfg, 'weight_decay', low=0.0)
+  decay = ([optax.add_decayed_weights(wd if weight_decay is None else weight_decay)]
            if wd > 0.0 else [])
-  tx = optax.chain(*_clipping(optim_cfg), *_preconditioner(optim_cfg, name), *decay,
+  tx = optax.chain(*_clipping(optim_cfg, clip_norm), *_preconditioner(optim_cfg, name), *decay,
                    optax.scale_by_learning_rate(schedule))
   return optax.GradientTransformationExtraArgs(_standard_promotion(tx.init),
                                               _standard_promotion(tx.update))

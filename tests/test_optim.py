@@ -8,14 +8,16 @@ import numpy as np
 import optax
 import pytest
 
+from seqlab import config as config_lib
 from seqlab import optim
 
 T = 40
 
 
 def config(**kw):
-  base = dict(name='sgd', lr=0.1, schedule='constant', warmup_steps=0, weight_decay=0.0,
-              clip_norm=0.0)
+  """The schema's ``optim`` section (its defaults) with sgd at lr 0.1, no clipping, and ``kw``."""
+  base = config_lib.base_config().optim.to_dict()
+  base.update(name='sgd', lr=0.1, clip_norm=0.0)
   base.update(kw)
   return ml_collections.FrozenConfigDict(base)  # frozen: the module must never write
 
