@@ -6,10 +6,12 @@ data position, and a run resumed from any checkpoint ends bitwise equal to an
 uninterrupted one.
 """
 import contextlib
+import dataclasses
 import functools
 import json
 import os
 import time
+from typing import Any
 
 from absl import logging
 import jax
@@ -144,29 +146,22 @@ def eval_step(params, batch, carry, *, model, spec):
   return losses.loss_and_metrics(spec, outputs, batch)[1], (aux if carry is not None else None)
 
 
-def evaluate(eval_fn, params, task, batch_size: int, carry=None, put=lambda b: b) -> dict:
+def evaluate(eval_fn, params, task, batch_size: int, carry=None) -> dict:
   """Aggregated metrics over the task's whole held-out split, read in order.
 
   ``carry`` (stateful tasks) is the zero carry the eval streams start from.
   """
-  results = []
-  for i in range(task.num_eval_batches(batch_size)):
-    metrics, carry = eval_fn(params, put(task.batch('eval', i, batch_size)), carry)
-    results.append(jax.device_get(metrics))
-  return losses.aggregate(results, [float(r['count']) for r in results])
+  return split_metrics(eval_fn, params, [task], batch_size, carry, One())[0]
 
 
-def evaluate_all(eval_fn, model, params, task, batch_size: int, carry=None,
-                 put=lambda b: b) -> dict:
+def evaluate_all(eval_fn, model, params, task, batch_size: int, carry=None) -> dict:
   """``evaluate``, and for seq2seq tasks the decoded metrics of the split as well.
 
   Seq2seq runs add ``decode_exact_match``, ``decode_token_error_rate`` (the G2P phoneme
   error rate), ``decode_sequence_error_rate`` (word error rate) and
   ``decode_token_accuracy`` from greedy decoding (``seqlab.seq2seq_metrics``).
   """
-  metrics = evaluate(eval_fn, params, task, batch_size, carry, put)
-  metrics.update(decoded_metrics(model, params, task, batch_size))
-  return metrics
+  return evaluate_points(eval_fn, model, params, [task], batch_size, carry, One())[0]
 
 
 def decoded_metrics(model, params, task, batch_size: int) -> dict:
@@ -231,6 +226,93 @@ def put_batch(batch, shardings):
   return out
 
 
+def population_sharding(k: int):
+  """A population's [K, ...] leaves: split over every device along K when K is a
+  multiple of the device count, else replicated; None on one device."""
+  n = jax.device_count()
+  if n == 1:
+    return None
+  mesh = Mesh(np.array(jax.devices()), ('pop',))
+  return NamedSharding(mesh, P('pop') if k % n == 0 else P())
+
+
+class One:
+  """How the loop holds K = 1 point (``seqlab.run``): the state, batch and metrics trees
+  are the point's own, not vmapped (a resumed run is bitwise equal to an uninterrupted
+  one); data-parallel over every device of every host."""
+
+  def __init__(self):
+    self.mesh = make_mesh()
+
+  def stack(self, trees):
+    (tree,) = trees
+    return tree
+
+  def take(self, tree, i):
+    del i
+    return tree
+
+  def map(self, fn):
+    return fn
+
+  def put(self, tree):
+    return put_batch(tree, batch_sharding(self.mesh, tree))
+
+  def put_tree(self, tree):
+    """A state-like tree (states, carries, hyperparameters), left as it was made: a state
+    is created or restored with ``state_sharding``'s shardings."""
+    return tree
+
+
+class Stacked:
+  """How the loop holds K > 1 points of one program (a vmapped sweep): every leaf
+  [K, ...], the train and eval steps ``jax.vmap``-ed, the K axis over the devices
+  (``population_sharding``). One host."""
+
+  def __init__(self, k: int):
+    self.k, self.sharding = k, population_sharding(k)
+
+  def stack(self, trees):
+    return jax.tree.map(lambda *xs: np.stack(xs) if isinstance(xs[0], np.ndarray)
+                        else jnp.stack(xs), *trees)
+
+  def take(self, tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
+
+  def map(self, fn):
+    return jax.vmap(fn)
+
+  def put(self, tree):
+    return jax.device_put(tree, self.sharding)
+
+  def put_tree(self, tree):
+    return self.put(tree)
+
+  def describe(self, start: int) -> str:
+    n = jax.device_count()
+    return (f'Population of {self.k} points {"resumed" if start else "starting"} at step '
+            f'{start}, ' + ('on one device' if n == 1 else
+                            f'population axis split over {n} devices' if self.k % n == 0 else
+                            f'replicated over {n} devices ({self.k} points do not split over '
+                            'them)'))
+
+
+# --- The loop ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Point:
+  """One run in the loop: its config and workdir, and what it was built and opened with."""
+  config: ml_collections.FrozenConfigDict
+  workdir: str
+  task: Any
+  model: Any
+  optimizer: Any
+  ckpt: checkpoint.Checkpointer | None = None
+  start: int = 0
+  failed: str | None = None  # why its updates stopped being finite, once they did
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` in ``workdir``, resuming there if a checkpoint exists.
 
@@ -240,8 +322,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for a bad config (before any compile) and ``NonFiniteError`` naming the step where
   training diverged.
   """
-  with cli.Interrupt() as interrupt, contextlib.ExitStack() as cleanup:
-    return _train_and_evaluate(config, workdir, interrupt, cleanup)
+  (result,) = train_points([config], [workdir])
+  if isinstance(result, str):
+    raise NonFiniteError(result)
+  return result or {}
+
+
+def train_points(configs, workdirs) -> list:
+  """Trains K runs of one compiled program, each in its workdir, by one loop.
+
+  K = 1 is ``seqlab.run``. K > 1 (``seqlab.population``: points that differ only in
+  values that change neither a shape nor the program) stacks the states along a
+  leading axis and vmaps the steps; each point's optimizer gets its own lr, clip_norm
+  and weight_decay (``optim.TRACEABLE``) as traced arguments. Every point resumes from
+  its own checkpoints; points found at different steps train as one group per step,
+  one group after another.
+
+  Returns one entry per point: its final eval metrics (dict), why its updates stopped
+  being finite (str: its last good checkpoint is kept, the others go on), or None if
+  SIGTERM/SIGINT stopped it (saved; run again to resume).
+  """
+  configs = [ml_collections.FrozenConfigDict(c) for c in configs]  # never mutated
+  with cli.Interrupt() as interrupt:
+    return _train_groups(configs, list(workdirs), interrupt)
+
+
+def _train_groups(configs, workdirs, interrupt) -> list:
+  with contextlib.ExitStack() as cleanup:
+    points, states, run = _open(configs, workdirs, cleanup)
+    starts = sorted({p.start for p in points})
+    if len(starts) == 1:
+      return _loop(points, states, run, interrupt, cleanup)
+  # A save cut short, a point retried from 0: each step's group on its own. The locks
+  # were released above; each group takes its own again.
+  results = [None] * len(configs)
+  for start in starts:
+    idx = [i for i, p in enumerate(points) if p.start == start]
+    sub = _train_groups([configs[i] for i in idx], [workdirs[i] for i in idx], interrupt)
+    for i, r in zip(idx, sub):
+      results[i] = r
+    if any(r is None for r in sub):  # interrupted: start no other (theirs stay None)
+      break
+  return results
 
 
 def _refuse_unrestorable(workdir: str, config, newest: int):
@@ -260,123 +382,212 @@ def _refuse_unrestorable(workdir: str, config, newest: int):
       'why). If they are damaged, move the checkpoints directory away to start over.')
 
 
-def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
-                        cleanup: contextlib.ExitStack) -> dict:
-  config = ml_collections.FrozenConfigDict(config)  # never mutated from here on
-  # --- Input, model and optimizer -----------------------------------------------
-  task, model, optimizer = build(config)
-  spec, tc = task.spec, config.train
+@dataclasses.dataclass
+class _Run:
+  """What the points share: the program's model and spec, the train config, the axis."""
+  model: Any
+  spec: Any
+  tc: Any
+  axis: Any
+  hparams: dict
+
+
+def _open(configs, workdirs, cleanup: contextlib.ExitStack):
+  """Builds every point, locks its workdir and restores it (or refuses its checkpoints)
+  before anything is written; then writes its run files. Returns (points, host states,
+  the shared ``_Run``); the checkpointers and locks are entered into ``cleanup``."""
+  # --- Input, model and optimizer ----------------------------------------------------
+  points = [Point(c, w, *build(c)) for c, w in zip(configs, workdirs)]
+  first = points[0]
+  spec, tc = first.task.spec, first.config.train
+  axis = One() if len(points) == 1 else Stacked(len(points))
   eval_bs = tc.eval_batch_size or tc.batch_size
+  if len(points) == 1:
+    for key, size in (('batch_size', tc.batch_size), ('eval_batch_size', eval_bs)):
+      if size % jax.device_count():
+        raise config_lib.ConfigError(
+            f'config.train.{key}={size} does not split over {jax.device_count()} devices; '
+            'use a multiple of the device count')
   best_metric, best_mode = losses.best_metric(spec, tc.best_metric)
   mesh = make_mesh()
-  for key, size in (('batch_size', tc.batch_size), ('eval_batch_size', eval_bs)):
-    if size % jax.device_count():
-      raise config_lib.ConfigError(
-          f'config.train.{key}={size} does not split over {jax.device_count()} devices; '
-          'use a multiple of the device count')
-  cleanup.enter_context(workdir_lib.lock(workdir))  # one run at a time in a workdir
-  schedule = optim.make_schedule(config.optim, tc.steps)
-
-  example = task.batch('train', 0, tc.batch_size)
-  put = functools.partial(put_batch, shardings=batch_sharding(mesh, example))
-  init = functools.partial(create_state, model, optimizer, seed=config.seed,
-                           stateful=spec.stateful)
-  abstract = restore_target(jax.eval_shape(init, example), mesh)
-  shardings = jax.tree.map(lambda a: a.sharding, abstract)
-  # --- Resume before anything else ------------------------------------------------
-  # Entered into ``cleanup``: whatever ends the run, the saves started finish first.
-  ckpt = cleanup.enter_context(checkpoint.Checkpointer(
-      workdir, keep=tc.keep_checkpoints, best_metric=best_metric, best_mode=best_mode))
-  ckpt.check_writable()
-  restored = ckpt.restore_latest(abstract)
-  if restored is None and ckpt.latest_step() is not None:
-    _refuse_unrestorable(workdir, config, ckpt.latest_step())
+  inits = {}  # one compiled init per distinct model config: the seed is an argument
+  states = []
+  # --- Resume before anything else -----------------------------------------------------
+  for p in points:
+    cleanup.enter_context(workdir_lib.lock(p.workdir))  # one run at a time in a workdir
+    # Entered into ``cleanup``: whatever ends the run, the saves started finish first.
+    p.ckpt = cleanup.enter_context(checkpoint.Checkpointer(
+        p.workdir, keep=tc.keep_checkpoints, best_metric=best_metric, best_mode=best_mode))
+    p.ckpt.check_writable()
+    example = p.task.batch('train', 0, tc.batch_size)
+    key = json.dumps(p.config.model.to_dict(), sort_keys=True)
+    abstract = restore_target(jax.eval_shape(functools.partial(
+        create_state, p.model, p.optimizer, stateful=spec.stateful), example,
+                                             np.int32(p.config.seed)), mesh)
+    if key not in inits:
+      inits[key] = jax.jit(functools.partial(create_state, p.model, p.optimizer,
+                                             stateful=spec.stateful),
+                           out_shardings=jax.tree.map(lambda a: a.sharding, abstract))
+    restored = p.ckpt.restore_latest(abstract)
+    if restored is None and p.ckpt.latest_step() is not None:
+      _refuse_unrestorable(p.workdir, p.config, p.ckpt.latest_step())
+    states.append((inits[key], example, restored))
   if jax.process_count() > 1:  # every process has read config.json before it changes
     multihost_utils.sync_global_devices('seqlab: restored')
-  workdir_lib.prepare(workdir, config)  # after the resume: a refused run keeps its files
-  if restored is None:
-    state = jax.jit(init, out_shardings=shardings)(example)
-    logging.info('Starting %s from scratch in %s', config.task.name, workdir)
-  else:
-    state, step = restored
-    logging.info('Resumed from the checkpoint at step %d in %s', step, workdir)
-  start = int(state['step'])
-  writer = workdir_lib.MetricWriter(workdir, resume_step=start)
-  cleanup.callback(writer.close)  # also on an exception
+  for i, (p, (init, example, restored)) in enumerate(zip(points, states)):
+    workdir_lib.prepare(p.workdir, p.config)  # after the resume: a refused run keeps its files
+    if restored is None:
+      states[i] = init(example, np.int32(p.config.seed))
+      if len(points) == 1:
+        logging.info('Starting %s from scratch in %s', p.config.task.name, p.workdir)
+    else:
+      states[i] = restored[0]
+      if len(points) == 1:
+        logging.info('Resumed from the checkpoint at step %d in %s', restored[1], p.workdir)
+    p.start = int(states[i]['step'])
+  hparams = {} if len(points) == 1 else {
+      k: np.array([p.config.optim[k] for p in points], np.float32) for k in optim.TRACEABLE}
+  return points, states, _Run(first.model, spec, tc, axis, hparams)
+
+
+def _loop(points, states, run, interrupt, cleanup) -> list:
+  """The loop of ``train_points`` over points that all start at the same step."""
+  model, spec, tc, axis = run.model, run.spec, run.tc, run.axis
+  k, start, workdirs = len(points), points[0].start, [p.workdir for p in points]
+  eval_bs = tc.eval_batch_size or tc.batch_size
+  best_metric, _ = losses.best_metric(spec, tc.best_metric)
+  schedules = [optim.make_schedule(p.config.optim, tc.steps) for p in points]
+  writers = [cleanup.enter_context(contextlib.closing(
+      workdir_lib.MetricWriter(w, resume_step=start))) for w in workdirs]
+  if k > 1:
+    logging.info('%s', axis.describe(start))
 
   # --- Update and eval steps --------------------------------------------------------
-  p_train = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer, spec=spec),
-                    donate_argnums=0, out_shardings=(shardings, None))
-  p_eval = jax.jit(functools.partial(eval_step, model=model, spec=spec))
-  eval_carry = (model.encoder.initial_carry(eval_bs) if spec.stateful else None)
-  tokens_per_step = int(np.prod(example['inputs'].shape[:2]))
+  def step_fn(state, batch, hparams):
+    optimizer = optim.make_optimizer(points[0].config.optim, tc.steps, **hparams)
+    return train_step(state, batch, model=model, optimizer=optimizer, spec=spec)
+
+  states = axis.put_tree(axis.stack(states))
+  shardings = jax.tree.map(lambda a: a.sharding, states) if k == 1 else None
+  p_train = jax.jit(axis.map(step_fn), donate_argnums=0,
+                    **({'out_shardings': (shardings, None)} if k == 1 else {}))
+  p_eval = jax.jit(axis.map(functools.partial(eval_step, model=model, spec=spec)))
+  eval_carry = (axis.put_tree(axis.stack([model.encoder.initial_carry(eval_bs)] * k))
+                if spec.stateful else None)
+  hparams = axis.put_tree(run.hparams)
+  batch_at = lambda split, i, size: axis.stack([p.task.batch(split, i, size) for p in points])
+  example = batch_at('train', 0, tc.batch_size)
+  tokens_per_step = int(np.prod(axis.take(example, 0)['inputs'].shape[:2]))
   t0 = time.perf_counter()
-  p_train = p_train.lower(state, put(example)).compile()  # compile time apart from step time
-  logging.info('Compiled the train step in %.1f s on %d device(s)', time.perf_counter() - t0,
+  p_train = p_train.lower(states, axis.put(example), hparams).compile()  # compile time apart
+  logging.info('Compiled the %s step in %.1f s on %d device(s)',
+               'train' if k == 1 else 'population', time.perf_counter() - t0,
                jax.device_count())
 
-  def check_finite(state):
-    bad = int(state['bad_step'])
-    if bad > 0:
-      ckpt.wait()  # the step named below is on disk, not being written
-      last = ckpt.latest_step()
-      raise NonFiniteError(
-          f'loss, gradient or new weights are not finite at step {bad}; the last good checkpoint '
-          f'({"none" if last is None else f"step {last}"}) in {workdir} is kept. Lower '
-          'optim.lr, set optim.clip_norm, or check the data.')
+  def check_finite(states) -> list[int]:
+    """The points still training; a point whose update was not finite stops here."""
+    bad = np.atleast_1d(np.asarray(jax.device_get(states['bad_step'])))
+    for p, b in zip(points, bad):
+      if b > 0 and p.failed is None:
+        p.ckpt.wait()  # the step named below is on disk, not being written
+        last = p.ckpt.latest_step()
+        p.failed = (f'loss, gradient or new weights are not finite at step {b}; the last good '
+                    f'checkpoint ({"none" if last is None else f"step {last}"}) in {p.workdir} '
+                    'is kept. Lower optim.lr, set optim.clip_norm, or check the data.')
+        if k > 1:
+          logging.warning('point %s stopped: %s', p.workdir, p.failed)
+    return [i for i, p in enumerate(points) if p.failed is None]
 
-  def run_eval(state, step):
-    eval_put = functools.partial(put_batch, shardings=batch_sharding(
-        mesh, task.batch('eval', 0, eval_bs)))
-    metrics = evaluate_all(p_eval, model, state['params'], task, eval_bs, eval_carry, eval_put)
-    writer.write(step, 'eval', metrics)
-    ckpt.save_best(step, state, {best_metric: metrics[best_metric]})
+  def run_eval(states, step, which) -> list[dict]:
+    """Every point's held-out metrics; logged (and ranked for ``best/``) for ``which``."""
+    metrics = evaluate_points(p_eval, model, states['params'], [p.task for p in points],
+                              eval_bs, eval_carry, axis)
+    for i in which:
+      writers[i].write(step, 'eval', metrics[i])
+      points[i].ckpt.save_best(step, axis.take(states, i), {best_metric: metrics[i][best_metric]})
     return metrics
 
   # --- The loop -----------------------------------------------------------------------
   progress = workdir_lib.Progress(tc.steps, start)
-  pending, t_log, eval_metrics = [], time.perf_counter(), None
+  pending, t_log, eval_metrics, stop = [], time.perf_counter(), None, None
+  active = list(range(k))
   for step in range(start + 1, tc.steps + 1):
-    state, metrics = p_train(state, put(task.batch('train', step - 1, tc.batch_size)))
+    states, metrics = p_train(states, axis.put(batch_at('train', step - 1, tc.batch_size)),
+                              hparams)
     pending.append(metrics)
     stop = any_process(interrupt.signal)  # read once: it may arrive at any moment
     if step % tc.log_every == 0 or step == tc.steps:
-      check_finite(state)
-      rows = jax.device_get(pending)
+      active = check_finite(states)
+      window = jax.device_get(pending)
       elapsed = time.perf_counter() - t_log
-      row = window_metrics(rows)
-      row.update(learning_rate=float(schedule(step - 1)), step_time=elapsed / len(rows),
-                 tokens_per_sec=tokens_per_step * len(rows) / elapsed)
-      writer.write(step, 'train', row)
-      progress.update(step, row['loss'])
+      rows = {i: window_metrics([axis.take(r, i) for r in window]) for i in active}
+      for i, row in rows.items():
+        row.update(learning_rate=float(schedules[i](step - 1)), step_time=elapsed / len(window),
+                   tokens_per_sec=tokens_per_step * len(window) / elapsed)
+        writers[i].write(step, 'train', row)
+      if rows:
+        progress.update(step, float(np.median([r['loss'] for r in rows.values()])))
       pending, t_log = [], time.perf_counter()
-    if step % tc.eval_every == 0 or step == tc.steps:
-      check_finite(state)
-      eval_metrics = run_eval(state, step)
+    if (step % tc.eval_every == 0 or step == tc.steps) and (active := check_finite(states)):
+      eval_metrics = run_eval(states, step, active)
       t_log = time.perf_counter()  # evaluation time is not step time
-    if step % tc.checkpoint_every == 0 or step == tc.steps:
-      check_finite(state)
-      ckpt.save(step, state)
+    if step % tc.checkpoint_every == 0 or step == tc.steps or stop:
+      active = check_finite(states)
+      for i in active:
+        points[i].ckpt.save(step, axis.take(states, i), force=stop is not None)
+    if not active:
+      break
     if stop:
-      check_finite(state)
-      ckpt.save(step, state, force=True)
-      ckpt.wait()
-      print(f'{stop}: saved the checkpoint at step {step} in '
-            f'{os.path.join(workdir, "checkpoints")}; run the same command to resume.',
-            flush=True)
+      for p in points:
+        p.ckpt.wait()
+      print(f'{stop}: saved ' + (f'the checkpoint at step {step} in '
+                                 f'{os.path.join(workdirs[0], "checkpoints")}'
+                                 if k == 1 else f'every point at step {step}')
+            + '; run the same command to resume.', flush=True)
       break
   progress.close()
-  finished = int(state['step']) >= tc.steps
-  if eval_metrics is None and finished:  # resumed at the end (a rerun of a finished run)
-    eval_metrics = logged_eval(workdir, int(state['step'])) or run_eval(state, int(state['step']))
-  ckpt.wait()
-  ckpt.close()
-  writer.close()
+
+  # --- Final eval and report -----------------------------------------------------------
+  finished = int(np.max(jax.device_get(states['step']))) >= tc.steps
+  active = check_finite(states)
+  if finished and eval_metrics is None and active:  # resumed at the end: a rerun
+    logged = [logged_eval(workdirs[i], tc.steps) for i in range(k)]
+    missing = [i for i in active if logged[i] is None]
+    eval_metrics = run_eval(states, tc.steps, missing) if missing else logged
+    eval_metrics = [logged[i] or eval_metrics[i] for i in range(k)]
+  for p, writer in zip(points, writers):
+    p.ckpt.wait()
+    p.ckpt.close()
+    writer.close()
   if jax.process_index() == 0:
-    plot_learning_curves(workdir, best_metric)
-  # An interrupted run returns {} even after a periodic eval, so that callers (reproduce,
-  # sweeps) do not take it for finished.
-  return (eval_metrics or {}) if finished else {}
+    for p in points:
+      plot_learning_curves(p.workdir, best_metric)
+  # An interrupted run returns None even after a periodic eval, so that callers
+  # (reproduce, sweeps) do not take it for finished.
+  return [p.failed or (eval_metrics[i] if finished else None) for i, p in enumerate(points)]
+
+
+def split_metrics(eval_fn, params, tasks_, batch_size: int, carry, axis) -> list[dict]:
+  """Each point's aggregated metrics over its task's whole held-out split, read in order,
+  the batches of every point stacked by ``axis`` (``One`` or ``Stacked``). ``carry``
+  (stateful tasks) is the zero carry the eval streams start from."""
+  results = [[] for _ in tasks_]
+  for b in range(tasks_[0].num_eval_batches(batch_size)):
+    batch = axis.stack([t.batch('eval', b, batch_size) for t in tasks_])
+    metrics, carry = eval_fn(params, axis.put(batch), carry)
+    metrics = jax.device_get(metrics)
+    for i, rows in enumerate(results):
+      rows.append(axis.take(metrics, i))
+  return [losses.aggregate(rows, [float(r['count']) for r in rows]) for rows in results]
+
+
+def evaluate_points(eval_fn, model, params, tasks_, batch_size: int, carry, axis) -> list[dict]:
+  """``split_metrics``, and for a model that decodes each point's decoded metrics
+  (``decoded_metrics``): the one evaluation of training, populations and tools."""
+  out = split_metrics(eval_fn, params, tasks_, batch_size, carry, axis)
+  for i, (task, row) in enumerate(zip(tasks_, out)):
+    row.update(decoded_metrics(model, axis.take(params, i), task, batch_size))
+  return out
 
 
 def logged_eval(workdir: str, step: int) -> dict | None:

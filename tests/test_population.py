@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from seqlab import checkpoint
 from seqlab import losses
 from seqlab import population
 from seqlab import tasks
@@ -117,13 +118,16 @@ def test_one_signal_stops_every_sub_population(tmp_path, monkeypatch):
   sweep, as it stops a process sweep. (The next one once trained to the end.)"""
   dirs = [str(tmp_path / 'a'), str(tmp_path / 'b')]
   population.train_population([_config(20)], dirs[:1])  # a: a checkpoint at step 20
-  calls, stack = [], population._stack  # pylint: disable=protected-access
-  def stack_then_signal(xs):  # the 8th call is a batch inside the first loop
-    calls.append(1)
-    if len(calls) == 8:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return stack(xs)
-  monkeypatch.setattr(population, '_stack', stack_then_signal)
+  calls = []
+  def then_signal(stack):
+    def stack_then_signal(self, xs):  # the 8th call is a batch inside the first loop
+      calls.append(1)
+      if len(calls) == 8:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return stack(self, xs)
+    return stack_then_signal
+  for axis in (train.One, train.Stacked):  # a group of one point is not vmapped
+    monkeypatch.setattr(axis, 'stack', then_signal(axis.stack))
   results = population.train_population([_config(2000), _config(2000, seed=1)], dirs)
   assert results == [None, None]  # both to resume
   assert _checkpoint_steps(dirs[0]) == [20]  # not started again
@@ -161,3 +165,79 @@ def test_a_population_refuses_a_busy_workdir(tmp_path):
       population.train_population(configs, dirs)
   assert not os.path.exists(os.path.join(dirs[0], 'metrics.jsonl'))
   assert population.train_population(configs, dirs)[0]  # free again: it trains
+
+
+# --- One loop: seqlab.run and a vmapped sweep are the same loop -------------------------
+
+
+def _files(directory) -> dict:
+  """{relative path: bytes} of a workdir's files, less the ones written on every open."""
+  return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob('*')
+          if p.is_file() and 'events' not in p.name and p.name not in ('.lock', 'point.json',
+                                                                        'run_info.json')}
+
+
+def test_a_point_of_a_vmapped_sweep_trains_as_seqlab_run_does(tmp_path):
+  """The same point through ``python -m seqlab.run`` and as one member of a
+  ``--mode=vmap`` sweep: the same metrics rows (steps, splits, keys; values within float
+  tolerance) and the same checkpoint steps. Rerun on the finished workdirs, neither
+  appends anything; both report the logged final eval."""
+  args = ('--config', 'experiments/adding.py:quick')
+  run_dir, sweep_dir = tmp_path / 'run', tmp_path / 'sweep'
+  single = run_module('seqlab.run', *args, '--workdir', str(run_dir), env=cpu_env())
+  assert single.returncode == 0, single.stderr[-3000:]
+  swept = run_module('seqlab.sweep', *args, '--workdir', str(sweep_dir), '--mode=vmap',
+                     '--sweep', 'seed=[0,1]', env=cpu_env())
+  assert swept.returncode == 0, swept.stderr[-3000:]
+  assert 'Population of 2 points' in swept.stderr
+  point = sweep_dir / 'seed=0'
+  _assert_rows_close(str(point), str(run_dir))
+  a, b = workdir_lib.read_metrics(str(point)), workdir_lib.read_metrics(str(run_dir))
+  assert [set(r) for r in a] == [set(r) for r in b]
+  for sub in ('checkpoints', 'best'):
+    assert sorted(os.listdir(point / sub)) == sorted(os.listdir(run_dir / sub)), sub
+  assert (point / 'learning_curves.png').exists() == (run_dir / 'learning_curves.png').exists()
+
+  # Rerun: the run prints the logged final eval, the population returns it; no file changes.
+  before = {d: _files(d) for d in (run_dir, point, sweep_dir / 'seed=1')}
+  again = run_module('seqlab.run', *args, '--workdir', str(run_dir), env=cpu_env())
+  assert again.returncode == 0, again.stderr[-3000:]
+  final = [r for r in workdir_lib.read_metrics(str(run_dir)) if r['split'] == 'eval'][-1]
+  assert f"final eval: loss={final['loss']:.5g}" in again.stdout
+  configs = [_config(seed=s) for s in (0, 1)]
+  results = population.train_population(configs, [str(point), str(sweep_dir / 'seed=1')])
+  final = [r for r in workdir_lib.read_metrics(str(point)) if r['split'] == 'eval'][-1]
+  assert results[0] == {k: v for k, v in final.items() if k not in ('step', 'split')}
+  assert {d: _files(d) for d in before} == before
+
+
+def test_checkpoints_that_do_not_restore_are_refused_in_both_paths(tmp_path):
+  """Every checkpoint unreadable (same config): seqlab.run and a population both refuse
+  to start over them, naming the fix, and keep them."""
+  dirs = [tmp_path / 'a', tmp_path / 'b']
+  config = _config(20)
+  population.train_population([config, _config(20, seed=1)], [str(d) for d in dirs])
+  for d in dirs:
+    for p in (d / 'checkpoints').rglob('*'):
+      if p.is_file():
+        p.write_bytes(b'')
+  before = [_files(d) for d in dirs]
+  with pytest.raises(workdir_lib.WorkdirError, match='no checkpoint in .* restores'):
+    train.train_and_evaluate(_config(40), str(dirs[0]))
+  with pytest.raises(workdir_lib.WorkdirError, match='no checkpoint in .* restores'):
+    population.train_population([_config(40), _config(40, seed=1)], [str(d) for d in dirs])
+  assert [_files(d) for d in dirs] == before
+
+
+def test_an_unwritable_checkpoint_directory_fails_before_training_in_both_paths(
+    tmp_path, monkeypatch):
+  def refuse(*args, **kwargs):
+    raise PermissionError(13, 'Permission denied', kwargs.get('dir'))
+  monkeypatch.setattr(checkpoint.tempfile, 'TemporaryFile', refuse)
+  dirs = [str(tmp_path / 'a'), str(tmp_path / 'b')]
+  with pytest.raises(checkpoint.CheckpointWriteError, match='cannot write checkpoints'):
+    train.train_and_evaluate(_config(), dirs[0])
+  with pytest.raises(checkpoint.CheckpointWriteError, match='cannot write checkpoints'):
+    population.train_population([_config(), _config(seed=1)], dirs)
+  for d in dirs:
+    assert not os.path.exists(os.path.join(d, 'metrics.jsonl'))
