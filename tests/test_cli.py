@@ -200,7 +200,7 @@ def test_reproduce_on_a_full_disk_stops_in_one_line(tmp_path):
   """A seed whose checkpoint does not fit (files limited to 4 KiB): one line, exit 1,
   the seed not marked finished; with room, the same command finishes it."""
   args = ('--quick', '--seeds', '1', '--only', 'adding_t100_lstm', '--workdir', str(tmp_path))
-  proc = run_module('seqlab.reproduce', *args, file_limit_kib=4, timeout=240)
+  proc = run_module('seqlab.reproduce', *args, file_limit_kib=4)
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert 'seqlab: training stopped: writing a checkpoint under' in proc.stderr
   assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]

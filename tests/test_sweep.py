@@ -298,7 +298,7 @@ def test_a_full_disk_fails_the_points_and_the_same_command_resumes_them(tmp_path
   args = [*QUICK, '--workdir', str(workdir), '--sweep', 'seed=[0,1]', '--mode', mode,
           '--config.model.hidden_size=64', '--config.train.steps=8',
           '--config.train.checkpoint_every=4', '--config.train.eval_every=4']
-  proc = run_module('seqlab.sweep', *args, file_limit_kib=12, timeout=240)
+  proc = run_module('seqlab.sweep', *args, file_limit_kib=12)
   assert proc.returncode == 1, proc.stderr[-3000:]
   points = _statuses(workdir)
   for s in (0, 1):
@@ -306,7 +306,7 @@ def test_a_full_disk_fails_the_points_and_the_same_command_resumes_them(tmp_path
     assert 'writing a checkpoint under' in points[f'seed={s}']['error'], points
   if mode == 'vmap':
     assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-  again = run_module('seqlab.sweep', *args, timeout=240)
+  again = run_module('seqlab.sweep', *args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert [_statuses(workdir)[f'seed={s}']['status'] for s in (0, 1)] == ['done'] * 2
   for s in (0, 1):

@@ -19,7 +19,7 @@ from seqlab import losses
 from seqlab import tasks
 from seqlab import train
 from seqlab import workdir as workdir_lib
-from conftest import ROOT, cpu_env, load_config, run_module, signal_when
+from conftest import HANG_S, ROOT, cpu_env, load_config, run_module, signal_when
 
 
 def _final_state(workdir, config):
@@ -480,7 +480,7 @@ def test_a_failed_checkpoint_write_stops_the_run_with_a_message(tmp_path):
       'sys.argv[1]]\n'
       'run.run()\n')
   proc = subprocess.run([sys.executable, str(script), workdir], cwd=ROOT, capture_output=True,
-                        text=True, timeout=120)
+                        text=True, timeout=HANG_S)
   assert proc.returncode == 1, proc.stderr[-2000:]
   assert 'seqlab: training stopped: writing a checkpoint' in proc.stderr
   assert 'No space left on device' in proc.stderr
@@ -518,7 +518,7 @@ def _full_disk_run(tmp_path, *overrides):
   """``seqlab.run`` of adding:quick whose files may not grow past 12 KiB. Before these
   fixes such a run could also hang (the timeout)."""
   return run_module('seqlab.run', '--config', 'experiments/adding.py:quick', '--workdir',
-                    str(tmp_path / 'run'), *overrides, file_limit_kib=12, timeout=180)
+                    str(tmp_path / 'run'), *overrides, file_limit_kib=12)
 
 
 def _only_log_progress_and(line: str, stderr: str) -> list[str]:
