@@ -291,6 +291,7 @@ def _train(configs, workdirs, built, ckpts, states, start) -> list:
   pending, t_log, eval_metrics, interrupted = [], time.perf_counter(), None, False
   active = list(range(k))
   with cli.Interrupt() as interrupt:
+    interrupt.training_started()
     for step in range(start + 1, tc.steps + 1):
       batch = _stack([t.batch('train', step - 1, tc.batch_size) for t in tasks])
       states, metrics = p_train(states, put(batch), values)

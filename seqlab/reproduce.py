@@ -11,6 +11,9 @@ entry's ``:quick`` variant (seconds; for the tests), so its figures mean nothing
 go to runs/reproduce_quick by default, and a directory holding one kind of run refuses
 the other.
 """
+if __name__ == '__main__':  # first, before jax imports: a Ctrl-C at any moment stops it
+  from seqlab import signals  # pylint: disable=g-import-not-at-top
+  signals.exit_until_caught(' (finished seeds are kept; the same command goes on from them).')
 import dataclasses
 import json
 import os

@@ -35,6 +35,10 @@ may raise train.steps or change the cadence of logs, evals and checkpoints
 Exit code 0 when every point of the shard is done (or saved after SIGTERM), 1 when one
 failed, 2 for a bad sweep.
 """
+if __name__ == '__main__':  # first, before jax imports: a Ctrl-C at any moment stops it
+  from seqlab import signals  # pylint: disable=g-import-not-at-top
+  signals.exit_until_caught(' before any point started training; the same command starts '
+                            'the sweep again.')
 import ast
 import collections
 import dataclasses
@@ -460,6 +464,12 @@ def _error_line(log_path: str) -> str:
   return ((ours or lines or ['no output'])[-1])[:500]
 
 
+# A point's exit codes after the sweep passed it a signal: saved at its next step (0),
+# stopped before its training started (``seqlab.signals``: 128 + the signal), or ended
+# by the signal before Python ran a line of it.
+STOPPED_CODES = (0, *(c for s in (signal.SIGTERM, signal.SIGINT) for c in (128 + s, -s)))
+
+
 class _Stop(cli.Interrupt):
   """``cli.Interrupt`` that also passes SIGTERM on to the running points' processes, so
   each saves its checkpoint and exits while the sweep starts no more."""
@@ -485,6 +495,7 @@ def run_processes(points: list[Point], state: State, config_arg: str, base_overr
     env.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   queue, running = collections.deque(points), {}
   with _Stop() as stop:
+    stop.training_started()  # a signal now goes to the points, which save or stop
     while (queue and not stop.signal) or running:  # once stopped, only wait for the running
       while queue and len(running) < parallel and not stop.signal:
         point = queue.popleft()
@@ -507,7 +518,7 @@ def run_processes(points: list[Point], state: State, config_arg: str, base_overr
         error = (f'killed by {signal.Signals(-rc).name}' if rc < 0 else
                  _error_line(log.name) if rc > 0 else None)
         _finish(state, point, 'processes', time.perf_counter() - t0, error,
-                interrupted=rc == 0 and stop.signal is not None)
+                interrupted=stop.signal is not None and rc in STOPPED_CODES)
       time.sleep(0.05)
   return stop.signal is not None
 

@@ -235,8 +235,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` in ``workdir``, resuming there if a checkpoint exists.
 
   Data-parallel over every visible device. Returns the final eval metrics, or {} if
-  SIGTERM/SIGINT stopped it (at any point before the end: setting up, compiling or
-  training, it trains to the next step, saves it and returns). Raises ``ConfigError``
+  SIGTERM/SIGINT stopped it (it trains to the next step, saves it and returns; under a
+  command-line tool a signal before the first step ends the process, ``seqlab.signals``). Raises ``ConfigError``
   for a bad config (before any compile) and ``NonFiniteError`` naming the step where
   training diverged.
   """
@@ -334,6 +334,7 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
     return metrics
 
   # --- The loop -----------------------------------------------------------------------
+  interrupt.training_started()  # a signal now saves the next step (before: a prompt exit)
   progress = workdir_lib.Progress(tc.steps, start)
   pending, t_log, eval_metrics = [], time.perf_counter(), None
   for step in range(start + 1, tc.steps + 1):

@@ -46,22 +46,26 @@ def run_module(module: str, *args, env=None, timeout=HANG_S, file_limit_kib=None
                         timeout=timeout, **kwargs)
 
 
-def signal_when(module: str, args, ready, timeout=HANG_S):
-  """Starts ``python -m <module> args`` from the repo root, sends it SIGTERM once
-  ``ready()`` is true (or ``timeout`` s have passed) and returns the CompletedProcess;
-  a process still running ``timeout`` s after the signal is killed, not left behind."""
+def signal_when(module: str, args, ready, timeout=HANG_S, sig=signal.SIGTERM):
+  """Starts ``python -m <module> args`` from the repo root, sends it ``sig`` once
+  ``ready()`` is true (or ``timeout`` s have passed) and returns the CompletedProcess
+  with ``.exit_s``, the seconds from the signal to the exit; a process still running
+  ``timeout`` s after the signal is killed, not left behind."""
   proc = subprocess.Popen([sys.executable, '-m', module, *args], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + timeout
   while time.time() < deadline and not ready():
     time.sleep(0.01)
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(sig)
+  sent = time.time()
   try:
     out, err = proc.communicate(timeout=timeout)
   finally:
     if proc.poll() is None:
       proc.kill()
-  return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+  done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+  done.exit_s = time.time() - sent
+  return done
 
 
 def cpu_env(devices: int = 1) -> dict:

@@ -4,6 +4,7 @@ import os
 import re
 import signal
 import threading
+import time
 
 import jax
 import numpy as np
@@ -16,7 +17,7 @@ from seqlab import sample
 from seqlab import tasks
 from seqlab import train
 from seqlab import workdir as workdir_lib
-from conftest import load_config, run_module
+from conftest import load_config, run_module, signal_when
 
 
 @pytest.fixture(scope='module')
@@ -112,7 +113,7 @@ def test_tools_reject_missing_workdir_and_bad_flags(tmp_path, module):
 
 
 @pytest.mark.parametrize('module,flags', [
-    ('run', ['--config', '--workdir', '--distributed']),
+    ('run', ['--config', '--workdir', '--distributed', '--config.KEY=VALUE', ':VARIANT']),
     ('sweep', ['--config', '--sweep', '--mode', '--shard']),
     ('bench', ['--cells', '--memory']), ('evaluate', ['--workdir', '--checkpoint']),
     ('sample', ['--prompt', '--temperature']), ('reproduce', ['--only', '--seeds']),
@@ -208,6 +209,24 @@ def test_reproduce_on_a_full_disk_stops_in_one_line(tmp_path):
   again = run_module('seqlab.reproduce', *args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert (tmp_path / 'adding_t100_lstm' / 'seed0' / 'reproduce.json').exists()
+
+
+@pytest.mark.parametrize('tool,args', [
+    ('seqlab.sweep', ['--config', 'experiments/adding.py:quick', '--sweep', 'seed=[0,1]',
+                      '--workdir', '{w}']),
+    ('seqlab.reproduce', ['--quick', '--only', 'adding_t100_lstm', '--workdir', '{w}']),
+    ('seqlab.evaluate', ['--workdir', '{w}']), ('seqlab.sample', ['--workdir', '{w}']),
+    ('seqlab.bench', ['--quick'])])
+def test_ctrl_c_while_a_tool_imports_jax_stops_it_in_one_line(tmp_path, tool, args):
+  """SIGINT 0.2 s after start (Python importing jax): exit 130 with one 'stopped'
+  line, not a KeyboardInterrupt traceback, nor a run that goes on (jax's gc callback
+  swallowed one)."""
+  t0 = time.time()
+  proc = signal_when(tool, [a.format(w=tmp_path / 'w') for a in args],
+                     lambda: time.time() - t0 >= 0.2, sig=signal.SIGINT)
+  assert proc.returncode == 130, proc.stderr[-3000:]
+  assert proc.stderr.splitlines()[-1].startswith('seqlab: SIGINT: stopped')
+  assert 'Traceback' not in proc.stderr
 
 
 def test_interrupt_turns_sigterm_and_sigint_into_a_flag():

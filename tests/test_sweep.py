@@ -179,6 +179,8 @@ def test_vmap_plan_falls_back_for_shape_changing_keys(tmp_path):
     (['--config.modl.cell=gru'], "the config has no key 'modl' (did you mean model?); its "
      'keys: model, optim, seed, task, train'),
     (['--config.model.cell.x=1'], "model.cell has no key 'x'; its keys: none (a value)"),
+    (['--config.optim.learning_rate=0.1'], "(did you mean optim.lr?)"),  # not decay_rate
+    (['--config.model.layers=2'], "(did you mean model.num_layers?)"),
 ])
 def test_bad_sweep_exits_2_before_anything_runs(tmp_path, args, message):
   workdir = tmp_path / 'sweep'
