@@ -39,13 +39,13 @@ def exit_until_caught(note: str = '') -> None:
   thread can install signal handlers: elsewhere, and on a second call, nothing happens."""
   if _state['installed'] or threading.current_thread() is not threading.main_thread():
     return
+  _state.update(installed=True, note=note)  # first: a signal may come at any moment now
   read, write = os.pipe()
   os.set_blocking(write, False)  # set_wakeup_fd's requirement: a full pipe never blocks
   for sig in SIGNALS:
     signal.signal(sig, _handle)
   signal.set_wakeup_fd(write)
   threading.Thread(target=_watch, args=(read,), name='seqlab-signals', daemon=True).start()
-  _state.update(installed=True, note=note)
 
 
 def catch(on: bool) -> None:
