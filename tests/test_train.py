@@ -317,8 +317,8 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
     (0.2, signal.SIGINT), (1.0, signal.SIGTERM), (2.5, signal.SIGINT),
     ('config.json', signal.SIGTERM)])
 def test_a_signal_before_training_ends_the_run_at_once_in_one_line(tmp_path, moment, sig):
-  """Ctrl-C or SIGTERM before the first step (Python starting, jax importing, building,
-  compiling: from 0.2 s on, and once config.json is written, before the compile) ends
+  """Ctrl-C or SIGTERM before the first step (jax importing, building, compiling: from
+  0.2 s on, once the tool's first line ran, and once config.json is written) ends
   ``seqlab.run`` at once: one line, exit code 128 + the signal, no traceback, no
   checkpoint, the workdir lock free. Before, a SIGINT while jax imported gave a
   traceback or was swallowed by jax's gc callback (the run trained on), and a SIGTERM
@@ -329,7 +329,7 @@ def test_a_signal_before_training_ends_the_run_at_once_in_one_line(tmp_path, mom
            lambda: time.time() - t0 >= moment)
   proc = signal_when('seqlab.run', ['--config', 'experiments/adding.py:quick',
                                     '--config.train.steps=100000', '--workdir', str(workdir)],
-                     ready, sig=sig)
+                     ready, sig=sig, handled=True)
   name = signal.Signals(sig).name
   assert proc.returncode == 128 + sig, proc.stderr[-3000:]
   assert proc.stderr.splitlines()[-1] == f'seqlab: {name}: stopped{run_lib.STOPPED}'
@@ -542,9 +542,9 @@ def _full_disk_run(tmp_path, *overrides):
 
 
 def _only_log_progress_and(line: str, stderr: str) -> list[str]:
-  """The stderr lines that are neither absl log lines, progress lines nor ``line``."""
+  """The stderr lines that are neither absl log lines, progress or eval lines nor ``line``."""
   return [l for l in stderr.splitlines()
-          if not (re.match(r'[IW]\d{4} |step \d+/', l) or l.startswith(line))]
+          if not (re.match(r'[IW]\d{4} |step \d+(/| eval )', l) or l.startswith(line))]
 
 
 def test_a_full_disk_stops_the_run_in_one_line(tmp_path):
