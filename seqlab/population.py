@@ -32,6 +32,7 @@ import collections
 import contextlib
 import functools
 import json
+import os
 import time
 
 from absl import logging
@@ -283,6 +284,7 @@ def _train(configs, workdirs, built, ckpts, states, start) -> list:
       metrics[i].update(train.decoded_metrics(model, _point(states['params'], i), tasks[i],
                                               eval_bs))
       writers[i].write(step, 'eval', metrics[i])
+      progress.eval(step, metrics[i], point=os.path.basename(workdirs[i]))
       ckpts[i].save_best(step, _point(states, i), {best_metric: metrics[i][best_metric]})
     return metrics
 

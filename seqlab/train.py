@@ -330,6 +330,7 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
         mesh, task.batch('eval', 0, eval_bs)))
     metrics = evaluate_all(p_eval, model, state['params'], task, eval_bs, eval_carry, eval_put)
     writer.write(step, 'eval', metrics)
+    progress.eval(step, metrics)
     ckpt.save_best(step, state, {best_metric: metrics[best_metric]})
     return metrics
 
