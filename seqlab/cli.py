@@ -125,12 +125,24 @@ def _unknown_key(argv) -> str | None:
         owner = '.'.join(parts[:i]) or 'the config'
         keys = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else 'none (a value)'
         close = difflib.get_close_matches(part, list(node.keys()) if hasattr(node, 'keys') else [], 1)
-        guess = SYNONYMS.get(part) or ('.'.join(parts[:i] + close) if close else None)
+        synonym = SYNONYMS.get(part)
+        if synonym and not _has_key(config, synonym):  # e.g. task.length: not every task's
+          synonym = None
+        guess = synonym or ('.'.join(parts[:i] + close) if close else None)
         hint = f' (did you mean {guess}?)' if guess else ''
         return (f'unknown config key --config.{match.group(1)}: {owner} has no key '
                 f'{part!r}{hint}; its keys: {keys}')
       node = node[part]
   return None
+
+
+def _has_key(config, dotted: str) -> bool:
+  node = config
+  for part in dotted.split('.'):
+    if not hasattr(node, 'keys') or part not in node:
+      return False
+    node = node[part]
+  return True
 
 
 def _last_line(message: str) -> str:

@@ -287,6 +287,7 @@ def test_sigterm_stops_a_sweep_and_the_same_command_resumes_it(tmp_path, mode):
           f'Population of 2 points resumed at step {stopped}') in resumed, resumed[-3000:]
   if mode == 'vmap':  # each point's eval line names it (one program evaluates both)
     assert all(f'step {stopped + 5} eval [seed={s}] ' in again.stderr for s in (0, 1))
+    assert 'libtpu' not in again.stdout + again.stderr  # jax's backend probe, at INFO
   rows = workdir_lib.read_metrics(str(workdir / 'seed=0'))
   assert [r['step'] for r in rows if r['split'] == 'train'][-1] == stopped + 5
 
