@@ -35,6 +35,9 @@ times every engine of ``scan.run`` (``scan.ENGINES``) per cell and shape, and is
 skipped when ``run`` has no ``engine``. The load average before and after goes with
 the results: on a shared machine other processes slow multi-threaded work most.
 """
+if __name__ == '__main__':  # first, before jax imports: a Ctrl-C at any moment stops it
+  from seqlab import signals  # pylint: disable=g-import-not-at-top
+  signals.exit_until_caught('')
 import dataclasses
 import inspect
 import json

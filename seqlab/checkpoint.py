@@ -54,6 +54,8 @@ def _reason(error: Exception) -> str:
   """'Type: first line of the message', cut short: tensorstore errors run to pages."""
   lines = str(error).strip().splitlines()
   text = lines[0] if lines else ''
+  text = text.split(' Truncating/padding is disabled')[0]  # orbax's advice: strict=False,
+  # which no seqlab user can set (a changed shape is a changed config, refused after this)
   return f'{type(error).__name__}: {text[:300]}'
 
 

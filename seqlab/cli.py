@@ -4,8 +4,8 @@ Each tool defines its flags in its own ``flags.FlagValues`` (``own``), not absl'
 ``FLAGS``, so that importing several tools in one process (a test session, a notebook)
 defines nothing twice. ``run(main, own)`` parses ``own`` and exits with ``main``'s code.
 ``Interrupt`` turns SIGTERM/SIGINT into a flag that a training loop (``seqlab.train``,
-``seqlab.population``) or a sweep (``seqlab.sweep``) checks, so that a stop saves
-before it exits.
+``seqlab.population``) or a sweep (``seqlab.sweep``) checks once it has started, so
+that a stop saves before it exits (before that, ``seqlab.signals`` ends the process).
 """
 
 import difflib
@@ -19,6 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from seqlab import config as config_lib
+from seqlab import signals
 
 
 def parser(own: flags.FlagValues, hint: str | None = None):
@@ -28,9 +29,12 @@ def parser(own: flags.FlagValues, hint: str | None = None):
 
   def parse(argv):
     if any(a in ('-h', '--help', '--helpfull', '-?') for a in argv[1:]):
-      spec = getattr(sys.modules['__main__'], '__spec__', None)
+      main = sys.modules['__main__']
+      spec = getattr(main, '__spec__', None)
       name = f'python -m {spec.name}' if spec else os.path.basename(argv[0])
       print(f'usage: {name} [flags]\n')
+      if spec and spec.name.startswith('seqlab.') and main.__doc__:
+        print(main.__doc__.strip() + '\n')  # the tool's docstring: its commands, what it does
       print(own.main_module_help() if own is flags.FLAGS else
             own.get_help(include_special_flags=False))
       sys.exit(0)
@@ -78,6 +82,27 @@ def _config_file_problem(own: flags.FlagValues) -> str | None:
   return f'--config {path} {kind}; experiments are in experiments/'
 
 
+# Names other frameworks give seqlab's keys, for the unknown-key hint: spelling alone
+# suggested optim.decay_rate for optim.learning_rate.
+SYNONYMS = {
+    'learning_rate': 'optim.lr', 'lr': 'optim.lr', 'lr_schedule': 'optim.schedule',
+    'schedule': 'optim.schedule', 'scheduler': 'optim.schedule', 'warmup': 'optim.warmup_steps',
+    'optimizer': 'optim.name', 'weight_decay': 'optim.weight_decay',
+    'clip': 'optim.clip_norm', 'grad_clip': 'optim.clip_norm', 'clip_grad_norm': 'optim.clip_norm',
+    'max_grad_norm': 'optim.clip_norm', 'momentum': 'optim.momentum',
+    'hidden': 'model.hidden_size', 'hidden_dim': 'model.hidden_size',
+    'hidden_units': 'model.hidden_size', 'units': 'model.hidden_size',
+    'layers': 'model.num_layers', 'n_layers': 'model.num_layers',
+    'num_layers': 'model.num_layers', 'depth': 'model.num_layers', 'cell_type': 'model.cell',
+    'rnn_type': 'model.cell', 'cell': 'model.cell', 'dropout': 'model.dropout',
+    'precision': 'model.dtype', 'dtype': 'model.dtype', 'embedding_dim': 'model.embed_dim',
+    'batch_size': 'train.batch_size', 'batch': 'train.batch_size', 'steps': 'train.steps',
+    'num_steps': 'train.steps', 'train_steps': 'train.steps', 'max_steps': 'train.steps',
+    'iterations': 'train.steps', 'seq_len': 'task.length', 'sequence_length': 'task.length',
+    'random_seed': 'seed',
+}
+
+
 def _unknown_key(argv) -> str | None:
   """'--config.model.xyz: model has no key 'xyz'; its keys: ...' for the first override
   in ``argv`` that names no key of the config file's config; None if none is found."""
@@ -100,11 +125,24 @@ def _unknown_key(argv) -> str | None:
         owner = '.'.join(parts[:i]) or 'the config'
         keys = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else 'none (a value)'
         close = difflib.get_close_matches(part, list(node.keys()) if hasattr(node, 'keys') else [], 1)
-        hint = f' (did you mean {".".join(parts[:i] + close)}?)' if close else ''
+        synonym = SYNONYMS.get(part)
+        if synonym and not _has_key(config, synonym):  # e.g. task.length: not every task's
+          synonym = None
+        guess = synonym or ('.'.join(parts[:i] + close) if close else None)
+        hint = f' (did you mean {guess}?)' if guess else ''
         return (f'unknown config key --config.{match.group(1)}: {owner} has no key '
                 f'{part!r}{hint}; its keys: {keys}')
       node = node[part]
   return None
+
+
+def _has_key(config, dotted: str) -> bool:
+  node = config
+  for part in dotted.split('.'):
+    if not hasattr(node, 'keys') or part not in node:
+      return False
+    node = node[part]
+  return True
 
 
 def _last_line(message: str) -> str:
@@ -131,10 +169,23 @@ def exit_after_write_error(error: Exception) -> None:
 class Interrupt:
   """``with Interrupt() as stop:``: SIGTERM and SIGINT set ``stop.signal`` to the signal's
   name (None until one comes) instead of killing the process; the old handlers come
-  back on exit. Outside the main thread no handler can be set, so nothing is caught."""
+  back on exit. Outside the main thread no handler can be set, so nothing is caught.
+
+  In a command-line tool (``signals.exit_until_caught``) a signal still ends the
+  process at once until ``stop.training_started()``: the loop calls it when its first
+  step is compiled, so that a Ctrl-C while setting up or compiling is prompt and one
+  that comes while training saves the next step."""
 
   def __init__(self):
     self.signal = None
+    self._catching = False
+
+  def training_started(self) -> None:
+    """From here until the ``with`` ends, a signal only sets ``signal``: the loop saves
+    at its next step and returns."""
+    if not self._catching:
+      self._catching = True
+      signals.catch(True)
 
   def __enter__(self):
     self._old = {}
@@ -152,3 +203,6 @@ class Interrupt:
   def __exit__(self, *exc):
     for sig, old in self._old.items():
       signal.signal(sig, old)
+    if self._catching:
+      self._catching = False
+      signals.catch(False)

@@ -112,8 +112,12 @@ _CELLS = flags.DEFINE_list('cells', ['rnn', 'lstm', 'gru'], 'Cells to compare (n
 _LENGTH = flags.DEFINE_integer('length', 100, 'Adding-problem length T (no --workdir).',
                                flag_values=FLAGS)
 _HIDDEN = flags.DEFINE_integer('hidden', 128, 'Hidden size (no --workdir).', flag_values=FLAGS)
-_OUT = flags.DEFINE_string('out', None, 'PNG path (default <first workdir>/gradient_norms.png '
-                           'or vanishing_gradients.png).', flag_values=FLAGS)
+# Without --workdir or --out: under runs/, like every run, not the current directory
+# (once the repository's root, as untracked files).
+DEFAULT_OUT = os.path.join('runs', 'diagnose', 'vanishing_gradients.png')
+_OUT = flags.DEFINE_string('out', None, 'PNG path, its numbers beside it as .json (default '
+                           f'<first workdir>/gradient_norms.png, else {DEFAULT_OUT}).',
+                           flag_values=FLAGS)
 
 
 def trained_curves(workdirs) -> tuple[dict, str]:
@@ -152,7 +156,7 @@ def main(argv):
       title = f'{task_name}: gradient norm through time'
     else:
       curves = compare_cells(_CELLS.value, _LENGTH.value, _HIDDEN.value)
-      out = _OUT.value or 'vanishing_gradients.png'
+      out = _OUT.value or DEFAULT_OUT
       title = f'Adding problem, T={_LENGTH.value}, at initialisation'
   except (ValueError, FileNotFoundError) as e:
     print(f'seqlab: {e}', file=sys.stderr)
@@ -160,6 +164,7 @@ def main(argv):
   for label, norms in curves.items():  # first: a failed write loses nothing
     print(f'{label:>20}: |dL/dh_0| / |dL/dh_T-1| = {norms[0] / norms[-1]:.3g}', flush=True)
   try:
+    os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
     plot(curves, out, title)
     with open(os.path.splitext(out)[0] + '.json', 'w') as f:
       json.dump({k: np.asarray(v).tolist() for k, v in curves.items()}, f)
@@ -168,7 +173,7 @@ def main(argv):
     reason = f'{blocker} is a file, not a directory' if blocker else e.strerror or str(e)
     print(f'seqlab: cannot write {out} ({reason}); give a writable --out', file=sys.stderr)
     return 2
-  print(f'wrote {out}')
+  print(f'wrote {out} and {os.path.splitext(out)[0]}.json')
   return 0
 
 

@@ -8,6 +8,9 @@ also decode the split (greedy, or ``--method beam --beam_width 4``) and report
 ``decode_exact_match``, ``decode_token_error_rate`` (PER for G2P),
 ``decode_sequence_error_rate`` (WER) and ``decode_token_accuracy``.
 """
+if __name__ == '__main__':  # first, before jax imports: a Ctrl-C at any moment stops it
+  from seqlab import signals  # pylint: disable=g-import-not-at-top
+  signals.exit_until_caught('')
 import json
 import os
 import sys

@@ -66,8 +66,9 @@ def collect(sweep_dir: str) -> tuple[list[Row], dict]:
   """(a Row per point in sweep order, sweep.json's header: config, keys, metric, mode)."""
   header = _read_json(os.path.join(sweep_dir, 'sweep.json'))
   if header is None:
-    raise FileNotFoundError(f'{sweep_dir} holds no sweep (no sweep.json); pass the --workdir '
-                            'of a python -m seqlab.sweep')
+    raise FileNotFoundError(f'{sweep_dir} holds no sweep (no sweep.json); give the directory '
+                            'a python -m seqlab.sweep wrote (its --workdir): python -m '
+                            'seqlab.report runs/<experiment>_sweep')
   metric, mode = header['metric'], header['metric_mode']
   return [_row(sweep_dir, e, metric, mode) for e in header['points']], header
 

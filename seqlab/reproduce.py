@@ -6,11 +6,15 @@
 Every entry is an ordinary experiment run (resumable: rerunning continues where it
 stopped and skips finished seeds) in ``<workdir>/<name>/seed<k>``. The table
 ``<workdir>/reproduce.md`` gives task, model, the published figure and its source,
-ours as mean ± sample std over the seeds, wall time and device. ``--quick`` runs every
-entry's ``:quick`` variant (seconds; for the tests), so its figures mean nothing; they
-go to runs/reproduce_quick by default, and a directory holding one kind of run refuses
-the other.
+ours as mean ± sample std over every finished seed (and how many), wall time and
+device. ``--quick`` shrinks each entry's own config (variant and overrides) by its
+experiment's ``:quick`` variant (seconds; for the tests), so its figures mean nothing
+and its rows say what trained; they go to runs/reproduce_quick by default, and a
+directory holding one kind of run refuses the other.
 """
+if __name__ == '__main__':  # first, before jax imports: a Ctrl-C at any moment stops it
+  from seqlab import signals  # pylint: disable=g-import-not-at-top
+  signals.exit_until_caught(' (finished seeds are kept; the same command goes on from them).')
 import dataclasses
 import json
 import os
@@ -102,15 +106,33 @@ def load_config(experiment: str, variant):
   return config_lib.load_file(path, f'experiments_{experiment}').get_config(variant)
 
 
+def _flat(config, prefix: str = '') -> dict:
+  """{'model.cell': 'lstm', ...}: every leaf of ``config`` by its dotted key."""
+  out = {}
+  for key, value in config.items():
+    out.update(_flat(value, f'{prefix}{key}.') if hasattr(value, 'items')
+               else {prefix + key: value})
+  return out
+
+
+def quick_shrink(experiment: str) -> dict:
+  """The keys the experiment's ``:quick`` variant changes from its default, with
+  :quick's values (steps, sizes, lengths, data): ``--quick`` applies them on top of
+  any entry, so that a quick ``adding:rnn`` still trains a tanh RNN, only smaller."""
+  default, quick = _flat(load_config(experiment, None)), _flat(load_config(experiment, 'quick'))
+  return {k: v for k, v in quick.items() if default.get(k) != v}
+
+
 def entry_config(entry: Entry, seed: int, quick: bool):
-  config = load_config(entry.experiment, 'quick' if quick else entry.variant)
-  if not quick:
-    for key, value in entry.overrides:
-      *path, last = key.split('.')
-      section = config
-      for p in path:
-        section = section[p]
-      section[last] = value
+  """The entry's variant and overrides, then (``quick``) the experiment's shrink."""
+  config = load_config(entry.experiment, entry.variant)
+  overrides = {**dict(entry.overrides), **(quick_shrink(entry.experiment) if quick else {})}
+  for key, value in overrides.items():
+    *path, last = key.split('.')
+    section = config
+    for p in path:
+      section = section[p]
+    section[last] = value
   config.seed = seed
   return config
 
@@ -154,14 +176,26 @@ def run_entry(entry: Entry, seeds: int, workdir: str, quick: bool) -> bool:
   return True
 
 
-def summarize(entry: Entry, seeds: int, workdir: str) -> dict | None:
-  """The table row of ``entry`` if all its seeds are finished with the config it asks
-  for now, else None. The ± is the sample standard deviation (ddof 1; 0 for one seed)."""
-  paths = [_done_path(workdir, entry, seed) for seed in range(seeds)]
-  if not all(os.path.exists(p) for p in paths):
+def finished_seeds(entry: Entry, workdir: str) -> list[int]:
+  """The seeds of ``entry`` that have finished in ``workdir``, whatever --seeds asked
+  this time: a table after ``--seeds 1`` keeps an earlier row's 3 seeds."""
+  folder = os.path.join(workdir, entry.directory)
+  names = os.listdir(folder) if os.path.isdir(folder) else []
+  return sorted(int(n[4:]) for n in names if n.startswith('seed') and n[4:].isdigit()
+                and os.path.exists(_done_path(workdir, entry, int(n[4:]))))
+
+
+def summarize(entry: Entry, workdir: str) -> dict | None:
+  """The table row of ``entry`` over its finished seeds, if it has any and all were
+  run with the config it asks for now, else None. The ± is the sample standard
+  deviation (ddof 1; 0 for one seed)."""
+  seeds = finished_seeds(entry, workdir)
+  if not seeds:
     return None
+  paths = [_done_path(workdir, entry, seed) for seed in seeds]
   results = [json.load(open(p)) for p in paths]
-  stale = [s for s, r in enumerate(results) if config_changes(entry, s, workdir, r.get('quick', False))]
+  stale = [s for s, r in zip(seeds, results)
+           if config_changes(entry, s, workdir, r.get('quick', False))]
   if stale:
     print(f'seqlab: {entry.name} is not in the table: seed {stale[0]} was run with another '
           'config than the entry asks for now; rerun it to see why', file=sys.stderr)
@@ -170,16 +204,16 @@ def summarize(entry: Entry, seeds: int, workdir: str) -> dict | None:
   walls = [r['wall_s'] for r in results]
   best = [best_eval(os.path.dirname(p), entry) for p in paths]
   task, model = entry.experiment + (f':{entry.variant}' if entry.variant else ''), entry.model
-  if results[0].get('quick', False):  # the experiment's :quick config, whatever the entry
+  if results[0].get('quick', False):  # what trained: the entry's config, shrunk
     m = entry_config(entry, 0, quick=True).model
-    task = f'{entry.experiment}:quick'
+    task += ' shrunk by :quick'
     model = ' '.join(str(m[k]) for k in ('cell', 'hidden_size') if k in m) + ' (smoke run)'
   return {'name': entry.name, 'task': task,
           'model': model, 'metric': entry.metric, 'published': entry.published,
           'source': entry.source, 'mean': float(np.mean(values)),
           'std': float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
           'values': values, 'best_mean': float(np.mean(best)), 'best_values': best,
-          'seeds': seeds, 'wall_s': float(np.sum(walls))}
+          'seeds': len(seeds), 'wall_s': float(np.sum(walls))}
 
 
 def best_eval(run_dir: str, entry: Entry) -> float:
@@ -220,11 +254,15 @@ def device_name() -> str:
 
 
 FLAGS = flags.FlagValues()  # our own: see seqlab.cli
-_QUICK = flags.DEFINE_bool('quick', False, 'Run the :quick variants (seconds; for tests).',
+_QUICK = flags.DEFINE_bool('quick', False, "Shrink each entry's config by its experiment's "
+                           ':quick variant (seconds; for tests; the figures mean nothing).',
                            flag_values=FLAGS)
-_ONLY = flags.DEFINE_list('only', [], 'Entries to run (default all); the table lists every '
-                          'entry whose seeds have all finished.', flag_values=FLAGS)
-_SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per entry.', lower_bound=1, flag_values=FLAGS)
+_ONLY = flags.DEFINE_list('only', [], 'Entries to run (default all): '
+                          + ', '.join(e.name for e in ENTRIES) + '. The table lists every '
+                          'entry with finished seeds.', flag_values=FLAGS)
+_SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds to run per entry (0..N-1); the table uses '
+                              'every finished seed and says how many.', lower_bound=1,
+                              flag_values=FLAGS)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where the runs and table go (default '
                                'runs/reproduce, with --quick runs/reproduce_quick).',
                                flag_values=FLAGS)
@@ -253,7 +291,7 @@ def main(argv):
       if not finished:
         print('interrupted: rerun the same command to continue', flush=True)
         return 0
-  rows = [r for e in ENTRIES if (r := summarize(e, _SEEDS.value, workdir))]
+  rows = [r for e in ENTRIES if (r := summarize(e, workdir))]
   table = markdown_table(rows, device_name())
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'reproduce.md'), 'w') as f:

@@ -3,8 +3,16 @@
   python -m seqlab.run --config experiments/adding.py:quick --workdir runs/adding \\
       [--config.model.cell=gru --config.optim.lr=3e-3 ...]
 
-Running the same command on the same workdir resumes from its latest checkpoint.
+--config FILE.py[:VARIANT] picks the experiment and one of its variants (every
+experiment has :quick, a run of seconds; the others are listed in its docstring);
+--config.KEY=VALUE overrides any config key (README.md, Config schema). Running the
+same command on the same workdir resumes from its latest checkpoint.
 """
+STOPPED = (' before training started (nothing is left half-written); the same command '
+           'starts it again.')
+if __name__ == '__main__':  # first, before jax imports: a Ctrl-C at any moment stops it
+  from seqlab import signals  # pylint: disable=g-import-not-at-top
+  signals.exit_until_caught(STOPPED)
 import os
 import re
 import sys
@@ -16,6 +24,7 @@ from ml_collections import config_flags
 
 from seqlab import cli
 from seqlab import config as config_lib
+from seqlab import signals
 from seqlab import train
 from seqlab import workdir as workdir_lib
 
@@ -110,6 +119,7 @@ def main(argv):
 
 
 def run():
+  signals.exit_until_caught(STOPPED)  # the seqlab-run script: from after the imports on
   app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli.parser(
       flags.FLAGS, hint='Config keys and their meaning are listed in README.md (Config schema).'))
 

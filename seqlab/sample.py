@@ -10,6 +10,9 @@ the carried state. Seq2seq runs decode each whitespace-separated item of the pro
 (a word for G2P, letters for the reverse task) in one batch, and print
 ``item -> output  (score)``.
 """
+if __name__ == '__main__':  # first, before jax imports: a Ctrl-C at any moment stops it
+  from seqlab import signals  # pylint: disable=g-import-not-at-top
+  signals.exit_until_caught('')
 import json
 import os
 import sys

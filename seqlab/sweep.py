@@ -35,6 +35,10 @@ may raise train.steps or change the cadence of logs, evals and checkpoints
 Exit code 0 when every point of the shard is done (or saved after SIGTERM), 1 when one
 failed, 2 for a bad sweep.
 """
+if __name__ == '__main__':  # first, before jax imports: a Ctrl-C at any moment stops it
+  from seqlab import signals  # pylint: disable=g-import-not-at-top
+  signals.exit_until_caught(' before any point started training; the same command starts '
+                            'the sweep again.')
 import ast
 import collections
 import dataclasses
@@ -61,6 +65,7 @@ from seqlab import config as config_lib
 from seqlab import workdir as workdir_lib
 
 MODES = ('processes', 'vmap')
+PROGRESS_EVERY_S = 60  # off a terminal (a log file), the sweep's summary line once a minute
 
 
 class SweepError(ValueError):
@@ -428,8 +433,8 @@ class State:
 
 
 def _finish(state: State, point: Point, mode: str, wall: float, error: str | None,
-            interrupted: bool) -> None:
-  """Records how an attempt ended and prints one line."""
+            interrupted: bool, say=print) -> None:
+  """Records how an attempt ended and prints (``say``) one line."""
   if is_done(point):
     status, error = 'done', None
     result = ', '.join(f'{k}={v:.5g}' for k, v in final_metrics(point.workdir).items()
@@ -440,7 +445,7 @@ def _finish(state: State, point: Point, mode: str, wall: float, error: str | Non
     status, error = 'failed', error or 'stopped before train.steps'
     result = error
   state.update(point, status, mode, error, wall)
-  print(f'[{status}] {point.name} ({wall:.1f} s): {result}', flush=True)
+  say(f'[{status}] {point.name} ({wall:.1f} s): {result}')
 
 
 # --- Process mode -----------------------------------------------------------------------
@@ -452,12 +457,45 @@ def run_command(config_arg: str, overrides: dict, workdir: str) -> list[str]:
           *(f'--config.{k}={_format(v)}' for k, v in overrides.items())]
 
 
+def last_step(workdir: str) -> int | None:
+  """The step of the last row of ``workdir``'s metrics.jsonl (only its end is read),
+  or None before the first."""
+  try:
+    with open(os.path.join(workdir, 'metrics.jsonl'), 'rb') as f:
+      f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+      lines = f.read().splitlines()
+  except OSError:
+    return None
+  for line in reversed(lines):
+    try:
+      return int(json.loads(line)['step'])
+    except (ValueError, KeyError, TypeError):  # a torn last line, or the start of one
+      continue
+  return None
+
+
+def summary(state: State, points: list[Point], running: list[Point]) -> str:
+  """'sweep: 1 of 4 done, 2 running (seed=1 step 120/400, seed=2 starting), 0 failed'."""
+  statuses = [state.status.get(p.name, {}).get('status') for p in points]
+  steps = ', '.join(f'{p.name} ' + (f'step {s}/{p.config.train.steps}'
+                                    if (s := last_step(p.workdir)) is not None else 'starting')
+                    for p in running)
+  return (f'sweep: {statuses.count("done")} of {len(points)} done, {len(running)} running'
+          + (f' ({steps})' if steps else '') + f', {statuses.count("failed")} failed')
+
+
 def _error_line(log_path: str) -> str:
   """The reason a run failed: its last 'seqlab:' line, else its last line."""
   with open(log_path, errors='replace') as f:
     lines = [line.strip() for line in f.readlines()[-200:] if line.strip()]
   ours = [line for line in lines if line.startswith('seqlab:')]
   return ((ours or lines or ['no output'])[-1])[:500]
+
+
+# A point's exit codes after the sweep passed it a signal: saved at its next step (0),
+# stopped before its training started (``seqlab.signals``: 128 + the signal), or ended
+# by the signal before Python ran a line of it.
+STOPPED_CODES = (0, *(c for s in (signal.SIGTERM, signal.SIGINT) for c in (128 + s, -s)))
 
 
 class _Stop(cli.Interrupt):
@@ -484,7 +522,10 @@ def run_processes(points: list[Point], state: State, config_arg: str, base_overr
   if parallel > 1:  # several runs share an accelerator: allocate memory as needed
     env.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   queue, running = collections.deque(points), {}
+  progress = workdir_lib.Progress(len(points), 0, stream=sys.stdout, every=PROGRESS_EVERY_S)
+  shown, changed = -math.inf, True
   with _Stop() as stop:
+    stop.training_started()  # a signal now goes to the points, which save or stop
     while (queue and not stop.signal) or running:  # once stopped, only wait for the running
       while queue and len(running) < parallel and not stop.signal:
         point = queue.popleft()
@@ -495,7 +536,8 @@ def run_processes(points: list[Point], state: State, config_arg: str, base_overr
         log.write(f'$ {" ".join(command)}\n')
         log.flush()
         state.update(point, 'running', 'processes')
-        print(f'[start] {point.name}', flush=True)
+        progress.message(f'[start] {point.name}')
+        changed = True
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         stop.procs.append(proc)
         running[proc] = (point, time.perf_counter(), log)
@@ -507,8 +549,16 @@ def run_processes(points: list[Point], state: State, config_arg: str, base_overr
         error = (f'killed by {signal.Signals(-rc).name}' if rc < 0 else
                  _error_line(log.name) if rc > 0 else None)
         _finish(state, point, 'processes', time.perf_counter() - t0, error,
-                interrupted=rc == 0 and stop.signal is not None)
+                interrupted=stop.signal is not None and rc in STOPPED_CODES,
+                say=progress.message)
+        changed = True
+      if changed or time.perf_counter() - shown >= 1.0:  # reads the points' metrics.jsonl
+        line = summary(state, points, [p for p, _, _ in running.values()])
+        progress.show(line, sum(state.status.get(p.name, {}).get('status') == 'done'
+                                for p in points) / max(len(points), 1), force=changed)
+        shown, changed = time.perf_counter(), False
       time.sleep(0.05)
+  progress.close()
   return stop.signal is not None
 
 
@@ -656,6 +706,7 @@ def run_sweep(points: list[Point], workdir: str, header: dict, *, mode: str, par
 
 
 def main(argv) -> int:
+  workdir_lib.quiet_logging()  # first: jax's probe for a TPU logs a libtpu.so line at INFO
   if len(argv) > 1:
     print(f'seqlab: unexpected arguments: {" ".join(argv[1:])}', file=sys.stderr)
     return 2
@@ -679,7 +730,6 @@ def main(argv) -> int:
     source = ' '.join(f'--sweep {s}' for s in FLAGS.sweep) or config_arg
     print(f'seqlab: bad sweep ({source}): {e}', file=sys.stderr)
     return 2
-  workdir_lib.quiet_logging()
   header = {'config': config_arg, 'overrides': base_overrides,
             'keys': sorted(set().union(*(p.overrides for p in points))),
             'metric': metric, 'metric_mode': metric_mode}

@@ -317,8 +317,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` in ``workdir``, resuming there if a checkpoint exists.
 
   Data-parallel over every visible device. Returns the final eval metrics, or {} if
-  SIGTERM/SIGINT stopped it (at any point before the end: setting up, compiling or
-  training, it trains to the next step, saves it and returns). Raises ``ConfigError``
+  SIGTERM/SIGINT stopped it (it trains to the next step, saves it and returns; under a
+  command-line tool a signal before the first step ends the process, ``seqlab.signals``).
+  Raises ``ConfigError``
   for a bad config (before any compile) and ``NonFiniteError`` naming the step where
   training diverged.
   """
@@ -504,10 +505,12 @@ def _loop(points, states, run, interrupt, cleanup) -> list:
                               eval_bs, eval_carry, axis)
     for i in which:
       writers[i].write(step, 'eval', metrics[i])
+      progress.eval(step, metrics[i], point=os.path.basename(workdirs[i]) if k > 1 else '')
       points[i].ckpt.save_best(step, axis.take(states, i), {best_metric: metrics[i][best_metric]})
     return metrics
 
   # --- The loop -----------------------------------------------------------------------
+  interrupt.training_started()  # a signal now saves the next step (before: a prompt exit)
   progress = workdir_lib.Progress(tc.steps, start)
   pending, t_log, eval_metrics, stop = [], time.perf_counter(), None, None
   active = list(range(k))

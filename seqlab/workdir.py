@@ -5,6 +5,7 @@ import fcntl
 import importlib.metadata
 import json
 import logging as logging_std
+import math
 import os
 import platform
 import subprocess
@@ -297,9 +298,10 @@ class MetricWriter:
 
   On resume, rows logged after the restored step (written before an interruption
   but not covered by a checkpoint) are dropped, so the file reads as one run. On many
-  hosts only process 0 writes files; the others log eval rows only. Both files are
-  written in the caller's thread, so a failed write (a full disk) raises WriteError
-  at once rather than ending a background thread and blocking the run.
+  hosts only process 0 writes files (every process prints its eval rows, through
+  ``Progress.eval``). Both files are written in the caller's thread, so a failed write
+  (a full disk) raises WriteError at once rather than ending a background thread and
+  blocking the run.
   """
 
   def __init__(self, workdir: str, resume_step: int = 0):
@@ -331,8 +333,6 @@ class MetricWriter:
   def write(self, step: int, split: str, metrics: dict) -> None:
     row = {'step': int(step), 'split': split}
     row.update({k: float(v) for k, v in metrics.items()})
-    if split == 'eval':
-      logging.info('step %d eval %s', step, ', '.join(f'{k}={v:.5g}' for k, v in metrics.items()))
     if not self.primary:
       return
     scalars = self._summary(value=[
@@ -361,27 +361,55 @@ class MetricWriter:
 
 
 class Progress:
-  """A live progress line on a terminal; plain log lines otherwise."""
+  """What a run or a sweep prints while it works: a live line on a terminal (plain
+  lines otherwise), and lines of their own. Every such line goes through here:
+  ``update`` (a run's steps), ``eval`` (an eval row, naming the sweep point it
+  belongs to), ``show`` (any live line: a sweep's summary) and ``message``.
 
-  def __init__(self, total: int, start: int, stream=None):
-    self.total, self.start = total, start
+  ``every``: off a terminal, at most one ``show`` line per ``every`` seconds (a log
+  file gets a sweep's summary each minute, not each poll).
+  """
+
+  def __init__(self, total: int, start: int, stream=None, every: float = 0.0):
+    self.total, self.start, self.every = total, start, every
     self.stream = stream or sys.stderr
     self.tty = self.stream.isatty()
     self.t0 = time.perf_counter()
+    self._shown = -math.inf
 
   def update(self, step: int, loss: float) -> None:
     elapsed = time.perf_counter() - self.t0
     rate = (step - self.start) / max(elapsed, 1e-9)
     eta = (self.total - step) / max(rate, 1e-9)
-    line = (f'step {step}/{self.total}  loss {loss:.4g}  {rate:.2f} steps/s  '
-            f'ETA {datetime.timedelta(seconds=int(eta))}')
+    self.show(f'step {step}/{self.total}  loss {loss:.4g}  {rate:.2f} steps/s  '
+              f'ETA {datetime.timedelta(seconds=int(eta))}', step / self.total)
+
+  def show(self, line: str, fraction: float | None = None, force: bool = False) -> None:
+    """``line`` as the live line (after a bar ``fraction`` full, if given); off a
+    terminal printed if ``every`` seconds have passed, or ``force``."""
     if self.tty:
       width = 30
-      done = int(width * step / self.total)
-      self.stream.write(f'\r[{"#" * done}{"." * (width - done)}] {line}\033[K')
+      done = int(width * min(max(fraction, 0.0), 1.0)) if fraction is not None else 0
+      bar = f'[{"#" * done}{"." * (width - done)}] ' if fraction is not None else ''
+      self.stream.write(f'\r{bar}{line}\033[K')
       self.stream.flush()
-    else:
+    elif force or time.perf_counter() - self._shown >= self.every:
+      self._shown = time.perf_counter()
       print(line, file=self.stream, flush=True)
+
+  def eval(self, step: int, metrics: dict, point: str = '') -> None:
+    """'step 20 eval [seed=1] loss=0.266, ...': ``point`` names the sweep point (in a
+    population several points evaluate at each step)."""
+    where = f' [{point}]' if point else ''
+    self.message(f'step {step} eval{where} ' + ', '.join(f'{k}={v:.5g}'
+                                                         for k, v in metrics.items()))
+
+  def message(self, line: str) -> None:
+    """``line`` on a line of its own (on a terminal, in place of the live line, which
+    the next ``show`` draws again)."""
+    if self.tty:
+      self.stream.write('\r\033[K')
+    print(line, file=self.stream, flush=True)
 
   def close(self) -> None:
     if self.tty:

@@ -38,7 +38,7 @@ def test_quick_run_writes_json(tmp_path):
 def test_dtype_with_memory_or_crossover_is_refused():
   """--memory and --crossover measure float32 only: another --dtype is an error, not a
   JSON that records a dtype nothing ran in."""
-  proc = run_module('seqlab.bench', '--quick', '--memory', '--dtype', 'bfloat16', timeout=120)
+  proc = run_module('seqlab.bench', '--quick', '--memory', '--dtype', 'bfloat16')
   assert proc.returncode != 0 and '--dtype applies to the speed table only' in proc.stderr
   assert 'Traceback' not in proc.stderr
 
@@ -46,7 +46,7 @@ def test_dtype_with_memory_or_crossover_is_refused():
 def test_memory_and_crossover_quick(tmp_path):
   out = tmp_path / 'memory.json'
   proc = run_module('seqlab.bench', '--quick', '--memory', '--crossover', '--cells', 'lstm',
-                    '--json', str(out), timeout=120)
+                    '--json', str(out))
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())
   rows = result['memory']

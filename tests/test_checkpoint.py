@@ -15,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import HANG_S
 from seqlab.checkpoint import Checkpointer
 
 TX = optax.chain(optax.clip_by_global_norm(1.0),
@@ -241,7 +242,7 @@ def test_a_killed_save_leaves_older_steps_intact(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
   writer = subprocess.Popen([sys.executable, '-c', _WRITER, str(tmp_path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 60
+  deadline = time.time() + HANG_S
   try:
     while time.time() < deadline:
       names = [p.name for p in root.iterdir()] if root.exists() else []

@@ -4,6 +4,7 @@ import os
 import re
 import signal
 import threading
+import time
 
 import jax
 import numpy as np
@@ -16,7 +17,7 @@ from seqlab import sample
 from seqlab import tasks
 from seqlab import train
 from seqlab import workdir as workdir_lib
-from conftest import load_config, run_module
+from conftest import load_config, run_module, signal_when
 
 
 @pytest.fixture(scope='module')
@@ -112,10 +113,11 @@ def test_tools_reject_missing_workdir_and_bad_flags(tmp_path, module):
 
 
 @pytest.mark.parametrize('module,flags', [
-    ('run', ['--config', '--workdir', '--distributed']),
+    ('run', ['--config', '--workdir', '--distributed', '--config.KEY=VALUE', ':VARIANT']),
     ('sweep', ['--config', '--sweep', '--mode', '--shard']),
     ('bench', ['--cells', '--memory']), ('evaluate', ['--workdir', '--checkpoint']),
-    ('sample', ['--prompt', '--temperature']), ('reproduce', ['--only', '--seeds']),
+    ('sample', ['--prompt', '--temperature']),
+    ('reproduce', ['--only', '--seeds', 'adding_t100_rnn', 'g2p_wer']),
     ('diagnose', ['--cells', '--workdir']), ('report', ['sweep'])])
 def test_help_lists_the_flags(module, flags):
   """Every tool's --help prints its own flags and exits 0 (the sweep's once answered
@@ -146,8 +148,8 @@ def test_engine_and_remat_keys_are_checked(tmp_path, override, message):
 
 
 def test_reproduce_quick_writes_the_table_and_skips_finished_seeds(tmp_path):
-  args = ('--quick', '--seeds', '2', '--only', 'adding_t100_lstm,mnist1d_gru', '--workdir',
-          str(tmp_path))
+  args = ('--quick', '--seeds', '2', '--only', 'adding_t100_lstm,adding_t100_rnn,mnist1d_gru',
+          '--workdir', str(tmp_path))
   pytest.importorskip('mnist1d')
   proc = run_module('seqlab.reproduce', *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -155,12 +157,17 @@ def test_reproduce_quick_writes_the_table_and_skips_finished_seeds(tmp_path):
   assert trained.search(proc.stdout + proc.stderr)
   with open(tmp_path / 'reproduce.json') as f:
     rows = json.load(f)
-  assert [r['name'] for r in rows] == ['adding_t100_lstm', 'mnist1d_gru']
-  # What --quick trained (each experiment's :quick config), not the entry's published model.
+  assert [r['name'] for r in rows] == ['adding_t100_lstm', 'adding_t100_rnn', 'mnist1d_gru']
+  # What --quick trained: each entry's own config shrunk by its experiment's :quick (the
+  # tanh-RNN row once showed :quick's LSTM, the same run as the LSTM row).
   assert [(r['task'], r['model']) for r in rows] == [
-      ('adding:quick', 'lstm 16 (smoke run)'), ('mnist1d:quick', 'gru 6 (smoke run)')]
+      ('adding shrunk by :quick', 'lstm 16 (smoke run)'),
+      ('adding:rnn shrunk by :quick', 'rnn 16 (smoke run)'),
+      ('mnist1d shrunk by :quick', 'gru 6 (smoke run)')]
+  trained_config = json.loads((tmp_path / 'adding_t100_rnn' / 'seed0' / 'config.json').read_text())
+  assert trained_config['model']['cell'] == 'rnn'
   assert all(r['seeds'] == 2 and len(r['values']) == 2 for r in rows)
-  assert 0 <= rows[1]['mean'] <= 100  # accuracy in percent
+  assert 0 <= rows[2]['mean'] <= 100  # accuracy in percent
   table = (tmp_path / 'reproduce.md').read_text()
   device = f'| {jax.default_backend()}: '  # e.g. 'cpu: AMD EPYC, 2 cores', 'gpu: NVIDIA H200 x1'
   assert 'Greydanus & Kobak' in table and ' ± ' in table and device in table
@@ -188,19 +195,20 @@ def test_reproduce_quick_writes_the_table_and_skips_finished_seeds(tmp_path):
   stale = run_module('seqlab.reproduce', *args)
   assert stale.returncode == 2 and 'was started with another config' in stale.stderr
   assert 'train.steps' in stale.stderr and not trained.search(stale.stdout + stale.stderr)
-  other = run_module('seqlab.reproduce', '--quick', '--seeds', '2', '--only', 'mnist1d_gru',
+  other = run_module('seqlab.reproduce', '--quick', '--seeds', '1', '--only', 'mnist1d_gru',
                      '--workdir', str(tmp_path))
   assert other.returncode == 0, other.stderr[-3000:]
   assert 'adding_t100_lstm is not in the table' in other.stderr
-  with open(tmp_path / 'reproduce.json') as f:
-    assert [r['name'] for r in json.load(f)] == ['mnist1d_gru']
+  with open(tmp_path / 'reproduce.json') as f:  # --seeds 1 keeps the rows' 2 finished seeds
+    assert [(r['name'], r['seeds']) for r in json.load(f)] == [
+        ('adding_t100_rnn', 2), ('mnist1d_gru', 2)]
 
 
 def test_reproduce_on_a_full_disk_stops_in_one_line(tmp_path):
   """A seed whose checkpoint does not fit (files limited to 4 KiB): one line, exit 1,
   the seed not marked finished; with room, the same command finishes it."""
   args = ('--quick', '--seeds', '1', '--only', 'adding_t100_lstm', '--workdir', str(tmp_path))
-  proc = run_module('seqlab.reproduce', *args, file_limit_kib=4, timeout=240)
+  proc = run_module('seqlab.reproduce', *args, file_limit_kib=4)
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert 'seqlab: training stopped: writing a checkpoint under' in proc.stderr
   assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
@@ -208,6 +216,24 @@ def test_reproduce_on_a_full_disk_stops_in_one_line(tmp_path):
   again = run_module('seqlab.reproduce', *args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert (tmp_path / 'adding_t100_lstm' / 'seed0' / 'reproduce.json').exists()
+
+
+@pytest.mark.parametrize('tool,args', [
+    ('seqlab.sweep', ['--config', 'experiments/adding.py:quick', '--sweep', 'seed=[0,1]',
+                      '--workdir', '{w}']),
+    ('seqlab.reproduce', ['--quick', '--only', 'adding_t100_lstm', '--workdir', '{w}']),
+    ('seqlab.evaluate', ['--workdir', '{w}']), ('seqlab.sample', ['--workdir', '{w}']),
+    ('seqlab.bench', ['--quick'])])
+def test_ctrl_c_while_a_tool_imports_jax_stops_it_in_one_line(tmp_path, tool, args):
+  """SIGINT 0.2 s after start, once the tool's first line ran (then Python imports
+  jax): exit 130 with one 'stopped' line, not a KeyboardInterrupt traceback, nor a
+  run that goes on (jax's gc callback swallowed one)."""
+  t0 = time.time()
+  proc = signal_when(tool, [a.format(w=tmp_path / 'w') for a in args],
+                     lambda: time.time() - t0 >= 0.2, sig=signal.SIGINT, handled=True)
+  assert proc.returncode == 130, proc.stderr[-3000:]
+  assert proc.stderr.splitlines()[-1].startswith('seqlab: SIGINT: stopped')
+  assert 'Traceback' not in proc.stderr
 
 
 def test_interrupt_turns_sigterm_and_sigint_into_a_flag():

@@ -1,4 +1,8 @@
 """The gradient-through-time diagnostic against an independent perturbation loop."""
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -9,7 +13,7 @@ from seqlab import config as config_lib
 from seqlab import diagnose
 from seqlab import losses
 from seqlab import train
-from conftest import load_config, run_module
+from conftest import HANG_S, ROOT, load_config, run_module
 
 
 def _config(cell, length=12, hidden=8):
@@ -69,6 +73,21 @@ def test_picture_is_written(tmp_path):
   diagnose.plot(curves, str(out), 'test')
   assert out.stat().st_size > 1000
   assert all(len(v) == 10 for v in curves.values())
+
+
+def test_without_workdir_it_writes_under_runs_and_says_where(tmp_path):
+  """No --workdir, no --out: runs/diagnose/, not the current directory (it once left
+  vanishing_gradients.png and .json untracked in the repository's root)."""
+  proc = subprocess.run([sys.executable, '-m', 'seqlab.diagnose', '--cells', 'rnn',
+                         '--length', '5', '--hidden', '4'], cwd=tmp_path, text=True,
+                        capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT),
+                        timeout=HANG_S)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert os.listdir(tmp_path) == ['runs']
+  out = os.path.join('runs', 'diagnose', 'vanishing_gradients')
+  assert sorted(os.listdir(tmp_path / 'runs' / 'diagnose')) == [
+      'vanishing_gradients.json', 'vanishing_gradients.png']
+  assert f'wrote {out}.png and {out}.json' in proc.stdout
 
 
 def test_rejects_models_it_cannot_read():

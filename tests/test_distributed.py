@@ -11,7 +11,7 @@ import pytest
 
 from seqlab import run
 from seqlab import workdir as workdir_lib
-from conftest import ROOT, cpu_env, run_module
+from conftest import HANG_S, ROOT, cpu_env, run_module
 
 
 def _free_port() -> int:
@@ -59,7 +59,7 @@ def test_two_processes_train_like_one(tmp_path):
   """Each process feeds its half of the global batch; the run equals a one-process run."""
   args = ['-m', 'seqlab.run', '--config', 'experiments/adding.py:quick']
   procs = _start_two_processes(args, tmp_path / 'two')
-  outs = _communicate(procs, timeout=300)
+  outs = _communicate(procs, timeout=HANG_S)
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   one = run_module('seqlab.run', *args[2:], '--workdir', str(tmp_path / 'one'), env=cpu_env())
@@ -83,11 +83,11 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
           '--config.train.eval_every=100000', '--config.train.checkpoint_every=100000']
   workdir = tmp_path / 'two'
   procs = _start_two_processes(args, workdir)
-  deadline = time.time() + 120
+  deadline = time.time() + HANG_S
   while time.time() < deadline and not workdir_lib.read_metrics(str(workdir)):
     time.sleep(0.05)
   procs[1].send_signal(signal.SIGTERM)  # not the one that writes the metrics
-  outs = _communicate(procs, timeout=120)
+  outs = _communicate(procs, timeout=HANG_S)
   steps = []
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]

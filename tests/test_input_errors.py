@@ -115,7 +115,7 @@ def test_sample_top_k_at_least_the_vocabulary_keeps_every_token(charlm_run):
 ])
 def test_bench_bad_shapes_and_lengths_are_usage_errors(args, fragment):
   proc = run_module('seqlab.bench', '--cells', 'rnn', '--peers', 'flax', '--steps', '1',
-                    '--rounds', '2', *args, timeout=120)
+                    '--rounds', '2', *args)
   one_line_error(proc, fragment)
 
 

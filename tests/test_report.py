@@ -97,7 +97,9 @@ def test_seed_is_set_aside_for_the_metric_plot(tmp_path):
 
 def test_report_cli_errors_and_missing_matplotlib(tmp_path, monkeypatch, capsys):
   assert report.main(['report', str(tmp_path)]) == 2
-  assert 'no sweep.json' in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert 'no sweep.json' in err and '--workdir of' not in err  # report takes no --workdir
+  assert 'python -m seqlab.report runs/' in err
   assert report.main(['report']) == 2
   d = str(tmp_path)
   _write_sweep(d, [('seed=0', {'seed': 0})], ['seed'])

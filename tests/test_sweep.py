@@ -1,4 +1,5 @@
 """Sweeps: point declaration, --sweep parsing, checks, shards, process mode end to end."""
+import io
 import json
 import math
 import os
@@ -179,6 +180,8 @@ def test_vmap_plan_falls_back_for_shape_changing_keys(tmp_path):
     (['--config.modl.cell=gru'], "the config has no key 'modl' (did you mean model?); its "
      'keys: model, optim, seed, task, train'),
     (['--config.model.cell.x=1'], "model.cell has no key 'x'; its keys: none (a value)"),
+    (['--config.optim.learning_rate=0.1'], "(did you mean optim.lr?)"),  # not decay_rate
+    (['--config.model.layers=2'], "(did you mean model.num_layers?)"),
 ])
 def test_bad_sweep_exits_2_before_anything_runs(tmp_path, args, message):
   workdir = tmp_path / 'sweep'
@@ -194,6 +197,24 @@ def _statuses(workdir):
     return {p['name']: p for p in json.load(f)['points']}
 
 
+def test_progress_names_the_point_and_paces_a_log_file():
+  """Off a terminal a live line is printed at most once per ``every`` s (or when
+  forced: the counts changed); an eval line names its point."""
+  out = io.StringIO()
+  progress = workdir_lib.Progress(4, 0, stream=out, every=60)
+  progress.eval(20, {'loss': 0.25}, point='seed=1')
+  for line, force in (('a', False), ('b', False), ('c', True)):
+    progress.show(line, force=force)
+  assert out.getvalue().splitlines() == ['step 20 eval [seed=1] loss=0.25', 'a', 'c']
+
+
+def test_last_step_reads_past_a_torn_last_row(tmp_path):
+  assert sweep.last_step(str(tmp_path)) is None  # no metrics.jsonl yet
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 10, "split": "train"}\n'
+                                          '{"step": 20, "split": "train"}\n{"step": 3')
+  assert sweep.last_step(str(tmp_path)) == 20
+
+
 def test_process_mode_end_to_end(tmp_path):
   workdir = tmp_path / 'sweep'
   good, bad = 'optim.lr=0.001', 'optim.lr=1e+38'  # 1e38 diverges at step 2
@@ -204,6 +225,10 @@ def test_process_mode_end_to_end(tmp_path):
   assert points[good]['status'] == 'done' and points[good]['error'] is None
   assert points[bad]['status'] == 'failed' and 'not finite at step 2' in points[bad]['error']
   assert f'[failed] {bad}' in first.stdout and f'[done] {good}' in first.stdout
+  # One summary line for the whole sweep, naming the running points; no backend probe.
+  assert f'sweep: 0 of 2 done, 2 running ({good} ' in first.stdout, first.stdout
+  assert 'sweep: 1 of 2 done, 0 running, 1 failed' in first.stdout, first.stdout
+  assert 'libtpu' not in first.stdout + first.stderr
 
   # More train.steps: the point is unfinished again and resumes from its checkpoint.
   # (Shard 0 of 2 holds only the first point.)
@@ -260,6 +285,9 @@ def test_sigterm_stops_a_sweep_and_the_same_command_resumes_it(tmp_path, mode):
              else again.stderr)
   assert (f'Resumed from the checkpoint at step {stopped}' if mode == 'processes' else
           f'Population of 2 points resumed at step {stopped}') in resumed, resumed[-3000:]
+  if mode == 'vmap':  # each point's eval line names it (one program evaluates both)
+    assert all(f'step {stopped + 5} eval [seed={s}] ' in again.stderr for s in (0, 1))
+    assert 'libtpu' not in again.stdout + again.stderr  # jax's backend probe, at INFO
   rows = workdir_lib.read_metrics(str(workdir / 'seed=0'))
   assert [r['step'] for r in rows if r['split'] == 'train'][-1] == stopped + 5
 
@@ -298,7 +326,7 @@ def test_a_full_disk_fails_the_points_and_the_same_command_resumes_them(tmp_path
   args = [*QUICK, '--workdir', str(workdir), '--sweep', 'seed=[0,1]', '--mode', mode,
           '--config.model.hidden_size=64', '--config.train.steps=8',
           '--config.train.checkpoint_every=4', '--config.train.eval_every=4']
-  proc = run_module('seqlab.sweep', *args, file_limit_kib=12, timeout=240)
+  proc = run_module('seqlab.sweep', *args, file_limit_kib=12)
   assert proc.returncode == 1, proc.stderr[-3000:]
   points = _statuses(workdir)
   for s in (0, 1):
@@ -306,7 +334,7 @@ def test_a_full_disk_fails_the_points_and_the_same_command_resumes_them(tmp_path
     assert 'writing a checkpoint under' in points[f'seed={s}']['error'], points
   if mode == 'vmap':
     assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-  again = run_module('seqlab.sweep', *args, timeout=240)
+  again = run_module('seqlab.sweep', *args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert [_statuses(workdir)[f'seed={s}']['status'] for s in (0, 1)] == ['done'] * 2
   for s in (0, 1):
