@@ -256,7 +256,7 @@ def _train(configs, workdirs, built, ckpts, states, start) -> list:
   p_train = jax.jit(functools.partial(population_step, model=model, optim_cfg=config.optim,
                                       total_steps=tc.steps, spec=spec), donate_argnums=0)
   p_eval = jax.jit(jax.vmap(functools.partial(train.eval_step, model=model, spec=spec)))
-  eval_carry = (put(_stack([model.encoder.initial_carry(eval_bs)] * k))
+  eval_carry = (put(_stack([model.initial_carry(eval_bs)] * k))
                 if spec.stateful else None)
   example = _stack([t.batch('train', 0, tc.batch_size) for t in tasks])
   tokens_per_step = int(np.prod(example['inputs'].shape[1:3]))

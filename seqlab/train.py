@@ -84,7 +84,7 @@ def create_state(model, optimizer, batch, seed: int, stateful: bool = False):
       'bad_step': jnp.zeros((), jnp.int32),  # first update with a non-finite loss, grad or weights
   }
   if stateful:
-    state['carry'] = model.encoder.initial_carry(batch['inputs'].shape[0])
+    state['carry'] = model.initial_carry(batch['inputs'].shape[0])
   return state
 
 
@@ -158,25 +158,17 @@ def evaluate(eval_fn, params, task, batch_size: int, carry=None, put=lambda b: b
 
 def evaluate_all(eval_fn, model, params, task, batch_size: int, carry=None,
                  put=lambda b: b) -> dict:
-  """``evaluate``, and for seq2seq tasks the decoded metrics of the split as well.
-
-  Seq2seq runs add ``decode_exact_match``, ``decode_token_error_rate`` (the G2P phoneme
-  error rate), ``decode_sequence_error_rate`` (word error rate) and
-  ``decode_token_accuracy`` from greedy decoding (``seqlab.seq2seq_metrics``).
-  """
+  """``evaluate``, and the ``decode_*`` metrics of a model that decodes (a seq2seq
+  model's greedy decoding of the split, ``models.decoded_metrics``)."""
   metrics = evaluate(eval_fn, params, task, batch_size, carry, put)
   metrics.update(decoded_metrics(model, params, task, batch_size))
   return metrics
 
 
 def decoded_metrics(model, params, task, batch_size: int) -> dict:
-  """The ``decode_*`` metrics of greedy decoding of a seq2seq task's eval split; {} for
-  other tasks."""
-  if task.spec.model != 'seq2seq':
-    return {}
-  from seqlab import seq2seq_metrics  # pylint: disable=g-import-not-at-top
-  decoded = seq2seq_metrics.seq2seq_eval(model, params, task, batch_size)
-  return {f'decode_{k}': v for k, v in decoded.items() if k != 'count'}
+  """The ``decode_*`` metrics of greedy decoding of the task's eval split if the model
+  decodes, else {} (``models.decoded_metrics``)."""
+  return models.decoded_metrics(model, params, task, batch_size)
 
 
 # --- Devices -------------------------------------------------------------------------
@@ -308,7 +300,7 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
   p_train = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer, spec=spec),
                     donate_argnums=0, out_shardings=(shardings, None))
   p_eval = jax.jit(functools.partial(eval_step, model=model, spec=spec))
-  eval_carry = (model.encoder.initial_carry(eval_bs) if spec.stateful else None)
+  eval_carry = (model.initial_carry(eval_bs) if spec.stateful else None)
   tokens_per_step = int(np.prod(example['inputs'].shape[:2]))
   t0 = time.perf_counter()
   p_train = p_train.lower(state, put(example)).compile()  # compile time apart from step time
