@@ -1,4 +1,5 @@
-"""The import graph of seqlab/: no cycle, and nothing below the models imports up.
+"""The import graph of seqlab/: no cycle, and the cells, scan, layers and tasks never
+import the models, the loop or the tools, directly or through another module.
 
 Every ``import`` and ``from ... import`` in every module counts, at module level and
 inside functions alike (a function-level import is still a dependency; it only hides
