@@ -4,8 +4,8 @@
 
 A bidirectional LSTM encoder and an LSTM decoder with multiplicative attention
 (Luong et al. 2015, 'general'), teacher forcing; words split 90/5/5 by hashing (see
-seqlab/tasks/g2p.py). The decoded metrics come from ``seqlab.seq2seq_metrics.
-seq2seq_eval`` (token_error_rate = PER, sequence_error_rate = WER).
+seqlab/tasks/g2p.py). The decoded metrics come from ``seqlab.models.decoded_metrics``
+(decode_token_error_rate = PER, decode_sequence_error_rate = WER).
 
 Expected (default: 64 units each way, 9000 steps of 64 words, 568 s wall on a shared
 2-core CPU): on the 6365 dev words PER 8.3% / WER 33.7% greedy, 8.1% / 33.0% with a beam

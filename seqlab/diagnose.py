@@ -25,6 +25,7 @@ import numpy as np
 from seqlab import cli
 from seqlab import config as config_lib
 from seqlab import losses
+from seqlab import models
 from seqlab import plots
 from seqlab import scan
 from seqlab import train
@@ -39,18 +40,12 @@ def carry_gradient_norms(model, params, batch, spec) -> np.ndarray:
   ``example_weight`` 0 (an eval batch's padding) not at all; each row's gradient is
   that of its own loss term.
   """
-  enc = model.encoder
-  if (getattr(model, 'target', None) != 'sequence' or getattr(model, 'pool', None) != 'last'
-      or enc.num_layers != 1 or enc.bidirectional):  # a Seq2Seq has neither target nor pool
+  rec = model.recurrence(params) if isinstance(model, models.SequenceModel) else None
+  if rec is None:
     raise ValueError('diagnose needs a one-layer unidirectional many-to-one model (pool=last); '
                      f'this run has a {type(model).__name__} that is not one')
-  p = params['params']
-  cell = enc.make_cell()
-  cell_params = p['encoder']['layer_0']['cell']
-  xs = batch['inputs']
-  if model.vocab_size:
-    xs = p['embed']['embedding'][xs]
-  xs = jnp.asarray(xs, jnp.float32)
+  cell, cell_params = rec.cell, rec.cell_params
+  xs = rec.features(batch['inputs'])
   batch_size, time = xs.shape[:2]
   lengths = jnp.asarray(batch.get('lengths', np.full((batch_size,), time)), jnp.int32)
   weight = jnp.asarray(batch.get('example_weight', np.ones((batch_size,))), jnp.float32)
@@ -59,7 +54,7 @@ def carry_gradient_norms(model, params, batch, spec) -> np.ndarray:
     rest = jnp.roll(xs, -(t + 1), axis=1)
     final, _ = scan.run(cell, cell_params, rest, lengths=jnp.maximum(lengths - t - 1, 0),
                         initial_carry=h)
-    outputs = _head(p, cell.output(final))
+    outputs = rec.head(cell.output(final))
     loss, metrics = losses.loss_and_metrics(spec, outputs, batch)
     return loss * jax.lax.stop_gradient(metrics['count'])  # each row's own term
 
@@ -72,11 +67,6 @@ def carry_gradient_norms(model, params, batch, spec) -> np.ndarray:
     return jnp.sum(jnp.where(counts, jnp.sqrt(sq), 0.0)) / jnp.maximum(jnp.sum(counts), 1)
 
   return np.asarray(jax.jit(jax.vmap(norm_at))(jnp.arange(time)))
-
-
-def _head(p, h):
-  """The model's linear head on the final hidden state."""
-  return h @ p['head']['kernel'] + p['head']['bias']
 
 
 def plot(curves: dict, path: str, title: str) -> None:

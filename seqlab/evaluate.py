@@ -53,15 +53,12 @@ def compute_metrics(workdir: str, which: str = 'best', method: str = 'greedy',
   config, task, model, state, step = train.load_run(workdir, which)
   eval_bs = config.train.eval_batch_size or config.train.batch_size
   eval_fn = jax.jit(lambda p, b, c: train.eval_step(p, b, c, model=model, spec=task.spec))
-  carry = model.encoder.initial_carry(eval_bs) if task.spec.stateful else None
-  metrics = train.evaluate(eval_fn, state['params'], task, eval_bs, carry)
+  carry = model.initial_carry(eval_bs) if task.spec.stateful else None
+  metrics = train.evaluate(eval_fn, model, state['params'], task, eval_bs, carry,
+                           method=method, beam_width=beam_width, length_penalty=length_penalty)
   result = {'step': step, 'checkpoint': which, **metrics}
-  if task.spec.model == 'seq2seq':
-    from seqlab import seq2seq_metrics  # pylint: disable=g-import-not-at-top
-    decoded = seq2seq_metrics.seq2seq_eval(model, state['params'], task, eval_bs, method,
-                                           beam_width, length_penalty)
-    result.update({f'decode_{k}': v for k, v in decoded.items() if k != 'count'},
-                  decode_method=method if method == 'greedy' else f'beam{beam_width}')
+  if model.decodes:
+    result['decode_method'] = method if method == 'greedy' else f'beam{beam_width}'
   return result
 
 

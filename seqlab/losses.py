@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqlab import seq2seq_metrics
 from seqlab.tasks.base import LOSS_METRICS
 from seqlab.tasks.base import METRIC_MODES
 from seqlab.tasks.base import Spec
@@ -128,8 +129,8 @@ def loss_and_metrics(spec: Spec, outputs: jax.Array, batch: dict
 def eval_metrics(spec: Spec) -> list[str]:
   """The eval metrics a run of a task with ``spec`` logs, besides 'count'."""
   names = [k for k in LOSS_METRICS[spec.loss] if k != 'count']
-  if spec.model == 'seq2seq':
-    names += [k for k in METRIC_MODES if k.startswith('decode_')]
+  if spec.decodes:
+    names += list(seq2seq_metrics.METRIC_MODES)
   return names
 
 

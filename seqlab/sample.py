@@ -25,6 +25,7 @@ from seqlab import cli
 from seqlab import config as config_lib
 from seqlab import models
 from seqlab import train
+from seqlab.models import decode
 from seqlab import workdir as workdir_lib
 
 FLAGS = flags.FlagValues()  # our own: see seqlab.cli
@@ -59,7 +60,7 @@ def sample_text(workdir, prompt, length, temperature=1.0, top_k=0, seed=0, num_s
   vocabulary size (``task.spec.num_outputs``), samples from all of them.
   """
   _, task, model, state, _ = train.load_run(workdir, which)
-  if task.spec.model == 'seq2seq':
+  if model.decodes:
     raise ValueError(f'{workdir} is a seq2seq run: use decode_inputs (or --method)')
   if not hasattr(task, 'encode') or model.target != 'steps' or not model.vocab_size:
     raise ValueError(f'{workdir} is not a language-model run (task {type(task).__name__}); '
@@ -77,9 +78,8 @@ def sample_text(workdir, prompt, length, temperature=1.0, top_k=0, seed=0, num_s
 def decode_inputs(workdir, items, method='greedy', beam_width=4, length_penalty=0.0,
                   which='best') -> list[tuple[str, str, float]]:
   """Seq2seq run: each source text in ``items`` -> (item, decoded text, score)."""
-  from seqlab.models import decode  # pylint: disable=g-import-not-at-top
   _, task, model, state, _ = train.load_run(workdir, which)
-  if task.spec.model != 'seq2seq':
+  if not model.decodes:
     raise ValueError(f'{workdir} is not a seq2seq run (task {type(task).__name__})')
   if not items:
     raise ValueError('--prompt must hold at least one input to decode')
@@ -105,7 +105,7 @@ def is_seq2seq(workdir) -> bool:
                             'of a python -m seqlab.run')
   with open(path) as f:
     config = json.load(f)
-  return tasks.make_task(config['task'], config['seed']).spec.model == 'seq2seq'
+  return tasks.make_task(config['task'], config['seed']).spec.decodes
 
 
 def main(argv):

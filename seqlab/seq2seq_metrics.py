@@ -1,21 +1,8 @@
-"""Sequence to sequence: the token convention, the batch layout, and sequence-level metrics.
+"""Sequence-level metrics of decoded sequences, in NumPy (no model, no JAX).
 
-Every seq2seq task numbers its target vocabulary with three special tokens first,
-
-  PAD = 0   padding (also of the source)
-  BOS = 1   the decoder's first input
-  EOS = 2   the last target of every sequence
-
-and its batches (``pack``) hold
-
-  inputs          int32 [batch, src_time]  source tokens, PAD after ``lengths``
-  lengths         int32 [batch]            valid source steps
-  decoder_inputs  int32 [batch, tgt_time]  BOS y_1 .. y_n, then PAD
-  targets         int32 [batch, tgt_time]  y_1 .. y_n EOS, then PAD
-  target_mask     float32 [batch, tgt_time] 1 on the n + 1 real targets
-
-The metrics compare decoded sequences (cut at their first EOS) with one or more
-references per example (G2P words have several pronunciations; the closest counts):
+The metrics compare decoded token rows (cut at their first EOS, ``tokens.trim``) with
+one or more references per example (G2P words have several pronunciations; the
+closest counts):
 
   exact_match          fraction of examples equal to a reference
   sequence_error_rate  1 - exact_match  (the word error rate, WER, of G2P)
@@ -23,48 +10,19 @@ references per example (G2P words have several pronunciations; the closest count
                        (Levenshtein: substitutions, insertions, deletions; the
                        phoneme error rate, PER, of G2P)
   token_accuracy       position-wise matches / sum of max(hypothesis, reference) length
+
+A run logs them as ``decode_<name>`` (``logged``); decoding a split is
+``seqlab.models.decode.decode_split``.
 """
 import numpy as np
 
-PAD, BOS, EOS = 0, 1, 2
-NUM_SPECIAL = 3  # real tokens are numbered from here
+from seqlab import tokens
 
-
-def pack(sources, targets, src_time: int, tgt_time: int) -> dict[str, np.ndarray]:
-  """Token sequences -> a padded batch (see the module docstring for the keys).
-
-  Args:
-    sources: ``batch`` int sequences of length 1 .. src_time (no specials).
-    targets: ``batch`` int sequences of length 0 .. tgt_time - 1 (no specials).
-  """
-  batch = len(sources)
-  out = {'inputs': np.full((batch, src_time), PAD, np.int32),
-         'lengths': np.zeros((batch,), np.int32),
-         'decoder_inputs': np.full((batch, tgt_time), PAD, np.int32),
-         'targets': np.full((batch, tgt_time), PAD, np.int32),
-         'target_mask': np.zeros((batch, tgt_time), np.float32)}
-  for i, (src, tgt) in enumerate(zip(sources, targets, strict=True)):
-    n, m = len(src), len(tgt)
-    if not 1 <= n <= src_time or m >= tgt_time:
-      raise ValueError(f'example {i}: source length {n} must be in [1, {src_time}] and target '
-                       f'length {m} below {tgt_time} (room for EOS)')
-    out['inputs'][i, :n] = src
-    out['lengths'][i] = n
-    out['decoder_inputs'][i, :m + 1] = [BOS, *tgt]
-    out['targets'][i, :m + 1] = [*tgt, EOS]
-    out['target_mask'][i, :m + 1] = 1.0
-  return out
-
-
-def trim(tokens) -> list[int]:
-  """A decoded or target row -> its tokens before the first EOS (PAD dropped)."""
-  out = []
-  for t in np.asarray(tokens).tolist():
-    if t == EOS:
-      break
-    if t != PAD:
-      out.append(t)
-  return out
+# Which way each rate is better.
+RATES = {'exact_match': 'max', 'sequence_error_rate': 'min', 'token_error_rate': 'min',
+         'token_accuracy': 'max'}
+PREFIX = 'decode_'  # a rate's name in metrics.jsonl and eval_*.json is PREFIX + its name
+METRIC_MODES = {PREFIX + name: mode for name, mode in RATES.items()}
 
 
 def edit_distance(hyp, ref) -> int:
@@ -111,7 +69,7 @@ def sequence_metrics(hyps, refs) -> dict[str, float]:
 
 
 def summarize(sums: dict) -> dict[str, float]:
-  """Sums from ``sequence_metrics`` (added over batches) -> the rates."""
+  """Sums from ``sequence_metrics`` -> the rates, and the example count."""
   exact = sums['exact'] / max(sums['count'], 1)
   return {'exact_match': exact, 'sequence_error_rate': 1.0 - exact,
           'token_error_rate': sums['edits'] / max(sums['ref_tokens'], 1),
@@ -119,30 +77,17 @@ def summarize(sums: dict) -> dict[str, float]:
           'count': float(sums['count'])}
 
 
-def seq2seq_eval(model, params, task, batch_size: int, method: str = 'greedy',
-                 beam_width: int = 4, length_penalty: float = 0.0) -> dict[str, float]:
-  """Decodes the task's whole 'eval' split and scores it against its references.
+def score(rows, refs) -> dict[str, float]:
+  """Decoded rows against their references -> ``summarize``'s rates.
 
-  Decoding runs to the targets' padded length (``tgt_time``), one compile for the
-  whole split. Rows whose ``example_weight`` is 0 (padding of the last batch) are
-  skipped. A task with several references per example provides
-  ``references(split, step, batch_size)``; otherwise the batch's targets are used.
-  Returns ``summarize``'s metrics; for G2P token_error_rate is the PER and
-  sequence_error_rate the WER.
+  Args:
+    rows: one decoded token row per example (int [max_length] each: the sequence,
+      EOS, then PAD, as ``seqlab.models.decode.decode`` returns them).
+    refs: per example, a list of one or more reference token sequences (no EOS).
   """
-  from seqlab.models import decode as decode_lib  # pylint: disable=g-import-not-at-top
-  total = None
-  for i in range(task.num_eval_batches(batch_size)):
-    batch = task.batch('eval', i, batch_size)
-    tokens, _ = decode_lib.decode(model, params, batch['inputs'], batch['lengths'], method=method,
-                                  beam_width=beam_width, length_penalty=length_penalty,
-                                  max_length=batch['targets'].shape[1])
-    if hasattr(task, 'references'):
-      refs = task.references('eval', i, batch_size)
-    else:
-      refs = [[trim(row)] for row in batch['targets']]
-    keep = np.asarray(batch.get('example_weight', np.ones(len(refs)))) > 0
-    hyps = [trim(row) for row, k in zip(np.asarray(tokens), keep) if k]
-    sums = sequence_metrics(hyps, [r for r, k in zip(refs, keep) if k])
-    total = sums if total is None else {k: total[k] + v for k, v in sums.items()}
-  return summarize(total)
+  return summarize(sequence_metrics([tokens.trim(r) for r in rows], refs))
+
+
+def logged(rates: dict) -> dict[str, float]:
+  """``summarize``'s rates -> the ``decode_*`` metrics a run logs ('count' dropped)."""
+  return {PREFIX + name: rates[name] for name in RATES}

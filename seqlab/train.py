@@ -86,7 +86,7 @@ def create_state(model, optimizer, batch, seed: int, stateful: bool = False):
       'bad_step': jnp.zeros((), jnp.int32),  # first update with a non-finite loss, grad or weights
   }
   if stateful:
-    state['carry'] = model.encoder.initial_carry(batch['inputs'].shape[0])
+    state['carry'] = model.initial_carry(batch['inputs'].shape[0])
   return state
 
 
@@ -146,32 +146,13 @@ def eval_step(params, batch, carry, *, model, spec):
   return losses.loss_and_metrics(spec, outputs, batch)[1], (aux if carry is not None else None)
 
 
-def evaluate(eval_fn, params, task, batch_size: int, carry=None) -> dict:
-  """Aggregated metrics over the task's whole held-out split, read in order.
-
-  ``carry`` (stateful tasks) is the zero carry the eval streams start from.
-  """
-  return split_metrics(eval_fn, params, [task], batch_size, carry, One())[0]
-
-
-def evaluate_all(eval_fn, model, params, task, batch_size: int, carry=None) -> dict:
-  """``evaluate``, and for seq2seq tasks the decoded metrics of the split as well.
-
-  Seq2seq runs add ``decode_exact_match``, ``decode_token_error_rate`` (the G2P phoneme
-  error rate), ``decode_sequence_error_rate`` (word error rate) and
-  ``decode_token_accuracy`` from greedy decoding (``seqlab.seq2seq_metrics``).
-  """
-  return evaluate_points(eval_fn, model, params, [task], batch_size, carry, One())[0]
-
-
-def decoded_metrics(model, params, task, batch_size: int) -> dict:
-  """The ``decode_*`` metrics of greedy decoding of a seq2seq task's eval split; {} for
-  other tasks."""
-  if task.spec.model != 'seq2seq':
-    return {}
-  from seqlab import seq2seq_metrics  # pylint: disable=g-import-not-at-top
-  decoded = seq2seq_metrics.seq2seq_eval(model, params, task, batch_size)
-  return {f'decode_{k}': v for k, v in decoded.items() if k != 'count'}
+def evaluate(eval_fn, model, params, task, batch_size: int, carry=None,
+             **decode_options) -> dict:
+  """One run's metrics over the task's whole held-out split (``evaluate_points`` for one
+  point); ``decode_options`` (method, beam_width, length_penalty) go to a decoding
+  model's ``models.decoded_metrics``."""
+  return evaluate_points(eval_fn, model, params, [task], batch_size, carry, One(),
+                         **decode_options)[0]
 
 
 # --- Devices -------------------------------------------------------------------------
@@ -473,7 +454,7 @@ def _loop(points, states, run, interrupt, cleanup) -> list:
   p_train = jax.jit(axis.map(step_fn), donate_argnums=0,
                     **({'out_shardings': (shardings, None)} if k == 1 else {}))
   p_eval = jax.jit(axis.map(functools.partial(eval_step, model=model, spec=spec)))
-  eval_carry = (axis.put_tree(axis.stack([model.encoder.initial_carry(eval_bs)] * k))
+  eval_carry = (axis.put_tree(axis.stack([model.initial_carry(eval_bs)] * k))
                 if spec.stateful else None)
   hparams = axis.put_tree(run.hparams)
   batch_at = lambda split, i, size: axis.stack([p.task.batch(split, i, size) for p in points])
@@ -584,12 +565,15 @@ def split_metrics(eval_fn, params, tasks_, batch_size: int, carry, axis) -> list
   return [losses.aggregate(rows, [float(r['count']) for r in rows]) for rows in results]
 
 
-def evaluate_points(eval_fn, model, params, tasks_, batch_size: int, carry, axis) -> list[dict]:
-  """``split_metrics``, and for a model that decodes each point's decoded metrics
-  (``decoded_metrics``): the one evaluation of training, populations and tools."""
+def evaluate_points(eval_fn, model, params, tasks_, batch_size: int, carry, axis,
+                    **decode_options) -> list[dict]:
+  """``split_metrics``, and for a model that decodes each point's ``decode_*`` metrics
+  (``models.decoded_metrics``, greedy unless ``decode_options`` say otherwise): the one
+  evaluation of training, populations and ``seqlab.evaluate``."""
   out = split_metrics(eval_fn, params, tasks_, batch_size, carry, axis)
   for i, (task, row) in enumerate(zip(tasks_, out)):
-    row.update(decoded_metrics(model, axis.take(params, i), task, batch_size))
+    row.update(models.decoded_metrics(model, axis.take(params, i), task, batch_size,
+                                      **decode_options))
   return out
 
 

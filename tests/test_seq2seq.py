@@ -10,6 +10,8 @@ from seqlab import config as config_lib
 from seqlab import losses
 from seqlab import models
 from seqlab import seq2seq_metrics as s2s
+from seqlab import train
+from seqlab.tokens import BOS, EOS, NUM_SPECIAL, PAD, pack, trim
 from seqlab.models import decode
 from seqlab.tasks import base
 from seqlab.tasks import g2p
@@ -50,10 +52,10 @@ def make_model(attention='bahdanau', cell='lstm', bidirectional=False, hoist='of
 
 def make_batch(rng, lengths=(3, 7, 5), src_vocab=7, tgt_vocab=6):
   """Sources of ``lengths``; targets of lengths 2, 4, 0, 2, ... (6 steps with EOS)."""
-  sources = [rng.integers(s2s.NUM_SPECIAL, src_vocab, size=n) for n in lengths]
-  targets = [rng.integers(s2s.NUM_SPECIAL, tgt_vocab, size=(2, 4, 0)[i % 3])
+  sources = [rng.integers(NUM_SPECIAL, src_vocab, size=n) for n in lengths]
+  targets = [rng.integers(NUM_SPECIAL, tgt_vocab, size=(2, 4, 0)[i % 3])
              for i in range(len(lengths))]
-  return s2s.pack(sources, targets, max(lengths), 6)
+  return pack(sources, targets, max(lengths), 6)
 
 
 BATCH = make_batch(np.random.default_rng(0))
@@ -154,7 +156,7 @@ def test_scheduled_sampling_feeds_only_tokens_the_decoder_could_emit(monkeypatch
   jax.effects_barrier()  # the callbacks of dispatched but unfinished calls ran
   tokens = np.concatenate(fed)
   assert tokens.size > 100 and len(set(tokens.tolist())) > 2
-  assert not np.isin(tokens, [s2s.PAD, s2s.BOS]).any()
+  assert not np.isin(tokens, [PAD, BOS]).any()
 
 
 def test_loss_ignores_padded_target_steps():
@@ -203,10 +205,10 @@ def test_beam_width_one_equals_greedy(name):
 def exhaustive_best(model, params, inputs, length, symbols, max_length, alpha):
   """The best of every EOS-terminated sequence within ``max_length``, scored by the
   teacher-forced forward pass (log-softmax summed, then divided by ((5 + n) / 6) ** alpha)."""
-  cands = [c + (s2s.EOS,) for n in range(max_length)
+  cands = [c + (EOS,) for n in range(max_length)
            for c in itertools.product(symbols, repeat=n)]
-  batch = s2s.pack([inputs[:length]] * len(cands), [c[:-1] for c in cands], len(inputs),
-                   max_length)
+  batch = pack([inputs[:length]] * len(cands), [c[:-1] for c in cands], len(inputs),
+               max_length)
   logits, _ = forward(model, params, batch)
   logp = np.asarray(jax.nn.log_softmax(logits), np.float64)
   totals = np.sum(np.take_along_axis(logp, batch['targets'][..., None], -1)[..., 0]
@@ -225,7 +227,7 @@ def test_beam_as_wide_as_the_search_space_finds_the_exhaustive_best(alpha):
   for b in range(len(tokens)):
     best, score = exhaustive_best(model, params, BATCH['inputs'][b], BATCH['lengths'][b], (3, 4),
                                   max_length, alpha)
-    assert s2s.trim(tokens[b]) == list(best[:-1])
+    assert trim(tokens[b]) == list(best[:-1])
     np.testing.assert_allclose(scores[b], score, rtol=1e-5)
 
 
@@ -252,8 +254,8 @@ def test_decode_compiles_once_and_rows_end_at_eos():
                             length_penalty=0.5, **kw)
   assert decode._decode._cache_size() == before  # pylint: disable=protected-access
   for row in np.asarray(tokens):
-    after = row[list(row).index(s2s.EOS) + 1:] if s2s.EOS in row else []
-    assert np.all(np.asarray(after) == s2s.PAD) and s2s.BOS not in row
+    after = row[list(row).index(EOS) + 1:] if EOS in row else []
+    assert np.all(np.asarray(after) == PAD) and BOS not in row
 
 
 def test_decode_rejects_bad_arguments():
@@ -298,8 +300,8 @@ def test_sequence_metrics_use_the_closest_reference():
 
 
 def test_trim_stops_at_eos_and_drops_padding():
-  assert s2s.trim([5, 4, s2s.EOS, 7, s2s.PAD]) == [5, 4]
-  assert s2s.trim([s2s.PAD, 3]) == [3]
+  assert trim([5, 4, EOS, 7, PAD]) == [5, 4]
+  assert trim([PAD, 3]) == [3]
 
 
 # --- Tasks -----------------------------------------------------------------------------
@@ -316,11 +318,11 @@ def test_reverse_batches_are_pure_in_seed_split_step():
   for i, n in enumerate(a['lengths']):
     assert 5 <= n <= 20
     src = a['inputs'][i, :n]
-    assert s2s.trim(a['targets'][i]) == src[::-1].tolist()
-    assert a['decoder_inputs'][i, 0] == s2s.BOS
+    assert trim(a['targets'][i]) == src[::-1].tolist()
+    assert a['decoder_inputs'][i, 0] == BOS
     np.testing.assert_array_equal(a['decoder_inputs'][i, 1:n + 1], a['targets'][i, :n])
-    assert a['target_mask'][i].sum() == n + 1 and np.all(a['inputs'][i, n:] == s2s.PAD)
-  assert task.decode_text(np.append(task.encode_text('cab'), s2s.EOS)) == 'cab'
+    assert a['target_mask'][i].sum() == n + 1 and np.all(a['inputs'][i, n:] == PAD)
+  assert task.decode_text(np.append(task.encode_text('cab'), EOS)) == 'cab'
 
 
 def test_g2p_split_is_deterministic_and_disjoint():
@@ -337,8 +339,8 @@ def test_g2p_split_is_deterministic_and_disjoint():
   assert g2p.split_of('hello') == g2p.split_of('hello')
   batch, refs = a.batch('eval', 0, 8), a.references('eval', 0, 8)
   for row, choices in zip(batch['targets'], refs):
-    assert s2s.trim(row) in choices
-  hello = np.append(a._phone_ids(('HH', 'AH', 'L', 'OW')), s2s.EOS)  # pylint: disable=protected-access
+    assert trim(row) in choices
+  hello = np.append(a._phone_ids(('HH', 'AH', 'L', 'OW')), EOS)  # pylint: disable=protected-access
   assert a.decode_text(hello) == 'HH AH L OW'
 
 
@@ -349,15 +351,80 @@ def test_reverse_quick_experiment_runs_end_to_end(tmp_path):
   assert 'final eval' in result.stdout
 
 
-def test_seq2seq_eval_scores_decoded_eval_batches():
+def test_decoded_metrics_score_every_decoded_eval_batch():
   task = reverse.Reverse(seed=0, vocab=3, max_length=7, eval_size=8)  # target vocab 6
   model, params = built('luong_dot')
-  m = s2s.seq2seq_eval(model, params, task, 3)
-  assert m['count'] == 9  # 3 batches of 3: reverse has no padding rows
   hyps, refs = [], []
-  for i in range(3):
+  for i in range(3):  # 3 batches of 3: reverse has no padding rows
     batch = task.batch('eval', i, 3)
     tokens, _ = decode.decode(model, params, batch['inputs'], batch['lengths'], max_length=8)
-    hyps += [s2s.trim(r) for r in tokens]
-    refs += [[s2s.trim(r)] for r in batch['targets']]
-  assert m == s2s.summarize(s2s.sequence_metrics(hyps, refs))
+    hyps += [trim(r) for r in tokens]
+    refs += [[trim(r)] for r in batch['targets']]
+  expected = s2s.summarize(s2s.sequence_metrics(hyps, refs))
+  assert expected['count'] == 9
+  assert models.decoded_metrics(model, params, task, 3) == {
+      'decode_exact_match': expected['exact_match'],
+      'decode_sequence_error_rate': expected['sequence_error_rate'],
+      'decode_token_error_rate': expected['token_error_rate'],
+      'decode_token_accuracy': expected['token_accuracy']}
+
+
+class PaddedTask:
+  """Reverse's first eval batch of 3 with its last row padding (``example_weight`` 0) and
+  two references per example: what ``decode_split`` must honour (as G2P's batches)."""
+
+  def __init__(self):
+    self.task = reverse.Reverse(seed=0, vocab=3, max_length=7, eval_size=8)
+
+  def num_eval_batches(self, batch_size):
+    del batch_size
+    return 1
+
+  def batch(self, split, step, batch_size):
+    return dict(self.task.batch(split, step, batch_size), example_weight=np.array([1., 1., 0.]))
+
+  def references(self, split, step, batch_size):
+    targets = self.task.batch(split, step, batch_size)['targets']
+    return [[[3], trim(t)] for t in targets]
+
+
+def test_decode_split_drops_padding_rows_and_reads_the_tasks_references():
+  model, params = built('luong_dot')
+  task = PaddedTask()
+  rows, refs = decode.decode_split(model, params, task, 3, method='beam', beam_width=2)
+  batch = task.task.batch('eval', 0, 3)
+  tokens, _ = decode.decode(model, params, batch['inputs'], batch['lengths'], method='beam',
+                            beam_width=2, max_length=batch['targets'].shape[1])
+  np.testing.assert_array_equal(np.stack(rows), np.asarray(tokens)[:2])
+  assert refs == [[[3], trim(t)] for t in batch['targets'][:2]]
+
+
+def test_score_by_hand_from_decoded_rows():
+  """Rows as decoding returns them (EOS, then PAD); G2P-like references.
+
+  example 1: 5 6 7   refs 5 6 8 | 5 6 7   -> exact (0 edits, ref length 3, 3 matches of 3)
+  example 2: 5 6     ref  5 6 7 8         -> 2 deletions, ref length 4, 2 matches of 4
+  example 3: 9 4 4   ref  4 4             -> 1 insertion, ref length 2, 1 match of 3
+                                             (position-wise: 9/4, 4/4)
+  (tokens after the first EOS do not count).
+  """
+  rows = np.array([[5, 6, 7, EOS, PAD], [5, 6, EOS, 9, PAD], [9, 4, 4, EOS, 4]])
+  refs = [[[5, 6, 8], [5, 6, 7]], [[5, 6, 7, 8]], [[4, 4]]]
+  rates = s2s.score(rows, refs)
+  assert rates == pytest.approx({'exact_match': 1 / 3, 'sequence_error_rate': 2 / 3,
+                                 'token_error_rate': (0 + 2 + 1) / (3 + 4 + 2),
+                                 'token_accuracy': (3 + 2 + 1) / (3 + 4 + 3), 'count': 3})
+  assert s2s.logged(rates) == pytest.approx({
+      'decode_exact_match': 1 / 3, 'decode_sequence_error_rate': 2 / 3,
+      'decode_token_error_rate': 3 / 9, 'decode_token_accuracy': 6 / 10})
+  assert set(s2s.logged(rates)) == set(s2s.METRIC_MODES)
+
+
+def test_only_the_seq2seq_model_decodes_and_its_spec_says_so():
+  seq2seq_model, params = built('luong_dot')
+  assert seq2seq_model.decodes and reverse.Reverse(seed=0).spec.decodes
+  config = config_lib.base_config()
+  config.task.length = 10  # the adding problem, an LSTM classifier
+  task, model, _ = train.build(config)
+  assert not model.decodes and not task.spec.decodes
+  assert models.decoded_metrics(model, None, task, 4) == {}

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 
 from seqlab import cells
 from seqlab import layers
+from seqlab import seq2seq_metrics
+from seqlab.models import decode
 from seqlab.models import seq2seq
 from seqlab.models.lm import sample
 from seqlab.models.sequence import POOLS, SequenceModel
@@ -50,3 +52,21 @@ def build_model(model_cfg, spec):
       encoder=encoder, num_outputs=spec.num_outputs, target=spec.target,
       vocab_size=spec.input_vocab, embed_dim=model_cfg.embed_dim if spec.input_vocab else 0,
       pool=model_cfg.pool, dtype=None if dtype == jnp.float32 else dtype)
+
+
+def decoded_metrics(model, params, task, batch_size: int, method: str = 'greedy',
+                    beam_width: int = 4, length_penalty: float = 0.0) -> dict[str, float]:
+  """The ``decode_*`` metrics of decoding the task's 'eval' split, if the model decodes
+  (``model.decodes``), else {}: what training, populations and ``seqlab.evaluate``
+  add to the loss's eval metrics.
+
+  ``decode_token_error_rate`` is G2P's phoneme error rate (PER) and
+  ``decode_sequence_error_rate`` its word error rate (WER); see ``seqlab.seq2seq_metrics``.
+  Decoding is ``method`` ('greedy' or 'beam', with ``beam_width`` and the GNMT
+  ``length_penalty``; see ``seqlab.models.decode``).
+  """
+  if not model.decodes:
+    return {}
+  rows, refs = decode.decode_split(model, params, task, batch_size, method=method,
+                                   beam_width=beam_width, length_penalty=length_penalty)
+  return seq2seq_metrics.logged(seq2seq_metrics.score(rows, refs))

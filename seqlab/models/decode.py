@@ -18,13 +18,17 @@ finished set, and the best beam_width of the others stay alive (so a width of 1 
 greedy search when alpha = 0). It stops early once no alive hypothesis can beat the worst
 finished one (for alpha >= 0 an alive score can only reach log p / lp(max_length)). The
 result is the best finished hypothesis, or the best alive one if none finished.
+
+``decode_split`` decodes a task's whole held-out split; ``seqlab.seq2seq_metrics.score``
+scores what it returns.
 """
 import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from seqlab.seq2seq_metrics import BOS, EOS, PAD
+from seqlab.tokens import BOS, EOS, PAD, trim
 
 METHODS = ('greedy', 'beam')
 
@@ -66,6 +70,36 @@ def decode(model, params, inputs, lengths, *, method='greedy', beam_width=4,
   return _decode(model, params, jnp.asarray(inputs), jnp.asarray(lengths),
                  jnp.float32(length_penalty), method=method,
                  beam_width=beam_width if method == 'beam' else 1, max_length=max_length)
+
+
+def decode_split(model, params, task, batch_size: int, **options):
+  """Decodes every batch of the task's 'eval' split.
+
+  Decoding runs to the targets' padded length (``tgt_time``), one compile for the
+  whole split. Rows whose ``example_weight`` is 0 (padding of the last batch) are
+  dropped. A task with several references per example provides
+  ``references(split, step, batch_size)``; otherwise the batch's targets are used.
+
+  Args:
+    model, params: as ``decode``; task: a seq2seq task (batches as in ``seqlab.tokens``).
+    options: ``decode``'s method, beam_width and length_penalty.
+  Returns:
+    ``(rows, refs)``: per example its decoded row (int32 [tgt_time], as ``decode``
+    returns them) and a list of one or more reference token sequences (no EOS).
+  """
+  rows, refs = [], []
+  for i in range(task.num_eval_batches(batch_size)):
+    batch = task.batch('eval', i, batch_size)
+    tokens, _ = decode(model, params, batch['inputs'], batch['lengths'],
+                       max_length=batch['targets'].shape[1], **options)
+    if hasattr(task, 'references'):
+      choices = task.references('eval', i, batch_size)
+    else:
+      choices = [[trim(row)] for row in batch['targets']]
+    keep = np.asarray(batch.get('example_weight', np.ones(len(choices)))) > 0
+    rows += [row for row, k in zip(np.asarray(tokens), keep) if k]
+    refs += [c for c, k in zip(choices, keep) if k]
+  return rows, refs
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'method', 'beam_width', 'max_length'))

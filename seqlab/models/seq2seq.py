@@ -25,7 +25,7 @@ Its methods ``encode`` and ``step`` are what ``seqlab.models.decode`` searches w
 The decoder computes in float32.
 """
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import flax
 import flax.linen as nn
@@ -191,8 +191,10 @@ class Seq2Seq(nn.Module):
   ``deterministic=False``, rng 'dropout') replaces each input after the first, with
   that probability, by a token drawn from the model's own previous output.
   ``dropout`` acts between encoder layers (the encoder's own) and on the features
-  before the output layer.
+  before the output layer. It decodes (``decodes``): its eval adds the decoded metrics
+  (``seqlab.models.decoded_metrics``).
   """
+  decodes: ClassVar[bool] = True
   encoder: layers.StackedRNN
   decoder: Decoder
   src_vocab: int

@@ -6,7 +6,7 @@ One module covers the three shapes of use:
   target='steps'     many-to-many: a linear head on every step (tagging, per-step
                      regression, language modelling when inputs and outputs are tokens).
 """
-from typing import Any
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -36,6 +36,16 @@ def pool_outputs(pool, ys, lengths, final_h):
   raise ValueError(f'unknown pool {pool!r}; choose one of: {", ".join(POOLS)}')
 
 
+class Recurrence(NamedTuple):
+  """A one-layer unidirectional many-to-one model (pool='last') read as one recurrence:
+  outputs = head(cell.output(h_T)), h_T the final carry of
+  ``scan.run(cell, cell_params, features(inputs), lengths=...)``."""
+  cell: Any
+  cell_params: Any
+  features: Callable  # inputs -> float32 [batch, time, F]: what the cell reads
+  head: Callable  # final hidden [batch, H] -> outputs [batch, num_outputs], float32
+
+
 class SequenceModel(nn.Module):
   """Embedding (token inputs) or features -> ``StackedRNN`` -> linear head.
 
@@ -45,7 +55,9 @@ class SequenceModel(nn.Module):
     lengths: optional [batch] valid lengths.
   Returns ``(outputs, carries)``: outputs [batch, num_outputs] for
   target='sequence', [batch, time, num_outputs] for target='steps'.
+  It does not decode (``decodes``): its eval metrics are the loss's alone.
   """
+  decodes: ClassVar[bool] = False
   encoder: layers.StackedRNN
   num_outputs: int
   target: str = 'sequence'
@@ -74,6 +86,22 @@ class SequenceModel(nn.Module):
       ys = pool_outputs(self.pool, ys, lengths, self.final_hidden(carries[-1]))
     out = nn.Dense(self.num_outputs, dtype=self.dtype, name='head')(ys)
     return out.astype(jnp.float32), carries
+
+  def initial_carry(self, batch_size: int):
+    """The zero carries [batch_size, ...] of every layer: where stateful streams start."""
+    return self.encoder.initial_carry(batch_size)
+
+  def recurrence(self, params) -> Recurrence | None:
+    """This model with ``params`` as one ``Recurrence``; None unless it is one layer,
+    unidirectional, target='sequence' and pool='last'."""
+    enc = self.encoder
+    if self.target != 'sequence' or self.pool != 'last' or enc.num_layers != 1 or enc.bidirectional:
+      return None
+    p = params['params']
+    embed = (lambda x: p['embed']['embedding'][x]) if self.vocab_size else (lambda x: x)
+    return Recurrence(cell=enc.make_cell(), cell_params=p['encoder']['layer_0']['cell'],
+                      features=lambda x: jnp.asarray(embed(x), jnp.float32),
+                      head=lambda h: h @ p['head']['kernel'] + p['head']['bias'])
 
   def final_hidden(self, carry):
     """The last layer's final hidden state [batch, D * hidden] from its carry."""

@@ -20,6 +20,8 @@ import typing
 
 import numpy as np
 
+from seqlab import seq2seq_metrics
+
 SPLITS = {'train': 0, 'eval': 1}  # split name -> split id in the generator's seed
 TARGETS = ('sequence', 'steps')
 LOSS_METRICS = {  # loss -> the metrics ``losses.loss_and_metrics`` returns for it
@@ -27,11 +29,10 @@ LOSS_METRICS = {  # loss -> the metrics ``losses.loss_and_metrics`` returns for 
     'mse': ('loss', 'count', 'mse', 'mae'),
 }
 # Which way each eval metric is better: those above, and the decoded ones seq2seq runs
-# add (``seqlab.train.evaluate_all``).
+# add (``seqlab.models.decoded_metrics``).
 METRIC_MODES = {'loss': 'min', 'cross_entropy': 'min', 'accuracy': 'max', 'bpc': 'min',
                 'perplexity': 'min', 'mse': 'min', 'mae': 'min',
-                'decode_exact_match': 'max', 'decode_sequence_error_rate': 'min',
-                'decode_token_error_rate': 'min', 'decode_token_accuracy': 'max'}
+                **seq2seq_metrics.METRIC_MODES}
 MODELS = ('sequence', 'seq2seq')
 
 
@@ -54,7 +55,7 @@ class Spec:
     backpropagation through time), reset to zeros where the batch's scalar 'reset'
     is true (a stream starts again). Eval batches are read in order the same way.
   model: 'sequence' (``SequenceModel``) or 'seq2seq' (``Seq2Seq``: token inputs,
-    target='steps', cross_entropy; batches as in ``seqlab.seq2seq_metrics``).
+    target='steps', cross_entropy; batches as in ``seqlab.tokens``).
   causal: the target of step t is the input of step t + 1 (a language model), so the
     model must not read ahead: ``models.build_model`` refuses a bidirectional encoder.
     Needs target='steps'.
@@ -74,6 +75,11 @@ class Spec:
   @property
   def metric_mode(self) -> str:
     return METRIC_MODES[self.metric]
+
+  @property
+  def decodes(self) -> bool:
+    """Its model decodes (``Seq2Seq.decodes``): its runs add the ``decode_*`` eval metrics."""
+    return self.model == 'seq2seq'
 
   def __post_init__(self):
     _check_choice('target', self.target, TARGETS)

@@ -29,7 +29,7 @@ import importlib.util
 
 import numpy as np
 
-from seqlab import seq2seq_metrics as s2s
+from seqlab import tokens
 from seqlab.tasks import base
 
 HELDOUT = ('dev', 'test')
@@ -100,12 +100,12 @@ class G2P:
 
   @property
   def spec(self) -> base.Spec:
-    return base.Spec(input_vocab=len(self.letters) + s2s.NUM_SPECIAL, input_features=0,
-                     target='steps', num_outputs=len(self.phonemes) + s2s.NUM_SPECIAL,
+    return base.Spec(input_vocab=len(self.letters) + tokens.NUM_SPECIAL, input_features=0,
+                     target='steps', num_outputs=len(self.phonemes) + tokens.NUM_SPECIAL,
                      loss='cross_entropy', metric='accuracy', model='seq2seq')
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
-    """``seqlab.seq2seq_metrics.pack`` layout; eval batches add 'example_weight'."""
+    """``seqlab.tokens.pack`` layout; eval batches add 'example_weight'."""
     rng = base.rng(self.seed, split, step)
     batch_size = base.check_int('batch_size', batch_size)
     prons, _, _, _, train, (src_time, tgt_time) = self._data
@@ -115,8 +115,8 @@ class G2P:
     else:
       words, weight = self._eval_words(step, batch_size)
       pairs = [(w, prons[w][0]) for w in words]
-    out = s2s.pack([self.encode_text(w) for w, _ in pairs], [self._phone_ids(p) for _, p in pairs],
-                   src_time, tgt_time)
+    out = tokens.pack([self.encode_text(w) for w, _ in pairs],
+                      [self._phone_ids(p) for _, p in pairs], src_time, tgt_time)
     if weight is not None:
       out['example_weight'] = weight
     return out
@@ -143,7 +143,7 @@ class G2P:
     return [[self._phone_ids(p).tolist() for p in prons[w]] for w in words]
 
   def _phone_ids(self, pron) -> np.ndarray:
-    index = {p: i + s2s.NUM_SPECIAL for i, p in enumerate(self.phonemes)}
+    index = {p: i + tokens.NUM_SPECIAL for i, p in enumerate(self.phonemes)}
     return np.array([index[p] for p in pron], np.int32)
 
   def encode_text(self, word: str) -> np.ndarray:
@@ -152,12 +152,12 @@ class G2P:
     bad = sorted(set(word) - set(self.letters))
     if bad or not word:
       raise ValueError(f'g2p reads words of the letters {"".join(self.letters)!r}, got {word!r}')
-    index = {c: i + s2s.NUM_SPECIAL for i, c in enumerate(self.letters)}
+    index = {c: i + tokens.NUM_SPECIAL for i, c in enumerate(self.letters)}
     return np.array([index[c] for c in word], np.int32)
 
-  def decode_text(self, tokens) -> str:
+  def decode_text(self, row) -> str:
     """Target tokens (a decoded row) -> phonemes separated by spaces, up to EOS."""
-    return ' '.join(self.phonemes[t - s2s.NUM_SPECIAL] for t in s2s.trim(tokens))
+    return ' '.join(self.phonemes[t - tokens.NUM_SPECIAL] for t in tokens.trim(row))
 
 
 def from_config(task_cfg, seed: int) -> G2P:

@@ -3,7 +3,7 @@
 Each source is n symbols drawn uniformly, independently, with replacement from a
 vocabulary of ``vocab`` (default 20), n uniform in [min_length, max_length] (default
 5..20); the target is the same symbols in reverse order, then EOS. Symbol k is token
-k + 3 in both vocabularies (0, 1, 2 are PAD, BOS, EOS; see ``seqlab.seq2seq_metrics``).
+k + 3 in both vocabularies (0, 1, 2 are PAD, BOS, EOS; see ``seqlab.tokens``).
 The first target token depends on the last source token, so without attention the
 whole source must pass through the encoder's final state; with attention each output
 step reads one source step.
@@ -16,7 +16,7 @@ import string
 
 import numpy as np
 
-from seqlab import seq2seq_metrics as s2s
+from seqlab import tokens
 from seqlab.tasks import base
 
 
@@ -40,18 +40,18 @@ class Reverse:
 
   @property
   def spec(self) -> base.Spec:
-    vocab = self.vocab + s2s.NUM_SPECIAL
+    vocab = self.vocab + tokens.NUM_SPECIAL
     return base.Spec(input_vocab=vocab, input_features=0, target='steps', num_outputs=vocab,
                      loss='cross_entropy', metric='accuracy', model='seq2seq')
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
-    """``seqlab.seq2seq_metrics.pack`` layout: inputs [batch, max_length], targets [batch,
+    """``seqlab.tokens.pack`` layout: inputs [batch, max_length], targets [batch,
     max_length + 1]."""
     rng = base.rng(self.seed, split, step)
     batch_size = base.check_int('batch_size', batch_size)
     lengths = rng.integers(self.min_length, self.max_length + 1, size=batch_size)
-    sources = [rng.integers(0, self.vocab, size=n) + s2s.NUM_SPECIAL for n in lengths]
-    return s2s.pack(sources, [s[::-1] for s in sources], self.max_length, self.max_length + 1)
+    sources = [rng.integers(0, self.vocab, size=n) + tokens.NUM_SPECIAL for n in lengths]
+    return tokens.pack(sources, [s[::-1] for s in sources], self.max_length, self.max_length + 1)
 
   def num_eval_batches(self, batch_size: int) -> int:
     return base.num_batches(self.eval_size, batch_size)
@@ -62,11 +62,11 @@ class Reverse:
     bad = sorted(set(text) - set(letters))
     if bad or not text:
       raise ValueError(f'reverse reads 1 or more of the letters {letters!r}, got {text!r}')
-    return np.array([letters.index(c) + s2s.NUM_SPECIAL for c in text], np.int32)
+    return np.array([letters.index(c) + tokens.NUM_SPECIAL for c in text], np.int32)
 
-  def decode_text(self, tokens) -> str:
+  def decode_text(self, row) -> str:
     """Target tokens (a decoded row) -> letters, up to the first EOS."""
-    return ''.join(string.ascii_lowercase[t - s2s.NUM_SPECIAL] for t in s2s.trim(tokens))
+    return ''.join(string.ascii_lowercase[t - tokens.NUM_SPECIAL] for t in tokens.trim(row))
 
 
 def from_config(task_cfg, seed: int) -> Reverse:
