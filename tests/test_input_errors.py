@@ -8,6 +8,7 @@ import ml_collections
 import pytest
 
 from seqlab import bench
+from seqlab import config as config_lib
 from seqlab import models
 from seqlab import sample
 from seqlab import tasks
@@ -219,3 +220,23 @@ def test_charlm_split_too_short_names_the_split_and_the_keys(tmp_path):
                     '--config.train.eval_batch_size=256')
   assert proc.returncode == 2 and 'held-out (eval) split has 150' in proc.stderr
   assert 'Traceback' not in proc.stderr and not workdir.exists()
+
+
+@pytest.mark.parametrize('seed', [-1, 2**31, 99999999999999999999])
+def test_a_seed_out_of_int32_is_refused_by_validate(seed):
+  config = load_config('adding')
+  config.seed = seed
+  with pytest.raises(config_lib.ConfigError, match=r'config.seed must be an integer in '
+                     r'\[0, 2\*\*31 - 1\]'):
+    config_lib.validate(config)
+  config.seed = 2**31 - 1
+  config_lib.validate(config)
+
+
+def test_a_huge_seed_is_one_line_before_anything_is_written(tmp_path):
+  """Issue 23: it was a 39-line OverflowError after the workdir was locked."""
+  workdir = tmp_path / 'run'
+  proc = run_module('seqlab.run', '--config', 'experiments/adding.py:quick',
+                    '--config.seed=99999999999999999999', '--workdir', str(workdir))
+  one_line_error(proc, 'config.seed must be an integer in [0, 2**31 - 1]')
+  assert not workdir.exists()
