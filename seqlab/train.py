@@ -24,6 +24,7 @@ from seqlab import checkpoint
 from seqlab import cli
 from seqlab import config as config_lib
 from seqlab import losses
+from seqlab import memory
 from seqlab import models
 from seqlab import optim
 from seqlab import tasks
@@ -283,6 +284,10 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
                            stateful=spec.stateful)
   abstract = restore_target(jax.eval_shape(init, example), mesh)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
+  p_train = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer, spec=spec),
+                    donate_argnums=0, out_shardings=(shardings, None))
+  # Compiled from shapes, nothing allocated; the compile below reuses it.
+  memory.check_fits(p_train, abstract, example, batch_sharding(mesh, example), config)
   # --- Resume before anything else ------------------------------------------------
   # Entered into ``cleanup``: whatever ends the run, the saves started finish first.
   ckpt = cleanup.enter_context(checkpoint.Checkpointer(
@@ -305,8 +310,6 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
   cleanup.callback(writer.close)  # also on an exception
 
   # --- Update and eval steps --------------------------------------------------------
-  p_train = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer, spec=spec),
-                    donate_argnums=0, out_shardings=(shardings, None))
   p_eval = jax.jit(functools.partial(eval_step, model=model, spec=spec))
   eval_carry = (model.encoder.initial_carry(eval_bs) if spec.stateful else None)
   tokens_per_step = int(np.prod(example['inputs'].shape[:2]))

@@ -2,22 +2,29 @@
 deep inside JAX or NumPy: language models refuse a bidirectional encoder, sample's
 --top_k past the vocabulary, bench's --shapes and --lengths, UEA train/test files that
 disagree, non-UTF-8 sentiment CSVs, and charlm splits too short for the batch."""
+import functools
 import os
+import subprocess
+import sys
+import time
 
+import jax
 import ml_collections
 import pytest
 
 from seqlab import bench
 from seqlab import config as config_lib
+from seqlab import memory
 from seqlab import models
 from seqlab import sample
 from seqlab import tasks
 from seqlab import train
+from seqlab import workdir as workdir_lib
 from seqlab.tasks import base
 from seqlab.tasks import charlm
 from seqlab.tasks import sentiment
 from seqlab.tasks import uea
-from conftest import load_config, run_module
+from conftest import ROOT, load_config, run_module
 
 
 def cfg(**kw):
@@ -240,3 +247,80 @@ def test_a_huge_seed_is_one_line_before_anything_is_written(tmp_path):
                     '--config.seed=99999999999999999999', '--workdir', str(workdir))
   one_line_error(proc, 'config.seed must be an integer in [0, 2**31 - 1]')
   assert not workdir.exists()
+
+
+# --- A model too big for memory (issue 23: it hung, ignoring SIGTERM) -------------------
+
+
+def _abstract_step(config):
+  """The jitted train step of ``config`` and its abstract state, as seqlab.train builds them."""
+  task, model, optimizer = train.build(config)
+  example = task.batch('train', 0, config.train.batch_size)
+  mesh = train.make_mesh()
+  init = functools.partial(train.create_state, model, optimizer, seed=0)
+  abstract = train.restore_target(jax.eval_shape(init, example), mesh)
+  step = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer,
+                                   spec=task.spec), donate_argnums=0)
+  return step, abstract, example, train.batch_sharding(mesh, example)
+
+
+def test_check_fits_compares_the_compiled_step_with_the_memory_there(monkeypatch):
+  config = load_config('adding')
+  step, abstract, example, shardings = _abstract_step(config)
+  need = memory.step_bytes(step.lower(abstract, {
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
+      for k, v in example.items()}).compile())
+  # Independent floor: the LSTM's weights 4H(I + H + 1) + the head H + 1, float32, each
+  # held as parameters and Adam's two moments, besides the gradient.
+  h, i = config.model.hidden_size, 2
+  weights = 4 * h * (i + h + 1) + h + 1
+  assert need >= 4 * weights * 4
+  monkeypatch.setattr(memory, 'available_bytes', lambda devices: (need, 'of RAM available'))
+  memory.check_fits(step, abstract, example, shardings, config)  # exactly fits
+  monkeypatch.setattr(memory, 'available_bytes', lambda devices: (need - 1, 'of RAM available'))
+  with pytest.raises(config_lib.ConfigError, match=r'the train step needs about .* more than '
+                     r'the .* of RAM available; lower model.hidden_size=16, '
+                     r'train.batch_size=16 or task.length=10'):
+    memory.check_fits(step, abstract, example, shardings, config)
+
+
+def test_a_model_too_big_for_memory_is_refused_at_once(tmp_path):
+  """Issue 23's command: refused in one line before anything is allocated or written,
+  the workdir's lock released."""
+  workdir = tmp_path / 'run'
+  t0 = time.perf_counter()
+  proc = run_module('seqlab.run', '--config', 'experiments/adding.py:quick',
+                    '--config.model.hidden_size=200000', '--workdir', str(workdir), timeout=120)
+  assert time.perf_counter() - t0 < 60
+  one_line_error(proc, 'the train step needs about', 'TB of memory per device',
+                 'lower model.hidden_size=200000, train.batch_size=16 or task.length=10')
+  assert sorted(os.listdir(workdir)) == []  # no config.json, no lock left
+  with workdir_lib.lock(str(workdir)):
+    pass
+
+
+_RAISING_RUN = '''
+import sys
+import jax
+from seqlab import run, train
+def fail(config, workdir):
+  raise {error}
+train.train_and_evaluate = fail
+sys.argv = ['seqlab.run', '--config', 'experiments/adding.py:quick', '--workdir', sys.argv[1]]
+run.run()
+'''
+
+
+@pytest.mark.parametrize('error', [
+    'MemoryError()',
+    "jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
+    "1234 bytes.\\nmore detail')"])
+def test_an_allocation_failure_anywhere_is_one_line_and_exit_1(tmp_path, error):
+  proc = subprocess.run([sys.executable, '-c', _RAISING_RUN.format(error=error),
+                         str(tmp_path / 'run')], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('seqlab: training stopped: out of memory (') and (
+      'lower model.hidden_size, train.batch_size' in last), last
