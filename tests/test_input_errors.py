@@ -324,3 +324,17 @@ def test_an_allocation_failure_anywhere_is_one_line_and_exit_1(tmp_path, error):
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith('seqlab: training stopped: out of memory (') and (
       'lower model.hidden_size, train.batch_size' in last), last
+
+
+def test_a_sentiment_row_with_an_empty_label_is_refused_naming_its_line(tmp_path):
+  """It trained with '' as a class of its own (issue 23). Lines count as in the file:
+  the header, a blank line and a quoted two-line text included."""
+  path = write(tmp_path / 'd.csv', 'label,text\npos,"good,\nfine"\n\nneg,bad\n ,meh\npos,ok\n')
+  with pytest.raises(ValueError, match=f'{path}, line 6: the label is empty'):
+    tasks.make_task(cfg(name='sentiment', path=path), seed=0)
+  tsv = write(tmp_path / 'd.tsv', 'pos\tgood\n\tbad\n')
+  with pytest.raises(ValueError, match=f'{tsv}, line 2: the label is empty'):
+    sentiment.read_table(tsv)
+  no_text = write(tmp_path / 'e.csv', 'pos,good\n\nneg\n')
+  with pytest.raises(ValueError, match=f"{no_text}, line 3: expected label','text"):
+    sentiment.read_table(no_text)
