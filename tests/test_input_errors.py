@@ -338,3 +338,24 @@ def test_a_sentiment_row_with_an_empty_label_is_refused_naming_its_line(tmp_path
   no_text = write(tmp_path / 'e.csv', 'pos,good\n\nneg\n')
   with pytest.raises(ValueError, match=f"{no_text}, line 3: expected label','text"):
     sentiment.read_table(no_text)
+
+
+@pytest.mark.parametrize('tool', ['seqlab.run', 'seqlab.sweep'])
+@pytest.mark.parametrize('body, error, line', [
+    ('  return 1 / 0', 'ZeroDivisionError: division by zero', 4),
+    ('  c = config_lib.base_config()\n  c.model.hiden_size = 3\n  return c', 'hiden_size', 5),
+])
+def test_an_error_inside_the_users_config_file_keeps_its_traceback_and_names_it(
+    tmp_path, tool, body, error, line):
+  """The traceback is the user's code (their line is in it); one last line says the
+  error came from their file, not from seqlab (issue 23)."""
+  path = write(tmp_path / 'mine.py', 'from seqlab import config as config_lib\n\n'
+               f'def get_config(arg=None):\n{body}\n')
+  proc = run_module(tool, '--config', path, '--workdir', str(tmp_path / 'run'))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' in proc.stderr and error in proc.stderr
+  assert f'File "{path}", line {line}, in get_config' in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f'seqlab: the error above was raised by the config file {path} (its own code, not '
+      'seqlab); fix it there')
+  assert not (tmp_path / 'run').exists()
