@@ -353,11 +353,7 @@ def test_the_issue_reproducer_resumes_from_the_step_before(tmp_path):
 _WRITER = textwrap.dedent('''
     import sys
     import numpy as np
-    from seqlab import checkpoint
-from seqlab import train
-from seqlab import workdir as workdir_lib
-from seqlab.checkpoint import Checkpointer
-from conftest import load_config, run_module
+    from seqlab.checkpoint import Checkpointer
     ck = Checkpointer(sys.argv[1], keep=100, async_save=False)
     for step in range(1, 10_000):
       ck.save(step, {'w': np.full((4, 1024, 1024), step, np.float32)})

@@ -359,3 +359,28 @@ def test_an_error_inside_the_users_config_file_keeps_its_traceback_and_names_it(
       f'seqlab: the error above was raised by the config file {path} (its own code, not '
       'seqlab); fix it there')
   assert not (tmp_path / 'run').exists()
+
+
+def test_available_bytes_reads_the_accelerators_allocator_or_the_hosts_ram(monkeypatch):
+  """GPUs: the smallest bytes_limit - bytes_in_use of memory_stats(); CPU devices (no
+  stats) share /proc/meminfo's MemAvailable."""
+
+  class Device:
+    device_kind = 'NVIDIA H100'
+
+    def __init__(self, stats):
+      self.stats = stats
+
+    def memory_stats(self):
+      return self.stats
+
+  gpus = [Device({'bytes_limit': 80, 'bytes_in_use': 10}),
+          Device({'bytes_limit': 80, 'bytes_in_use': 30})]
+  assert memory.available_bytes(gpus) == (50, 'free on each NVIDIA H100')
+  monkeypatch.setattr(memory, '_ram_available', lambda: 1000)
+  assert memory.available_bytes([Device(None)] * 4) == (
+      250, 'of RAM available to each of 4 CPU devices')
+  with open('/proc/meminfo') as f:
+    meminfo = int([l for l in f if l.startswith('MemAvailable')][0].split()[1]) * 1024
+  monkeypatch.undo()
+  assert 0 < memory._ram_available() <= meminfo * 1.05  # pylint: disable=protected-access
