@@ -73,29 +73,34 @@ def length_keys(config) -> list[str]:
   return [f'task.{k}' for k in sorted(config.task) if 'len' in k]
 
 
-def check_fits(step, abstract_state, batch, batch_shardings, config) -> None:
+def abstract(tree, shardings=None):
+  """``tree``'s leaves (host arrays) as ``jax.ShapeDtypeStruct``, with ``shardings``
+  (a matching tree) where given: what ``check_fits`` compiles for."""
+  if shardings is None:
+    return jax.tree.map(lambda v: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype), tree)
+  return jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype,
+                                                        sharding=s), tree, shardings)
+
+
+def check_fits(step, args, config) -> None:
   """Raises ``ConfigError`` when one call of ``step`` needs more memory than a device has.
 
   Args:
-    step: the jitted train step, ``(state, batch) -> (state, metrics)``.
-    abstract_state: the state as ``jax.ShapeDtypeStruct`` leaves with their shardings.
-    batch: an example batch (host arrays: only their shapes and dtypes are read).
-    batch_shardings: the batch's shardings, as the loop puts it.
+    step: the jitted train step the loop will call (the same object, so that its
+      compile reuses this one).
+    args: its arguments as ``jax.ShapeDtypeStruct`` pytrees (``jax.eval_shape``,
+      ``abstract``), with the shardings the loop gives them; the first is the state.
     config: the run's config, whose keys the message names.
   """
-  abstract_batch = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype,
-                                            sharding=batch_shardings[k])
-                    for k, v in batch.items()}
-  compiled = step.lower(abstract_state, abstract_batch).compile()
-  need = step_bytes(compiled)
+  need = step_bytes(step.lower(*args).compile())
   have, where = available_bytes(jax.local_devices())
   if need <= have:
     return
-  state = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(abstract_state))
+  state = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(args[0]))
   keys = [f'model.hidden_size={config.model.hidden_size}',
           f'train.batch_size={config.train.batch_size}']
   keys += [f'{k}={config.task[k.split(".", 1)[1]]}' for k in length_keys(config)] or [
-      f'the sequence length ({np.shape(batch["inputs"])[1]} steps)']
+      "the task's sequence length"]
   raise config_lib.ConfigError(
       f'the train step needs about {_gb(need)} of memory per device (parameters and '
       f'optimizer state {_gb(state)}; activations, gradients and the batch the rest), more '

@@ -287,7 +287,8 @@ def _train_and_evaluate(config, workdir: str, interrupt: cli.Interrupt,
   p_train = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer, spec=spec),
                     donate_argnums=0, out_shardings=(shardings, None))
   # Compiled from shapes, nothing allocated; the compile below reuses it.
-  memory.check_fits(p_train, abstract, example, batch_sharding(mesh, example), config)
+  memory.check_fits(p_train, (abstract, memory.abstract(example, batch_sharding(mesh, example))),
+                    config)
   # --- Resume before anything else ------------------------------------------------
   # Entered into ``cleanup``: whatever ends the run, the saves started finish first.
   ckpt = cleanup.enter_context(checkpoint.Checkpointer(

@@ -267,21 +267,20 @@ def _abstract_step(config):
 def test_check_fits_compares_the_compiled_step_with_the_memory_there(monkeypatch):
   config = load_config('adding')
   step, abstract, example, shardings = _abstract_step(config)
-  need = memory.step_bytes(step.lower(abstract, {
-      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
-      for k, v in example.items()}).compile())
+  args = (abstract, memory.abstract(example, shardings))
+  need = memory.step_bytes(step.lower(*args).compile())
   # Independent floor: the LSTM's weights 4H(I + H + 1) + the head H + 1, float32, each
   # held as parameters and Adam's two moments, besides the gradient.
   h, i = config.model.hidden_size, 2
   weights = 4 * h * (i + h + 1) + h + 1
   assert need >= 4 * weights * 4
   monkeypatch.setattr(memory, 'available_bytes', lambda devices: (need, 'of RAM available'))
-  memory.check_fits(step, abstract, example, shardings, config)  # exactly fits
+  memory.check_fits(step, args, config)  # exactly fits
   monkeypatch.setattr(memory, 'available_bytes', lambda devices: (need - 1, 'of RAM available'))
   with pytest.raises(config_lib.ConfigError, match=r'the train step needs about .* more than '
                      r'the .* of RAM available; lower model.hidden_size=16, '
                      r'train.batch_size=16 or task.length=10'):
-    memory.check_fits(step, abstract, example, shardings, config)
+    memory.check_fits(step, args, config)
 
 
 def test_a_model_too_big_for_memory_is_refused_at_once(tmp_path):
