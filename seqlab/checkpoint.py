@@ -11,11 +11,18 @@ rebuilt from the target you restore into, so restore into ``jax.eval_shape(init)
 Crash safety is orbax's: a step is written into ``<step>.orbax-checkpoint-tmp-<t>``
 and renamed into place only once complete, so a save killed half-way leaves the older
 steps untouched; the leftover tmp directory is ignored and removed on the next start.
-A step damaged afterwards (files deleted or truncated) is skipped with a warning and
-the previous one restored instead.
+Every step carries the SHA-256 of its state (``checksum``: each leaf's dtype, shape and
+bytes, on the host) in orbax's step metadata, written with the step's commit, after
+its data. A restore recomputes it from the restored arrays, so damage that keeps the
+files' sizes (bytes overwritten in place) is caught as surely as deleted or truncated
+files. A step that fails to restore, fails its checksum or restores non-finite
+floats is damaged: training skips it with a warning naming the step and restores the
+previous one (``restore_latest``); the tools, which read one named step, refuse it
+(``DamagedCheckpointError``). Steps written before checksums existed restore unchecked.
 """
 import contextlib
 import gc
+import hashlib
 import logging as std_logging
 import math
 import os
@@ -25,6 +32,9 @@ import traceback
 import warnings
 
 from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 
 from seqlab import workdir as workdir_lib
@@ -59,25 +69,83 @@ def _reason(error: Exception) -> str:
   return f'{type(error).__name__}: {text[:300]}'
 
 
-def _restore_newest(manager, abstract_state):
+def _host(leaf) -> np.ndarray:
+  """A state leaf as one host array; a leaf split over several hosts is gathered."""
+  if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+    if leaf.is_fully_replicated:
+      return np.asarray(leaf.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+  return np.asarray(leaf)
+
+
+def checksum(state) -> str:
+  """SHA-256 over the leaves of ``state`` in tree order: each one's dtype, shape and
+  bytes, copied to the host (the step and rng, i.e. the data position, included).
+
+  Hashes the arrays rather than orbax's files: a restore has the arrays in hand, the
+  files' layout is orbax's business, and what is checked is what training gets back.
+  SHA-256 runs at about 600 MB/s on one CPU core (a 27 MB state, charlm's LSTM 512
+  with Adam, in 46 ms).
+  """
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(state):
+    a = np.ascontiguousarray(_host(leaf))
+    digest.update(f'{a.dtype.name}{a.shape};'.encode())
+    digest.update(a.reshape(-1).view(np.uint8))
+  return digest.hexdigest()
+
+
+class DamagedCheckpointError(ValueError):
+  """A checkpoint step that does not restore as it was written."""
+
+
+def _check_intact(manager, step: int, state) -> None:
+  """``DamagedCheckpointError`` when ``state``, just restored from ``step``, differs from
+  what was saved (its checksum) or holds a non-finite float (never saved by training)."""
+  written = (manager.metadata(step).custom_metadata or {}).get('checksum')
+  if written is not None and checksum(state) != written:
+    raise DamagedCheckpointError('its contents do not match the checksum written with it '
+                                 '(damaged after it was written)')
+  for leaf in jax.tree.leaves(state):
+    a = _host(leaf)
+    if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
+      raise DamagedCheckpointError('it holds values that are not finite')
+
+
+def _restore_step(manager, step: int, abstract_state):
+  """The state of ``step``, checked by ``_check_intact``."""
+  state = manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  _check_intact(manager, step, state)
+  return state
+
+
+def _restore_newest(manager, abstract_state, fall_back: bool = True):
   """(state, step) from the newest restorable step of ``manager``, and the newer
-  steps that failed; (None, failed) when none restores."""
-  restored, failed = None, []
+  steps that failed; (None, failed) when none restores. Without ``fall_back``, a
+  newest step that fails raises ``DamagedCheckpointError`` naming it instead."""
+  restored, failed, error = None, [], None
   with _quiet_abandoned_reads():
     for step in sorted(manager.all_steps(), reverse=True):
       try:
-        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract_state)), step
+        restored = _restore_step(manager, step, abstract_state), step
         break
       except Exception as e:  # pylint: disable=broad-except
         # orbax and tensorstore raise anything from FileNotFoundError to ValueError
         # and JSONDecodeError for a damaged step; each one only means "try older".
+        failed.append(step)
+        if not fall_back:
+          error = DamagedCheckpointError(
+              f'checkpoint {manager.directory}/{step} is damaged ({_reason(e)}); restore it '
+              'from a copy, or move it away to use the step before it')
+          break
         logging.warning('checkpoint %s/%d cannot be restored (%s); trying an older one.',
                         manager.directory, step, _reason(e))
-        failed.append(step)
     if failed:
       gc.collect()  # the failed attempts' abandoned reads report now, while filtered
   if failed:
     _quiet_read_echoes_from_now_on()  # after the scoped hook is put back
+  if error is not None:
+    raise error
   return restored, failed
 
 
@@ -218,7 +286,8 @@ class Checkpointer:
     async_save: write in a background thread; ``save`` returns once the arrays are
       copied to host memory.
     read_only: for restoring only (evaluate, sample): creates and cleans nothing, so
-      no background thread outlives the process and a read-only workdir works.
+      no background thread outlives the process and a read-only workdir works; a
+      damaged newest step raises ``DamagedCheckpointError`` instead of being skipped.
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, best_metric: str | None = None,
@@ -238,6 +307,7 @@ class Checkpointer:
                           best_fn=best_fn, best_mode=best_mode, read_only=read_only)
     self._best_value = self._saved_best_value()
     self._superseded = []  # damaged steps newer than the one restore_latest used
+    self._fall_back = not read_only  # the tools read the step they name, or refuse
     self._closed = False
     if not read_only:
       _quiet_write_echoes()
@@ -267,8 +337,10 @@ class Checkpointer:
     return float(metrics[self._best_metric])
 
   def latest_step(self) -> int | None:
-    """The newest step in ``checkpoints/`` (written or being written), or None."""
-    return self._latest.latest_step()
+    """The newest step in ``checkpoints/`` (written or being written) but those that
+    ``restore_latest`` found damaged, or None."""
+    steps = [s for s in self._latest.all_steps() if s not in self._superseded]
+    return max(steps, default=None)
 
   def restore_latest(self, abstract_state):
     """Restores the newest restorable step of ``checkpoints/``.
@@ -281,18 +353,20 @@ class Checkpointer:
         into a ShapeDtypeStruct, and as they were into a leaf of their own type.
 
     Returns:
-      (state, step), or None when no step restores. Damaged steps are skipped with
-      a warning naming the step and the reason; they are deleted by the next ``save``,
-      which continues the run from the step restored here. When none restores, none
-      is deleted (``seqlab.train`` then refuses to start over them).
+      (state, step), or None when no step restores. Damaged steps (unreadable, not
+      matching their checksum, not finite) are skipped with a warning naming the step
+      and the reason; they are deleted by the next ``save``, which continues the run
+      from the step restored here. When none restores, none is deleted
+      (``seqlab.train`` then refuses to start over them). Read-only: a damaged newest
+      step raises ``DamagedCheckpointError``.
     """
-    restored, failed = _restore_newest(self._latest, abstract_state)
+    restored, failed = _restore_newest(self._latest, abstract_state, self._fall_back)
     self._superseded = failed if restored is not None else []
     return restored
 
   def restore_best(self, abstract_state):
     """(state, step) from ``best/``, or ``restore_latest`` when it has none to give."""
-    restored, _ = _restore_newest(self._best, abstract_state)
+    restored, _ = _restore_newest(self._best, abstract_state, self._fall_back)
     if restored is None:
       logging.info('no restorable checkpoint in %s; using the latest instead.',
                    self._best.directory)
@@ -314,7 +388,8 @@ class Checkpointer:
     if step in self._latest.all_steps():
       return
     with self._write_errors():  # orbax reports the previous async save's failure here
-      saved = self._latest.save(step, args=ocp.args.StandardSave(state), force=force)
+      saved = self._latest.save(step, args=ocp.args.StandardSave(state), force=force,
+                                custom_metadata={'checksum': checksum(state)})
     if not saved:
       logging.warning('step %d not saved: it is older than the latest checkpoint %s '
                       '(pass force=True to save it anyway).', step, self.latest_step())
@@ -332,7 +407,8 @@ class Checkpointer:
     if not self._improves(value) or step in self._best.all_steps():
       return
     with self._write_errors():
-      self._best.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+      self._best.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True,
+                      custom_metadata={'checksum': checksum(state)})
     self._best_value = value
 
   def _improves(self, value: float) -> bool:

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -39,7 +40,7 @@ def parser(own: flags.FlagValues, hint: str | None = None):
             own.get_help(include_special_flags=False))
       sys.exit(0)
     try:
-      rest = own(argv)
+      rest = _parse_or_blame_the_config_file(own, argv)
       problem = _config_file_problem(own)
     except flags.Error as e:
       message = f'bad command line: {_last_line(str(e))}'
@@ -68,6 +69,42 @@ def parser(own: flags.FlagValues, hint: str | None = None):
     sys.exit(2)
 
   return parse
+
+
+def _parse_or_blame_the_config_file(own: flags.FlagValues, argv):
+  """``own(argv)``. An exception raised inside the user's config file (its code runs
+  while --config is parsed) keeps its traceback, which shows the user's line, then one
+  line naming the file, and exits 2; but a ValueError, an experiment's own message
+  (an unknown variant), stays the one line ``parse`` gives it."""
+  try:
+    return own(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    path = _config_file_of(e, argv)
+    if path is None or isinstance(e, ValueError):
+      raise
+    traceback.print_exc()
+    print(f'seqlab: the error above was raised by the config file {path} (its own code, '
+          'not seqlab); fix it there', file=sys.stderr)
+    sys.exit(2)
+
+
+def _config_file_of(error: Exception, argv) -> str | None:
+  """The --config file in ``argv`` if ``error``'s traceback passes through it."""
+  given = _config_arg(argv)
+  if given is None:
+    return None
+  path = given.partition(':')[0]
+  frames = traceback.extract_tb(error.__traceback__)
+  ours = any(os.path.abspath(f.filename) == os.path.abspath(path) for f in frames)
+  return path if ours else None
+
+
+def _config_arg(argv) -> str | None:
+  """The value of the first --config in ``argv`` (``file.py[:variant]``), if any."""
+  args = list(argv[1:])
+  given = [a.split('=', 1)[1] for a in args if a.startswith('--config=')] + [
+      args[i + 1] for i, a in enumerate(args[:-1]) if a == '--config']
+  return given[0] if given else None
 
 
 def _config_file_problem(own: flags.FlagValues) -> str | None:
@@ -106,11 +143,8 @@ SYNONYMS = {
 def _unknown_key(argv) -> str | None:
   """'--config.model.xyz: model has no key 'xyz'; its keys: ...' for the first override
   in ``argv`` that names no key of the config file's config; None if none is found."""
-  args = list(argv[1:])
-  given = [a.split('=', 1)[1] for a in args if a.startswith('--config=')] + [
-      args[i + 1] for i, a in enumerate(args[:-1]) if a == '--config']
   try:
-    path, _, variant = given[0].partition(':')
+    path, _, variant = _config_arg(argv).partition(':')
     module = config_lib.load_file(path)
     config = module.get_config(variant) if variant else module.get_config()
   except Exception:  # pylint: disable=broad-except  # the generic message then

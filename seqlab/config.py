@@ -11,6 +11,9 @@ import json
 import ml_collections
 
 
+MAX_SEED = 2**31 - 1  # the largest int32
+
+
 class ConfigError(ValueError):
   """A config value is missing, misspelt or out of range."""
 
@@ -86,7 +89,9 @@ def validate(config) -> None:
     unknown = sorted(set(config[section]) - set(expected[section]))
     _require(not unknown, f'{section}.{unknown[0] if unknown else ""}',
              f'is not a known key; valid keys: {", ".join(sorted(expected[section]))}')
-  _require(isinstance(config.seed, int), 'seed', f'must be an integer, got {config.seed!r}')
+  _require(isinstance(config.seed, int) and not isinstance(config.seed, bool)
+           and 0 <= config.seed <= MAX_SEED, 'seed',
+           f'must be an integer in [0, 2**31 - 1] (sweeps trace it as int32), got {config.seed!r}')
   _require('name' in config.task, 'task.name', 'is missing')
   _choice(config.task, 'name', 'task', tuple(tasks.TASKS))
 

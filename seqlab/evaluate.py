@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging
 import jax
 
+from seqlab import checkpoint
 from seqlab import cli
 from seqlab import config as config_lib
 from seqlab import train
@@ -86,7 +87,7 @@ def main(argv):
   try:
     result = compute_metrics(_WORKDIR.value, _CHECKPOINT.value, _METHOD.value, _BEAM.value,
                              _PENALTY.value)
-  except (FileNotFoundError, config_lib.ConfigError) as e:
+  except (FileNotFoundError, config_lib.ConfigError, checkpoint.DamagedCheckpointError) as e:
     print(f'seqlab: {e}', file=sys.stderr)
     return 2
   print(json.dumps(result, indent=2), flush=True)  # first: a failed write loses nothing

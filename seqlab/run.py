@@ -24,6 +24,7 @@ from ml_collections import config_flags
 
 from seqlab import cli
 from seqlab import config as config_lib
+from seqlab import memory
 from seqlab import signals
 from seqlab import train
 from seqlab import workdir as workdir_lib
@@ -112,6 +113,11 @@ def main(argv):
     return 1
   except workdir_lib.WriteError as e:  # a checkpoint, metrics.jsonl, TensorBoard events
     cli.exit_after_write_error(e)
+  except (MemoryError, RuntimeError) as e:  # XLA's RESOURCE_EXHAUSTED is a RuntimeError
+    if not memory.out_of_memory(e):
+      raise
+    print(f'seqlab: training stopped: {memory.out_of_memory(e)}', file=sys.stderr)
+    return 1
   if metrics:
     print('final eval: ' + ', '.join(f'{k}={v:.5g}' for k, v in sorted(metrics.items())
                                   if k != 'count'))

@@ -16,7 +16,8 @@ Point ``p`` runs in ``<workdir>/<point_name(p)>`` (e.g. ``optim.lr=0.001,seed=1`
 which holds a normal run's files plus ``point.json`` (its status: running, done,
 failed with the error, interrupted; wall time) and, in process mode, ``log.txt``.
 ``<workdir>/sweep.json`` lists every point with its status. A point is done when its
-metrics.jsonl reaches train.steps; running the same command again skips done points
+checkpoint of step train.steps is written (a done point whose metrics.jsonl was lost
+since stays done, with a warning that its history is lost); running the same command again skips done points
 and resumes the others from their checkpoints (failed ones are tried again). A rerun
 may raise train.steps or change the cadence of logs, evals and checkpoints
 (``workdir.RESUMABLE``); a point that already ran with another config (other shared
@@ -342,20 +343,25 @@ def read_point(workdir: str) -> dict:
 
 
 def is_done(point: Point) -> bool:
-  """Whether the point's metrics.jsonl reaches its train.steps (False if unreadable: the
-  point's run then reports what is wrong with it) and its checkpoint of that step is
-  written."""
-  try:
-    rows = workdir_lib.read_metrics(point.workdir)
-  except workdir_lib.WorkdirError:
-    return False
-  steps = [r['step'] for r in rows if r['split'] == 'train']
-  if not steps or max(steps) < point.config.train.steps:
-    return False
-  # The last step's metrics are written before its checkpoint, whose save may fail.
+  """Whether the point's checkpoint of its last step (``train.steps``) is written.
+
+  Decided by the checkpoint, not by metrics.jsonl: the last step's metrics are written
+  before its checkpoint (whose save may fail), and a log lost since (``history_lost``)
+  leaves a finished run finished.
+  """
   ckpts = os.path.join(point.workdir, 'checkpoints')
   return any(d.isdigit() and int(d) >= point.config.train.steps
              for d in (os.listdir(ckpts) if os.path.isdir(ckpts) else ()))
+
+
+def history_lost(point: Point) -> bool:
+  """Whether a done point's metrics.jsonl lacks its last step's train row (deleted,
+  cut short or unreadable): its learning curve and final eval are gone."""
+  try:
+    rows = workdir_lib.read_metrics(point.workdir)
+  except workdir_lib.WorkdirError:
+    return True
+  return not any(r['split'] == 'train' and r['step'] >= point.config.train.steps for r in rows)
 
 
 def config_changes(point: Point) -> list[str]:
@@ -688,6 +694,11 @@ def run_sweep(points: list[Point], workdir: str, header: dict, *, mode: str, par
   for p in mine:
     if p not in todo and state.status.get(p.name, {}).get('status') != 'done':
       state.update(p, 'done', mode)  # finished, but its point.json missed it
+    if p not in todo and history_lost(p):
+      print(f'seqlab.sweep: warning: {p.name} is done (its checkpoint of step '
+            f'{p.config.train.steps} is written) but its metrics.jsonl lost its history: no '
+            'learning curve or final eval in the report; python -m seqlab.evaluate '
+            f'--workdir {p.workdir} recomputes the final metrics', file=sys.stderr, flush=True)
   print(f'sweep: {len(points)} points in {workdir}'
         + (f', shard {shard_index}/{shard_count}: {len(mine)}' if shard_count > 1 else '')
         + f'; {len(mine) - len(todo)} done, {len(todo)} to run ({mode}'

@@ -26,6 +26,7 @@ from seqlab import checkpoint
 from seqlab import cli
 from seqlab import config as config_lib
 from seqlab import losses
+from seqlab import memory
 from seqlab import models
 from seqlab import optim
 from seqlab import tasks
@@ -244,6 +245,11 @@ class One:
     is created or restored with ``state_sharding``'s shardings."""
     return tree
 
+  def abstract(self, state, batch, hparams) -> tuple:
+    """The train step's arguments as shapes (``memory.check_fits``), from one point's
+    abstract state and host batch."""
+    return state, memory.abstract(batch, batch_sharding(self.mesh, batch)), hparams
+
 
 class Stacked:
   """How the loop holds K > 1 points of one program (a vmapped sweep): every leaf
@@ -268,6 +274,14 @@ class Stacked:
 
   def put_tree(self, tree):
     return self.put(tree)
+
+  def abstract(self, state, batch, hparams) -> tuple:
+    """The train step's arguments as shapes (``memory.check_fits``) from one point's
+    abstract state and host batch, every leaf [K, ...], and the [K] ``hparams``."""
+    stacked = lambda a: jax.ShapeDtypeStruct((self.k, *np.shape(a)), a.dtype,
+                                             sharding=self.sharding)
+    return (jax.tree.map(stacked, state), jax.tree.map(stacked, memory.abstract(batch)),
+            memory.abstract(hparams, jax.tree.map(lambda _: self.sharding, hparams)))
 
   def describe(self, start: int) -> str:
     n = jax.device_count()
@@ -366,12 +380,14 @@ def _refuse_unrestorable(workdir: str, config, newest: int):
 
 @dataclasses.dataclass
 class _Run:
-  """What the points share: the program's model and spec, the train config, the axis."""
+  """What the points share: the program's model and spec, the train config, the axis,
+  the points' traced optimizer values and the jitted train step (``_step_program``)."""
   model: Any
   spec: Any
   tc: Any
   axis: Any
   hparams: dict
+  p_train: Any
 
 
 def _open(configs, workdirs, cleanup: contextlib.ExitStack):
@@ -393,6 +409,16 @@ def _open(configs, workdirs, cleanup: contextlib.ExitStack):
   best_metric, best_mode = losses.best_metric(spec, tc.best_metric)
   mesh = make_mesh()
   inits = {}  # one compiled init per distinct model config: the seed is an argument
+  example = first.task.batch('train', 0, tc.batch_size)
+  abstract = restore_target(jax.eval_shape(functools.partial(
+      create_state, first.model, first.optimizer, stateful=spec.stateful), example,
+                                           np.int32(first.config.seed)), mesh)
+  hparams = {} if len(points) == 1 else {
+      k: np.array([p.config.optim[k] for p in points], np.float32) for k in optim.TRACEABLE}
+  p_train = _step_program(first, axis, abstract)
+  # Compiled from shapes before anything is allocated or written; the loop's compile of
+  # the same jitted step reuses it.
+  memory.check_fits(p_train, axis.abstract(abstract, example, hparams), first.config)
   states = []
   # --- Resume before anything else -----------------------------------------------------
   for p in points:
@@ -401,11 +427,7 @@ def _open(configs, workdirs, cleanup: contextlib.ExitStack):
     p.ckpt = cleanup.enter_context(checkpoint.Checkpointer(
         p.workdir, keep=tc.keep_checkpoints, best_metric=best_metric, best_mode=best_mode))
     p.ckpt.check_writable()
-    example = p.task.batch('train', 0, tc.batch_size)
     key = json.dumps(p.config.model.to_dict(), sort_keys=True)
-    abstract = restore_target(jax.eval_shape(functools.partial(
-        create_state, p.model, p.optimizer, stateful=spec.stateful), example,
-                                             np.int32(p.config.seed)), mesh)
     if key not in inits:
       inits[key] = jax.jit(functools.partial(create_state, p.model, p.optimizer,
                                              stateful=spec.stateful),
@@ -413,7 +435,7 @@ def _open(configs, workdirs, cleanup: contextlib.ExitStack):
     restored = p.ckpt.restore_latest(abstract)
     if restored is None and p.ckpt.latest_step() is not None:
       _refuse_unrestorable(p.workdir, p.config, p.ckpt.latest_step())
-    states.append((inits[key], example, restored))
+    states.append((inits[key], p.task.batch('train', 0, tc.batch_size), restored))
   if jax.process_count() > 1:  # every process has read config.json before it changes
     multihost_utils.sync_global_devices('seqlab: restored')
   for i, (p, (init, example, restored)) in enumerate(zip(points, states)):
@@ -427,9 +449,23 @@ def _open(configs, workdirs, cleanup: contextlib.ExitStack):
       if len(points) == 1:
         logging.info('Resumed from the checkpoint at step %d in %s', restored[1], p.workdir)
     p.start = int(states[i]['step'])
-  hparams = {} if len(points) == 1 else {
-      k: np.array([p.config.optim[k] for p in points], np.float32) for k in optim.TRACEABLE}
-  return points, states, _Run(first.model, spec, tc, axis, hparams)
+  return points, states, _Run(first.model, spec, tc, axis, hparams, p_train)
+
+
+def _step_program(first: Point, axis, abstract):
+  """The jitted train step of every point (vmapped by ``axis`` for K > 1), state
+  donated: ``(states, batches, hparams) -> (states, metrics)``. Each point's optimizer
+  is built inside it from the shared ``optim`` config and that point's traced
+  ``hparams`` (``optim.TRACEABLE``; none for K = 1)."""
+  config, spec = first.config, first.task.spec
+
+  def step_fn(state, batch, hparams):
+    optimizer = optim.make_optimizer(config.optim, config.train.steps, **hparams)
+    return train_step(state, batch, model=first.model, optimizer=optimizer, spec=spec)
+
+  shardings = jax.tree.map(lambda a: a.sharding, abstract)
+  return jax.jit(axis.map(step_fn), donate_argnums=0,
+                 **({'out_shardings': (shardings, None)} if isinstance(axis, One) else {}))
 
 
 def _loop(points, states, run, interrupt, cleanup) -> list:
@@ -445,14 +481,7 @@ def _loop(points, states, run, interrupt, cleanup) -> list:
     logging.info('%s', axis.describe(start))
 
   # --- Update and eval steps --------------------------------------------------------
-  def step_fn(state, batch, hparams):
-    optimizer = optim.make_optimizer(points[0].config.optim, tc.steps, **hparams)
-    return train_step(state, batch, model=model, optimizer=optimizer, spec=spec)
-
   states = axis.put_tree(axis.stack(states))
-  shardings = jax.tree.map(lambda a: a.sharding, states) if k == 1 else None
-  p_train = jax.jit(axis.map(step_fn), donate_argnums=0,
-                    **({'out_shardings': (shardings, None)} if k == 1 else {}))
   p_eval = jax.jit(axis.map(functools.partial(eval_step, model=model, spec=spec)))
   eval_carry = (axis.put_tree(axis.stack([model.initial_carry(eval_bs)] * k))
                 if spec.stateful else None)
@@ -461,7 +490,7 @@ def _loop(points, states, run, interrupt, cleanup) -> list:
   example = batch_at('train', 0, tc.batch_size)
   tokens_per_step = int(np.prod(axis.take(example, 0)['inputs'].shape[:2]))
   t0 = time.perf_counter()
-  p_train = p_train.lower(states, axis.put(example), hparams).compile()  # compile time apart
+  p_train = run.p_train.lower(states, axis.put(example), hparams).compile()  # compile time apart
   logging.info('Compiled the %s step in %.1f s on %d device(s)',
                'train' if k == 1 else 'population', time.perf_counter() - t0,
                jax.device_count())

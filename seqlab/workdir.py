@@ -1,6 +1,7 @@
 """What a run writes beside its checkpoints: config, run info, metrics, progress."""
 import contextlib
 import datetime
+import errno
 import fcntl
 import importlib.metadata
 import json
@@ -96,6 +97,9 @@ def describe_os_error(path: str, error: OSError) -> str:
   if blocker:
     return f'cannot create {path}: {blocker} is a file, not a directory; give another --workdir'
   where = error.filename or path
+  if error.errno == errno.EROFS:  # chmod cannot help on a read-only mount
+    return (f'cannot write to {where}: the filesystem is read-only; give a --workdir on '
+            'a writable filesystem')
   if isinstance(error, PermissionError):
     return (f'cannot write to {where} (permission denied); make {path} writable '
             '(chmod u+w) or give another --workdir')
@@ -116,7 +120,10 @@ def ensure_dir(path: str) -> None:
   except OSError as e:
     raise WorkdirError(describe_os_error(path, e)) from None
   if not os.access(path, os.W_OK | os.X_OK):
-    raise WorkdirError(describe_os_error(path, PermissionError(13, 'Permission denied', path)))
+    read_only = os.statvfs(path).f_flag & os.ST_RDONLY
+    error = (OSError(errno.EROFS, 'Read-only file system', path) if read_only else
+             PermissionError(errno.EACCES, 'Permission denied', path))
+    raise WorkdirError(describe_os_error(path, error))
 
 
 @contextlib.contextmanager
@@ -124,39 +131,57 @@ def lock(workdir: str):
   """Holds ``workdir/.lock`` while a run writes the workdir: a second run started on
   the same workdir gets a WorkdirError instead of interleaving its metrics and
   checkpoints. Process 0 locks (on many hosts the others share its workdir) and
-  tells the others, so that all of them refuse or none."""
+  tells the others, so that all of them refuse or none. On the way out, an exception
+  included, the lock is released and its file removed; a process killed outright
+  leaves the file, but the OS releases its lock."""
   ensure_dir(workdir)
   path = os.path.join(workdir, '.lock')
-  f, holder, locked = None, None, False
-  if jax.process_index() == 0:
+  f, holder = _acquire(path) if jax.process_index() == 0 else (None, None)
+  try:
+    if f is not None:
+      f.write(f'pid {os.getpid()} on {platform.node()}')
+      f.flush()
+    busy = holder is not None
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      busy = bool(multihost_utils.broadcast_one_to_all(np.int32(busy)))
+    if busy:
+      raise WorkdirError(f'{workdir} is in use by a run ({holder or "see process 0"}); '
+                         'wait for it to end, or give another --workdir')
+    yield
+  finally:
+    if f is not None:
+      with contextlib.suppress(OSError):
+        os.remove(path)  # while still locked: whoever opened it meanwhile tries again
+      fcntl.flock(f, fcntl.LOCK_UN)
+      f.close()
+
+
+def _acquire(path: str):
+  """(the open, locked, emptied file at ``path``, None); (None, its holder) when another
+  process holds it; (None, None) on a filesystem without locks, with a warning."""
+  while True:
     f = open(path, 'a+')
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       f.seek(0)
       holder = f.read().strip() or 'another process'
+      f.close()
+      return None, holder
     except OSError as e:  # a filesystem without locks (NFS without lockd, Lustre noflock)
+      f.close()
       logging.warning('cannot lock %s (%s); nothing keeps a second run off it', path, e)
-    else:
-      locked = True
+      return None, None
+    try:
+      current = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+    except FileNotFoundError:
+      current = False
+    if current:  # not removed by the holder that released it while we opened it
       f.seek(0)
       f.truncate()
-      f.write(f'pid {os.getpid()} on {platform.node()}')
-      f.flush()
-  busy = holder is not None
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    busy = bool(multihost_utils.broadcast_one_to_all(np.int32(busy)))
-  try:
-    if busy:
-      raise WorkdirError(f'{workdir} is in use by a run ({holder or "see process 0"}); '
-                         'wait for it to end, or give another --workdir')
-    yield
-  finally:
-    if locked:
-      fcntl.flock(f, fcntl.LOCK_UN)
-    if f is not None:
-      f.close()
+      return f, None
+    f.close()
 
 
 # Keys whose change a resumed run takes in its stride: more steps, another cadence of

@@ -1,8 +1,10 @@
 """seqlab.checkpoint: bitwise roundtrips of a real train state, pruning, best-by-metric,
 damaged and interrupted checkpoints."""
+import json
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +17,12 @@ import numpy as np
 import optax
 import pytest
 
+from seqlab import checkpoint
+from seqlab import train
+from seqlab import workdir as workdir_lib
 from conftest import HANG_S
 from seqlab.checkpoint import Checkpointer
+from conftest import load_config, run_module
 
 TX = optax.chain(optax.clip_by_global_norm(1.0),
                  optax.adamw(optax.cosine_decay_schedule(1e-2, 10), weight_decay=1e-2))
@@ -188,7 +194,18 @@ def _delete_data_files(step_dir):
     p.unlink()
 
 
-@pytest.mark.parametrize('damage', [_delete_item, _truncate_files, _delete_data_files])
+def _overwrite_middle(step_dir, largest_only=False):
+  """The issue's reproducer: 4 bytes overwritten in the middle of every data file (or
+  the largest, which holds the array bytes), sizes unchanged (``dd conv=notrunc``)."""
+  files = sorted(step_dir.rglob('d/*'), key=lambda p: p.stat().st_size)
+  for p in files[-1:] if largest_only else files:
+    with open(p, 'r+b') as f:
+      f.seek(p.stat().st_size // 2)
+      f.write(b'\xff\x00\xff\x00')
+
+
+@pytest.mark.parametrize('damage', [_delete_item, _truncate_files, _delete_data_files,
+                                    _overwrite_middle])
 def test_damaged_newest_falls_back_to_the_previous(tmp_path, caplog, damage):
   ck = Checkpointer(str(tmp_path), keep=3)
   for step in (1, 2, 3):
@@ -215,14 +232,123 @@ def test_damaged_newest_falls_back_to_the_previous(tmp_path, caplog, damage):
   ck.close()
 
 
-def test_every_step_damaged_gives_none(tmp_path):
+@pytest.mark.parametrize('damage', [_truncate_files, _overwrite_middle])
+def test_every_step_damaged_gives_none_and_deletes_nothing(tmp_path, damage):
   ck = Checkpointer(str(tmp_path))
   ck.save(1, make_state(1))
   ck.close()
-  _truncate_files(tmp_path / 'checkpoints' / '1')
+  damage(tmp_path / 'checkpoints' / '1')
   ck = Checkpointer(str(tmp_path))
   assert ck.restore_latest(abstract(make_state(0))) is None
+  assert ck.latest_step() == 1  # what seqlab.train refuses to start over
+  ck.save(2, make_state(2))
   ck.close()
+  assert steps_on_disk(tmp_path / 'checkpoints') == [1, 2]
+
+
+def test_checksum_is_of_the_bytes_dtypes_and_shapes():
+  state = make_state(0)
+  same = jax.tree.map(lambda x: np.array(x), state)  # the host copy restores give back
+  assert checkpoint.checksum(same) == checkpoint.checksum(state)
+  flipped = jax.tree.map(lambda x: x, same)
+  flipped['params']['Dense_0']['bias'] = flipped['params']['Dense_0']['bias'].copy()
+  flipped['params']['Dense_0']['bias'].view(np.uint32)[0] ^= 1  # one bit
+  assert checkpoint.checksum(flipped) != checkpoint.checksum(state)
+  step = dict(same, step=np.int32(3))  # the data position
+  assert checkpoint.checksum(step) != checkpoint.checksum(state)
+  reshaped = dict(same, rng=same['rng'].reshape(1, -1))
+  assert checkpoint.checksum(reshaped) != checkpoint.checksum(state)
+
+
+def test_a_saved_non_finite_state_is_never_restored(tmp_path, caplog):
+  """A non-finite float is damage even where the checksum matches (training never
+  saves one): the step before it is the one restored."""
+  ck = Checkpointer(str(tmp_path))
+  ck.save(1, make_state(1))
+  bad = make_state(2)
+  bad['params']['Dense_0']['kernel'] = bad['params']['Dense_0']['kernel'].at[0, 0].set(jnp.nan)
+  ck.save(2, bad)
+  ck.close()
+  ck = Checkpointer(str(tmp_path))
+  with caplog.at_level(logging.WARNING):
+    restored, step = ck.restore_latest(abstract(make_state(0)))
+  ck.close()
+  assert step == 1
+  assert_bitwise_equal(restored, make_state(1))
+  assert 'checkpoints/2 cannot be restored' in caplog.text and 'not finite' in caplog.text
+
+
+def test_a_step_written_without_checksum_restores(tmp_path):
+  """Steps written before checksums existed (no custom metadata) still restore."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  manager = checkpoint._manager(str(tmp_path / 'checkpoints'), keep=3, async_save=False)
+  manager.save(1, args=ocp.args.StandardSave(make_state(1)))
+  manager.close()
+  ck = Checkpointer(str(tmp_path))
+  restored, step = ck.restore_latest(abstract(make_state(0)))
+  ck.close()
+  assert step == 1
+  assert_bitwise_equal(restored, make_state(1))
+
+
+@pytest.mark.parametrize('which', ['latest', 'best'])
+def test_read_only_refuses_a_damaged_step(tmp_path, which):
+  """The tools (evaluate, sample) read the step they name, or refuse it."""
+  ck = Checkpointer(str(tmp_path), best_metric='loss')
+  for step in (1, 2):
+    ck.save(step, make_state(step))
+    ck.save_best(step, make_state(step), {'loss': 1.0 / step})
+  ck.close()
+  _overwrite_middle(tmp_path / ('checkpoints' if which == 'latest' else 'best') / '2')
+  ck = Checkpointer(str(tmp_path), read_only=True)
+  restore = ck.restore_latest if which == 'latest' else ck.restore_best
+  with pytest.raises(checkpoint.DamagedCheckpointError, match=r'/2 is damaged \('):
+    restore(abstract(make_state(0)))
+  ck.close()
+
+
+def test_a_step_whose_contents_differ_from_its_checksum_is_damaged(tmp_path, caplog):
+  """Contents that read back fine but differ from what was written (here: the checksum
+  written with them swapped for another step's) are skipped like unreadable ones."""
+  ck = Checkpointer(str(tmp_path))
+  for step in (1, 2):
+    ck.save(step, make_state(step))
+  ck.close()
+  meta = [tmp_path / 'checkpoints' / s / '_CHECKPOINT_METADATA' for s in ('1', '2')]
+  one, two = (json.loads(m.read_text()) for m in meta)
+  two['custom_metadata'] = one['custom_metadata']
+  meta[1].write_text(json.dumps(two))
+  ck = Checkpointer(str(tmp_path))
+  with caplog.at_level(logging.WARNING):
+    restored, step = ck.restore_latest(abstract(make_state(0)))
+  assert step == 1 and ck.latest_step() == 1
+  ck.close()
+  assert_bitwise_equal(restored, make_state(1))
+  assert 'checkpoints/2 cannot be restored' in caplog.text
+  assert 'do not match the checksum' in caplog.text
+
+
+def test_the_issue_reproducer_resumes_from_the_step_before(tmp_path):
+  """Issue 23: the newest step deleted, the one before overwritten in place. The rerun
+  skips it with a warning, resumes from the step before and ends as an uninterrupted
+  run; evaluate refuses the damaged step in one line."""
+  config = load_config('adding')
+  config.train.checkpoint_every = 10
+  clean = train.train_and_evaluate(config, str(tmp_path / 'clean'))
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(config, str(workdir))
+  shutil.rmtree(workdir / 'checkpoints' / '40')
+  _overwrite_middle(workdir / 'checkpoints' / '30')
+
+  proc = run_module('seqlab.evaluate', '--workdir', str(workdir), '--checkpoint', 'latest')
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [l for l in proc.stderr.splitlines() if l.startswith('seqlab:')]
+  assert len(lines) == 1 and 'checkpoints/30 is damaged' in lines[0], proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+
+  assert train.train_and_evaluate(config, str(workdir)) == clean
+  rows = [r['step'] for r in workdir_lib.read_metrics(str(workdir)) if r['split'] == 'train']
+  assert rows == [10, 20, 30, 40]
 
 
 _WRITER = textwrap.dedent('''

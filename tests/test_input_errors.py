@@ -2,21 +2,29 @@
 deep inside JAX or NumPy: language models refuse a bidirectional encoder, sample's
 --top_k past the vocabulary, bench's --shapes and --lengths, UEA train/test files that
 disagree, non-UTF-8 sentiment CSVs, and charlm splits too short for the batch."""
+import functools
 import os
+import subprocess
+import sys
+import time
 
+import jax
 import ml_collections
 import pytest
 
 from seqlab import bench
+from seqlab import config as config_lib
+from seqlab import memory
 from seqlab import models
 from seqlab import sample
 from seqlab import tasks
 from seqlab import train
+from seqlab import workdir as workdir_lib
 from seqlab.tasks import base
 from seqlab.tasks import charlm
 from seqlab.tasks import sentiment
 from seqlab.tasks import uea
-from conftest import load_config, run_module
+from conftest import ROOT, load_config, run_module
 
 
 def cfg(**kw):
@@ -219,3 +227,159 @@ def test_charlm_split_too_short_names_the_split_and_the_keys(tmp_path):
                     '--config.train.eval_batch_size=256')
   assert proc.returncode == 2 and 'held-out (eval) split has 150' in proc.stderr
   assert 'Traceback' not in proc.stderr and not workdir.exists()
+
+
+@pytest.mark.parametrize('seed', [-1, 2**31, 99999999999999999999])
+def test_a_seed_out_of_int32_is_refused_by_validate(seed):
+  config = load_config('adding')
+  config.seed = seed
+  with pytest.raises(config_lib.ConfigError, match=r'config.seed must be an integer in '
+                     r'\[0, 2\*\*31 - 1\]'):
+    config_lib.validate(config)
+  config.seed = 2**31 - 1
+  config_lib.validate(config)
+
+
+def test_a_huge_seed_is_one_line_before_anything_is_written(tmp_path):
+  """Issue 23: it was a 39-line OverflowError after the workdir was locked."""
+  workdir = tmp_path / 'run'
+  proc = run_module('seqlab.run', '--config', 'experiments/adding.py:quick',
+                    '--config.seed=99999999999999999999', '--workdir', str(workdir))
+  one_line_error(proc, 'config.seed must be an integer in [0, 2**31 - 1]')
+  assert not workdir.exists()
+
+
+# --- A model too big for memory (issue 23: it hung, ignoring SIGTERM) -------------------
+
+
+def _abstract_step(config):
+  """The jitted train step of ``config`` and its abstract state, as seqlab.train builds them."""
+  task, model, optimizer = train.build(config)
+  example = task.batch('train', 0, config.train.batch_size)
+  mesh = train.make_mesh()
+  init = functools.partial(train.create_state, model, optimizer, seed=0)
+  abstract = train.restore_target(jax.eval_shape(init, example), mesh)
+  step = jax.jit(functools.partial(train.train_step, model=model, optimizer=optimizer,
+                                   spec=task.spec), donate_argnums=0)
+  return step, abstract, example, train.batch_sharding(mesh, example)
+
+
+def test_check_fits_compares_the_compiled_step_with_the_memory_there(monkeypatch):
+  config = load_config('adding')
+  step, abstract, example, shardings = _abstract_step(config)
+  args = (abstract, memory.abstract(example, shardings))
+  need = memory.step_bytes(step.lower(*args).compile())
+  # Independent floor: the LSTM's weights 4H(I + H + 1) + the head H + 1, float32, each
+  # held as parameters and Adam's two moments, besides the gradient.
+  h, i = config.model.hidden_size, 2
+  weights = 4 * h * (i + h + 1) + h + 1
+  assert need >= 4 * weights * 4
+  monkeypatch.setattr(memory, 'available_bytes', lambda devices: (need, 'of RAM available'))
+  memory.check_fits(step, args, config)  # exactly fits
+  monkeypatch.setattr(memory, 'available_bytes', lambda devices: (need - 1, 'of RAM available'))
+  with pytest.raises(config_lib.ConfigError, match=r'the train step needs about .* more than '
+                     r'the .* of RAM available; lower model.hidden_size=16, '
+                     r'train.batch_size=16 or task.length=10'):
+    memory.check_fits(step, args, config)
+
+
+def test_a_model_too_big_for_memory_is_refused_at_once(tmp_path):
+  """Issue 23's command: refused in one line before anything is allocated or written,
+  the workdir's lock released."""
+  workdir = tmp_path / 'run'
+  t0 = time.perf_counter()
+  proc = run_module('seqlab.run', '--config', 'experiments/adding.py:quick',
+                    '--config.model.hidden_size=200000', '--workdir', str(workdir), timeout=120)
+  assert time.perf_counter() - t0 < 60
+  one_line_error(proc, 'the train step needs about', 'TB of memory per device',
+                 'lower model.hidden_size=200000, train.batch_size=16 or task.length=10')
+  assert sorted(os.listdir(workdir)) == []  # no config.json, no lock left
+  with workdir_lib.lock(str(workdir)):
+    pass
+
+
+_RAISING_RUN = '''
+import sys
+import jax
+from seqlab import run, train
+def fail(config, workdir):
+  raise {error}
+train.train_and_evaluate = fail
+sys.argv = ['seqlab.run', '--config', 'experiments/adding.py:quick', '--workdir', sys.argv[1]]
+run.run()
+'''
+
+
+@pytest.mark.parametrize('error', [
+    'MemoryError()',
+    "jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
+    "1234 bytes.\\nmore detail')"])
+def test_an_allocation_failure_anywhere_is_one_line_and_exit_1(tmp_path, error):
+  proc = subprocess.run([sys.executable, '-c', _RAISING_RUN.format(error=error),
+                         str(tmp_path / 'run')], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('seqlab: training stopped: out of memory (') and (
+      'lower model.hidden_size, train.batch_size' in last), last
+
+
+def test_a_sentiment_row_with_an_empty_label_is_refused_naming_its_line(tmp_path):
+  """It trained with '' as a class of its own (issue 23). Lines count as in the file:
+  the header, a blank line and a quoted two-line text included."""
+  path = write(tmp_path / 'd.csv', 'label,text\npos,"good,\nfine"\n\nneg,bad\n ,meh\npos,ok\n')
+  with pytest.raises(ValueError, match=f'{path}, line 6: the label is empty'):
+    tasks.make_task(cfg(name='sentiment', path=path), seed=0)
+  tsv = write(tmp_path / 'd.tsv', 'pos\tgood\n\tbad\n')
+  with pytest.raises(ValueError, match=f'{tsv}, line 2: the label is empty'):
+    sentiment.read_table(tsv)
+  no_text = write(tmp_path / 'e.csv', 'pos,good\n\nneg\n')
+  with pytest.raises(ValueError, match=f"{no_text}, line 3: expected label','text"):
+    sentiment.read_table(no_text)
+
+
+@pytest.mark.parametrize('tool', ['seqlab.run', 'seqlab.sweep'])
+@pytest.mark.parametrize('body, error, line', [
+    ('  return 1 / 0', 'ZeroDivisionError: division by zero', 4),
+    ('  c = config_lib.base_config()\n  c.model.hiden_size = 3\n  return c', 'hiden_size', 5),
+])
+def test_an_error_inside_the_users_config_file_keeps_its_traceback_and_names_it(
+    tmp_path, tool, body, error, line):
+  """The traceback is the user's code (their line is in it); one last line says the
+  error came from their file, not from seqlab (issue 23)."""
+  path = write(tmp_path / 'mine.py', 'from seqlab import config as config_lib\n\n'
+               f'def get_config(arg=None):\n{body}\n')
+  proc = run_module(tool, '--config', path, '--workdir', str(tmp_path / 'run'))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' in proc.stderr and error in proc.stderr
+  assert f'File "{path}", line {line}, in get_config' in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f'seqlab: the error above was raised by the config file {path} (its own code, not '
+      'seqlab); fix it there')
+  assert not (tmp_path / 'run').exists()
+
+
+def test_available_bytes_reads_the_accelerators_allocator_or_the_hosts_ram(monkeypatch):
+  """GPUs: the smallest bytes_limit - bytes_in_use of memory_stats(); CPU devices (no
+  stats) share /proc/meminfo's MemAvailable."""
+
+  class Device:
+    device_kind = 'NVIDIA H100'
+
+    def __init__(self, stats):
+      self.stats = stats
+
+    def memory_stats(self):
+      return self.stats
+
+  gpus = [Device({'bytes_limit': 80, 'bytes_in_use': 10}),
+          Device({'bytes_limit': 80, 'bytes_in_use': 30})]
+  assert memory.available_bytes(gpus) == (50, 'free on each NVIDIA H100')
+  monkeypatch.setattr(memory, '_ram_available', lambda: 1000)
+  assert memory.available_bytes([Device(None)] * 4) == (
+      250, 'of RAM available to each of 4 CPU devices')
+  with open('/proc/meminfo') as f:
+    meminfo = int([l for l in f if l.startswith('MemAvailable')][0].split()[1]) * 1024
+  monkeypatch.undo()
+  assert 0 < memory._ram_available() <= meminfo * 1.05  # pylint: disable=protected-access

@@ -359,3 +359,26 @@ def test_a_sweep_with_fewer_points_is_refused_on_an_earlier_sweeps_workdir(tmp_p
   sweep.check_same_points(str(workdir), grid)  # extended: fine
   with pytest.raises(sweep.SweepError, match=r'1 point\(s\) this one lacks \(seed=1\)'):
     sweep.check_same_points(str(workdir), grid[::2])
+
+
+@pytest.mark.parametrize('mode', ['processes', 'vmap'])
+def test_a_done_point_whose_metrics_were_lost_stays_done(tmp_path, mode):
+  """Issue 23: done is decided by the last step's checkpoint, not by metrics.jsonl. A
+  finished point whose log was deleted is reported done with a warning, every rerun,
+  instead of being run again and failed ('stopped before train.steps', exit 1)."""
+  workdir = tmp_path / 'sweep'
+  args = [*QUICK, '--workdir', str(workdir), '--sweep', 'seed=[0,1]', '--mode', mode,
+          '--config.train.steps=4', '--config.train.eval_every=2',
+          '--config.train.log_every=2', '--config.train.checkpoint_every=2']
+  first = run_module('seqlab.sweep', *args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  (workdir / 'seed=0' / 'metrics.jsonl').unlink()
+  for _ in range(2):
+    again = run_module('seqlab.sweep', *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert '2 done, 0 to run' in again.stdout and '[start]' not in again.stdout
+    warnings = [l for l in again.stderr.splitlines() if 'lost its history' in l]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        'seqlab.sweep: warning: seed=0 is done'), again.stderr[-3000:]
+    assert [_statuses(workdir)[f'seed={s}']['status'] for s in (0, 1)] == ['done'] * 2
+  assert not (workdir / 'seed=0' / 'metrics.jsonl').exists()  # nothing ran again

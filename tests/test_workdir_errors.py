@@ -1,8 +1,11 @@
 """A workdir that is torn, a file, or read-only: clear errors, and nothing is lost."""
+import errno
 import json
 import logging
 import os
 import shutil
+import subprocess
+import types
 
 import pytest
 
@@ -212,3 +215,78 @@ def test_a_filesystem_without_locks_warns_and_goes_on(tmp_path, monkeypatch, cap
     with workdir_lib.lock(str(tmp_path / 'run')):
       pass
   assert 'nothing keeps a second run off it' in caplog.text
+
+
+def test_a_failure_under_the_lock_releases_it_and_removes_its_file(tmp_path):
+  """Issue 23: whatever fails after the lock is taken leaves no lock behind (flock is
+  per open file, so a second ``lock`` in this process is a second run)."""
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(RuntimeError, match='boom'):
+    with workdir_lib.lock(workdir):
+      with pytest.raises(workdir_lib.WorkdirError, match=r'is in use by a run \(pid'):
+        with workdir_lib.lock(workdir):
+          pass
+      raise RuntimeError('boom')
+  assert not os.path.exists(os.path.join(workdir, '.lock'))
+  with workdir_lib.lock(workdir):
+    assert open(os.path.join(workdir, '.lock')).read() == f'pid {os.getpid()} on {os.uname().nodename}'
+
+
+def test_a_lock_file_removed_while_waiting_is_not_taken(tmp_path, monkeypatch):
+  """A run that opened .lock just before its holder removed it locks the new file, not
+  the removed one (two runs would hold 'the' lock otherwise)."""
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  path = os.path.join(workdir, '.lock')
+  real_flock, removed = workdir_lib.fcntl.flock, []
+
+  def flock_after_the_holder_left(f, op):
+    if not removed:  # the holder releases between our open and our flock
+      removed.append(path)
+      os.remove(path)
+    return real_flock(f, op)
+
+  monkeypatch.setattr(workdir_lib.fcntl, 'flock', flock_after_the_holder_left)
+  with workdir_lib.lock(workdir):
+    assert removed
+    with pytest.raises(workdir_lib.WorkdirError, match='is in use by a run'):
+      with workdir_lib.lock(workdir):  # a third run opens the file now at the path
+        pass
+
+
+def test_a_read_only_filesystem_is_named_instead_of_chmod(tmp_path, monkeypatch):
+  """EROFS: chmod cannot help on a read-only mount, so the message says what it is."""
+  message = workdir_lib.describe_os_error(
+      str(tmp_path / 'run'), OSError(errno.EROFS, 'Read-only file system', str(tmp_path)))
+  assert 'the filesystem is read-only' in message and 'chmod' not in message
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  monkeypatch.setattr(workdir_lib.os, 'access', lambda *a: False)
+  monkeypatch.setattr(workdir_lib.os, 'statvfs',
+                      lambda p: types.SimpleNamespace(f_flag=os.ST_RDONLY))
+  with pytest.raises(workdir_lib.WorkdirError, match='the filesystem is read-only') as e:
+    workdir_lib.ensure_dir(str(workdir))
+  assert 'chmod' not in str(e.value)
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+  """A real read-only filesystem (tmpfs mounted ro), where this machine allows mounts."""
+  path = tmp_path / 'ro'
+  path.mkdir()
+  proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', str(path)],
+                        capture_output=True, text=True)
+  if proc.returncode:
+    pytest.skip(f'cannot mount a read-only tmpfs here: {proc.stderr.strip()}')
+  yield path
+  subprocess.run(['umount', str(path)], check=True)
+
+
+def test_a_run_on_a_read_only_mount_says_so(read_only_mount):
+  for workdir in (read_only_mount, read_only_mount / 'run'):  # the mount, and under it
+    proc = run_module('seqlab.run', '--config', 'experiments/adding.py:quick',
+                      '--workdir', str(workdir))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('seqlab: ') and 'the filesystem is read-only' in last, last
+    assert 'chmod' not in proc.stderr and 'Traceback' not in proc.stderr

@@ -47,21 +47,27 @@ def read_polarity(folder: str) -> tuple[list[str], list[str]]:
 
 def read_table(path: str) -> tuple[list[str], list[str]]:
   """(labels, texts) of a ``label,text`` CSV or ``label<TAB>text`` TSV file, UTF-8 (with
-  or without a byte-order mark); another encoding is a ValueError naming the file."""
+  or without a byte-order mark); another encoding, a row without text or with an empty
+  label (which would train as a class of its own) is a ValueError naming the file and
+  the line."""
   delimiter = '\t' if path.endswith('.tsv') else ','
   try:
     with open(path, newline='', encoding='utf-8-sig') as f:  # skips a byte-order mark
-      rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
+      reader = csv.reader(f, delimiter=delimiter)
+      rows = [(reader.line_num, r) for r in reader if r]
   except UnicodeDecodeError:
     raise ValueError(f'{path} is not UTF-8 text ({_first_bad_byte(path)}); re-save it as '
                      'UTF-8 (a latin-1 file: iconv -f latin1 -t utf-8 OLD > NEW) and point '
                      'task.path at the new file') from None
-  if rows and [c.strip().lower() for c in rows[0][:2]] == ['label', 'text']:
+  if rows and [c.strip().lower() for c in rows[0][1][:2]] == ['label', 'text']:
     rows = rows[1:]
-  for line, row in enumerate(rows, 1):
+  for line, row in rows:
     if len(row) < 2:
-      raise ValueError(f'{path}, row {line}: expected label{delimiter!r}text, got {row!r}')
-  return [r[0].strip() for r in rows], [delimiter.join(r[1:]) for r in rows]
+      raise ValueError(f'{path}, line {line}: expected label{delimiter!r}text, got {row!r}')
+    if not row[0].strip():
+      raise ValueError(f'{path}, line {line}: the label is empty; give every row a label, '
+                       'or delete the row')
+  return [r[0].strip() for _, r in rows], [delimiter.join(r[1:]) for _, r in rows]
 
 
 def _first_bad_byte(path: str) -> str:
