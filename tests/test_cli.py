@@ -133,18 +133,6 @@ def test_tools_import_together():
   assert seqlab.reproduce.FLAGS['workdir'] is not evaluate.FLAGS['workdir']
 
 
-@pytest.mark.parametrize('override,message', [
-    ('--config.model.engine=parallel', 'choose one of: sequential, associative, auto'),
-    ('--config.model.engine=associative', "engine='associative' needs a diagonal linear"),
-    ('--config.model.remat=-1', 'model.remat must be a non-negative integer'),
-])
-def test_engine_and_remat_keys_are_checked(tmp_path, override, message):
-  proc = run_module('seqlab.run', '--config', 'experiments/adding.py:quick', '--workdir',
-                    str(tmp_path / 'run'), override)
-  assert proc.returncode == 2, proc.stderr
-  assert message in proc.stderr and 'Traceback' not in proc.stderr
-
-
 def test_reproduce_quick_writes_the_table_and_skips_finished_seeds(tmp_path):
   args = ('--quick', '--seeds', '2', '--only', 'adding_t100_lstm,mnist1d_gru', '--workdir',
           str(tmp_path))

@@ -89,7 +89,8 @@ def test_remat_without_lengths_pads_and_cuts():
 def test_bidirectional_stack_remat_equals_plain(name):
   """A two-layer bidirectional StackedRNN: outputs, carries and parameter gradients."""
   xs = jax.random.normal(jax.random.key(1), (3, 23, 3))
-  make = lambda remat: layers.StackedRNN(name, 6, num_layers=2, bidirectional=True, remat=remat)
+  make = lambda remat: layers.StackedRNN(name, 6, num_layers=2, bidirectional=True,
+                                        scan=scan.ScanOptions(remat=remat))
   variables = make(0).init(jax.random.key(0), xs, LENGTHS)
 
   def loss(variables, remat):
@@ -105,14 +106,7 @@ def test_bidirectional_stack_remat_equals_plain(name):
 @pytest.mark.parametrize('remat', [-1, 2.5, True, '4'])
 def test_bad_remat_is_named(remat):
   with pytest.raises(ValueError, match='remat must be a non-negative integer'):
-    layers.StackedRNN('lstm', 4, remat=remat)
-
-
-def test_config_remat_reaches_the_layers():
-  config = load_config('adding')
-  config.model.remat = 7
-  _, model, _ = train.build(config)
-  assert model.encoder.remat == 7
+    scan.ScanOptions(remat=remat)
 
 
 @pytest.mark.parametrize('hoist', [True, False])
@@ -467,7 +461,7 @@ def test_fused_is_the_default_on_cpu():
   with pytest.raises(ValueError, match='fuse=True needs a cell built from combine'):
     scan.run(before, before.init(jax.random.key(0), 2), jnp.ones((2, 5, 2)), fuse=True)
   with pytest.raises(ValueError, match='fuse=True'):
-    layers.StackedRNN('mingru', 4, fuse=True)
+    layers.StackedRNN('mingru', 4, scan=scan.ScanOptions(fuse=True))
 
 
 def test_default_unroll_and_bad_unroll():
@@ -486,11 +480,11 @@ def test_default_unroll_and_bad_unroll():
     with pytest.raises(ValueError, match='unroll must be a positive integer'):
       scan.run(cell, params, jnp.ones((2, 5, 2)), unroll=bad)
     with pytest.raises(ValueError, match='unroll must be a positive integer'):
-      layers.StackedRNN('lstm', 4, unroll=bad)
+      scan.ScanOptions(unroll=bad)
   config = load_config('adding')
   assert config.model.unroll == 0
   spec = tasks.make_task(config.task, 0).spec
-  assert models.build_model(config.model, spec).encoder.unroll is None
+  assert models.build_model(config.model, spec).encoder.scan.unroll is None
 
 
 @pytest.mark.parametrize('name', ['lstm', 'gru', 'gru_reset_before', 'rnn', 'mingru'])
