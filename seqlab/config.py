@@ -124,9 +124,10 @@ def resolved(values: dict) -> dict:
 
 
 def validate(config) -> None:
-  """Checks the schema and the values no builder checks; raises ``ConfigError`` naming
-  the first bad key. The model's and the seq2seq section's values are checked where
-  they are used (``models.build_model``), which ``seqlab.train.build`` runs next."""
+  """Checks the schema and the values no builder checks before compiling; raises
+  ``ConfigError`` naming the first bad key. The other model values (cell, sizes, merge,
+  dropout, pool, the scan options) and the seq2seq section's are checked where they are
+  used, by ``models.build_model``, which ``seqlab.train.build`` runs next."""
   from seqlab import optim, tasks  # pylint: disable=g-import-not-at-top
   from seqlab.cells import initializers  # pylint: disable=g-import-not-at-top
   missing = [s for s in SECTIONS if s not in config]

@@ -6,11 +6,14 @@ import os
 import re
 import shutil
 
+import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
 from seqlab import config as config_lib
+from seqlab import models
 from seqlab import scan
 from seqlab import tasks
 from seqlab import train
@@ -277,3 +280,23 @@ def test_readme_schema_table_lists_every_key_with_the_schemas_default():
   assert differ == {}
   assert all(type(readme[k]) is type(schema[k]) for k in schema), {
       k: (type(readme[k]), type(schema[k])) for k in schema}
+@pytest.mark.parametrize('cell, recurrent_init, identity', [
+    ('irnn', 'auto', True), ('irnn', 'orthogonal', False), ('rnn', 'auto', False),
+    ('rnn', 'identity', True), ('lstm', 'auto', False)])
+def test_config_recurrent_init_auto_keeps_the_cells_own(cell, recurrent_init, identity):
+  """Through the config path: 'auto' (the default) gives the IRNN its identity and the
+  others their orthogonal init; a named init overrides either."""
+  cfg = config_lib.base_config()
+  cfg.model.cell, cfg.model.hidden_size, cfg.task.length = cell, 6, 5
+  if recurrent_init != 'auto':  # else the default
+    cfg.model.recurrent_init = recurrent_init
+  config_lib.validate(cfg)
+  task = tasks.make_task(cfg.task, cfg.seed)
+  model = models.build_model(cfg.model, task.spec)
+  xs = jnp.zeros((1, 3, task.spec.input_features))
+  u = model.init(jax.random.key(0), xs)['params']['encoder']['layer_0']['cell']['recurrent_kernel']
+  u = np.asarray(u)[:, :6]  # the first gate's block
+  np.testing.assert_allclose(u.T @ u, np.eye(6), atol=1e-5)  # orthogonal or the identity
+  assert np.array_equal(u, np.eye(6)) == identity
+
+

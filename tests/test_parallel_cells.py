@@ -22,12 +22,6 @@ IN, HIDDEN, STATE, BATCH, TIME = 5, 8, 6, 3, 12
 LENGTHS = np.array([TIME, 7, 1])
 
 
-@pytest.fixture(autouse=True)
-def strict_promotion():
-  with jax.numpy_dtype_promotion('strict'):
-    yield
-
-
 def rel_err(x, ref) -> float:
   """max |x - ref| / max |ref| over all leaves."""
   x, ref = jax.tree.leaves(x), jax.tree.leaves(ref)
@@ -218,41 +212,6 @@ def test_gradients_agree(name):
 
 
 # --- Engine choice and errors -------------------------------------------------------------
-
-def test_associative_on_lstm_names_the_choices():
-  cell = cells.make_cell('lstm', HIDDEN)
-  params = {'kernel': jnp.zeros((IN, 4 * HIDDEN))}  # refused before any step runs
-  with pytest.raises(ValueError, match="associative.*LSTM.*choose one of: 'sequential', 'auto'"):
-    scan.run(cell, params, jnp.zeros((BATCH, TIME, IN)), engine='associative')
-  with pytest.raises(ValueError, match='choose one of'):
-    layers.StackedRNN(cell='lstm', hidden_size=HIDDEN, scan=scan.ScanOptions(engine='associative'))
-
-
-def test_unknown_engine_lists_the_choices():
-  with pytest.raises(ValueError, match='choose one of: sequential, associative, auto'):
-    scan.ScanOptions(engine='parallel')
-  cell, params, xs = make('mingru')
-  with pytest.raises(ValueError, match='choose one of: sequential, associative, auto'):
-    scan.run(cell, params, xs, engine='parallel')
-
-
-@pytest.mark.parametrize('name, batch, expect_on_cpu', [
-    ('lstm', 1, 'sequential'),
-    ('mingru', 1, 'associative'),
-    ('mingru', 1024, 'sequential'),
-    ('lru', 1024, 'sequential'),
-])
-def test_auto_engine(name, batch, expect_on_cpu):
-  cell = cells.make_cell(name, HIDDEN)
-  width = scan.state_width(cell.initial_carry((batch,)))
-  expected = expect_on_cpu
-  if jax.default_backend() != 'cpu' and name != 'lstm':
-    expected = 'associative'
-  assert scan.choose_engine(cell, scan.Engine.AUTO, width) == scan.Engine(expected)
-
-
-def test_lru_state_width_counts_complex_twice():
-  assert scan.state_width(cells.make_cell('lru', 4, state_size=6).initial_carry((3,))) == 36
 
 
 def test_input_size_mismatch_is_named():

@@ -16,6 +16,8 @@ from seqlab.tasks import g2p
 from seqlab.tasks import reverse
 from conftest import run_module
 
+# models/seq2seq.py broadcasts its biases implicitly (tests/conftest.py, strict_promotion).
+pytestmark = pytest.mark.allow_rank_promotion
 ATTENTIONS = ('none', 'bahdanau', 'luong_dot', 'luong_general')
 # Shared tiny models (hidden 8, source vocab 7, target vocab 6 unless set): built and
 # initialised once, so that every jitted function below compiles once per model.
@@ -28,13 +30,6 @@ MODELS = {
     'bahdanau_vocab5': dict(attention='bahdanau', tgt_vocab=5),
     'sampling': dict(attention='bahdanau', sampling=1.0),
 }
-
-
-@pytest.fixture(autouse=True)
-def strict_numpy():
-  # Rank promotion stays allowed: the cells add [proj] biases to [..., proj] arrays.
-  with jax.numpy_dtype_promotion('strict'):
-    yield
 
 
 def make_model(attention='bahdanau', cell='lstm', bidirectional=False, hoist='off',
