@@ -66,9 +66,9 @@ def fusable(cell) -> bool:
 def default_fuse(cell) -> bool:
   """Whether ``run`` uses ``fused`` by default: for ``fusable`` cells on CPU and GPU,
   where it was measured faster than autodiff of the plain scan at most shapes and
-  even at the rest (BUILD_NOTES.md: on an H200 1.4-1.7x at unroll 1 and 1.03-1.44x
-  for LSTM and GRU at unroll 16, hoisted); on TPUs it is not measured, so autodiff
-  stays."""
+  even at the rest (BUILD_NOTES.md, "Fused backward on CPU and GPU"; on an H200
+  1.4-1.7x at unroll 1 and 1.03-1.44x for LSTM and GRU at unroll 16, hoisted:
+  records/2026-12-04_nvidia-h200.md); on TPUs it is not measured, so autodiff stays."""
   return fusable(cell) and jax.default_backend() in ('cpu', 'gpu')
 
 
@@ -76,9 +76,11 @@ def default_hoist() -> bool:
   """Whether to project every timestep's input in one matmul before the loop.
 
   It pays on GPUs (one large matmul instead of T small ones: measured 1.1-1.2x on
-  an H200, fused or not; BUILD_NOTES.md) and is assumed to on TPUs (not measured).
+  an H200, fused or not; records/2026-12-04_nvidia-h200.md) and is assumed to on TPUs
+  (not measured).
   On XLA:CPU it was measured not to, for every cell and batch size tried (two extra
-  [time, batch, gates] buffers; see BUILD_NOTES.md), with ``fused`` or without.
+  [time, batch, gates] buffers; BUILD_NOTES.md, "Hoisting off on the CPU, on
+  elsewhere"), with ``fused`` or without.
   """
   return jax.default_backend() != 'cpu'
 
@@ -95,10 +97,11 @@ UNROLL_GPU = 16
 
 # Backends on which ``fused``'s backward loop writes each step's d(preactivations) over
 # the saved preactivations instead of into a fresh zero-filled stack. On XLA:CPU it ran
-# the LSTM 1.04-1.09x and the tanh RNN 1.21x faster, same gradients (BUILD_NOTES.md 3.9).
+# the LSTM 1.04-1.09x and the tanh RNN 1.21x faster, same gradients (BUILD_NOTES.md,
+# "In-place backward on the CPU only"; records/2026-12-04_amd-epyc-2core.md).
 # Not on GPUs: with the loop unrolled 16 (UNROLL_GPU) XLA:GPU copied the whole stack 14
 # times per loop iteration, the LSTM ran 0.09-0.58x at three of four shapes (H200,
-# BUILD_NOTES.md section 5, run 3).
+# records/2026-12-04_nvidia-h200.md, run 3).
 IN_PLACE_BACKENDS = ('cpu',)
 
 # Backends on which ``fused`` cuts time into spans of about CHUNK_STEPS_CPU steps (at
@@ -108,7 +111,9 @@ IN_PLACE_BACKENDS = ('cpu',)
 # CPU the training gradient ran 1.03-1.31x faster for LSTM, GRU and tanh RNN at
 # 32x128x256, 128x64x512 and 8x1024x256 (spans of 16 to 128 steps all gained; 32
 # steps, at most 8 spans, as much as any setting tried), and not at all on one core
-# (BUILD_NOTES.md 3.12). GPUs are not measured, so one span there.
+# (BUILD_NOTES.md, "Time in spans on the CPU"; records/2026-12-04_intel-xeon-2core.md).
+# On an H200 spans ran 0.98-0.99x of one span (records/2026-12-04_nvidia-h200.md, run 5),
+# so one span there.
 CHUNK_BACKENDS = ('cpu',)
 CHUNK_STEPS_CPU = 32
 MAX_CHUNKS_CPU = 8
@@ -418,7 +423,8 @@ def fused(cell, project, unroll, params, xs, carry, mask):
   step, two of them rank-``batch`` updates of all of dW and dU, and stores more per
   step. On CPU time is cut into spans (``chunk_spans``), each with its own loops and
   stacks, so that a span's weight matmuls run while the backward loop of the span
-  before it does. Measured on CPU in BUILD_NOTES.md.
+  before it does. Measured: BUILD_NOTES.md, "Fused backward on CPU and GPU" and "Time
+  in spans on the CPU".
   """
   return _fused_forward(cell, project, unroll, params, xs, carry, mask, [(0, xs.shape[0])])[0]
 
@@ -452,9 +458,9 @@ def _fused_bwd(cell, project, unroll, residuals, cotangents):
     """The backward loop over one span: (d carry before it, [d pre stacks])."""
     # On IN_PLACE_BACKENDS each step's d(preactivations) overwrite the saved residuals
     # that step has just read, when they have the same shapes (the default res = pre;
-    # not the GRU's): no second [time, batch, proj] stack to zero-fill (BUILD_NOTES.md
-    # 3.9); a partial overwrite (the GRU's d px over its saved gates) made XLA copy the
-    # whole stack every step.
+    # not the GRU's): no second [time, batch, proj] stack to zero-fill (BUILD_NOTES.md,
+    # "In-place backward on the CPU only"); a partial overwrite (the GRU's d px over its
+    # saved gates) made XLA copy the whole stack every step.
     time = dys.shape[0]
     res_leaves, res_tree = jax.tree.flatten(res)
     overwrite = (jax.default_backend() in IN_PLACE_BACKENDS and res_tree == pre_tree

@@ -339,8 +339,9 @@ def test_fused_backward_overwrites_the_saved_preactivations(name, in_place, monk
   """On CPU ``scan.fused``'s backward loop carries the forward's stack of
   preactivations and writes each step's gradient over the step it has just read,
   instead of reading the stack as scan input and building a second one as scan
-  output: one fewer [time, batch, proj] buffer to zero-fill (BUILD_NOTES 3.9). The
-  GRU saves its gate activations, not the preactivations: it keeps two fresh stacks.
+  output: one fewer [time, batch, proj] buffer to zero-fill (BUILD_NOTES.md, "In-place
+  backward on the CPU only"). The GRU saves its gate activations, not the
+  preactivations: it keeps two fresh stacks.
   Off ``scan.IN_PLACE_BACKENDS`` (GPUs) every cell starts from fresh stacks."""
   set_in_place(monkeypatch, in_place)
   time, batch = 5, 2
@@ -428,8 +429,9 @@ def test_fused_is_the_default_on_cpu():
 
 def test_default_unroll_and_bad_unroll():
   """``lax.scan``'s unroll defaults to ``scan.UNROLL_GPU`` on GPUs and 1 elsewhere (as
-  measured, BUILD_NOTES.md): ``run``'s default traces the backend's choice, the config's
-  0 means that default, and a bad value is named before anything is traced."""
+  measured, BUILD_NOTES.md, "Unroll 16 on GPUs, 1 on the CPU"): ``run``'s default
+  traces the backend's choice, the config's 0 means that default, and a bad value is
+  named before anything is traced."""
   cell = cells.make_cell('lstm', 4)
   params = cell.init(jax.random.key(0), 2)
   expect = scan.UNROLL_GPU if jax.default_backend() == 'gpu' else 1
@@ -452,8 +454,9 @@ def test_default_unroll_and_bad_unroll():
 @pytest.mark.parametrize('name', ['lstm', 'gru', 'gru_reset_before', 'rnn', 'mingru'])
 @pytest.mark.parametrize('batch', [4, 32])
 def test_default_hoist_on_cpu(name, batch):
-  """Hoisting is measured not to pay on CPU (BUILD_NOTES.md), for any cell and batch
-  size: ``scan.run``'s default traces the same program as the backend's choice."""
+  """Hoisting is measured not to pay on CPU (BUILD_NOTES.md, "Hoisting off on the CPU,
+  on elsewhere"), for any cell and batch size: ``scan.run``'s default traces the same
+  program as the backend's choice."""
   cell = cells.make_cell(name, 4)
   params = cell.init(jax.random.key(0), 2)
   hoist = jax.default_backend() != 'cpu'
