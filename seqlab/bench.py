@@ -31,9 +31,9 @@ implementation is as fast as this machine's matmuls allow, whatever it does.
 ``--memory`` reports XLA's compiled memory analysis (temp buffers) of the
 step against sequence length, for a plain scan (remat k = 0) and for chunks of
 k = sqrt(T) steps under ``jax.checkpoint`` (``scan.run(..., remat=k)``). ``--crossover``
-times every engine of ``scan.run`` (``scan.ENGINES``) per cell and shape, and is
-skipped when ``run`` has no ``engine``. The load average before and after goes with
-the results: on a shared machine other processes slow multi-threaded work most.
+times every engine of ``scan.run`` (``scan.Engine``) per cell and shape. The load
+average before and after goes with the results: on a shared machine other processes
+slow multi-threaded work most.
 """
 import dataclasses
 import json
