@@ -69,14 +69,15 @@ def carry_gradient_norms(model, params, batch, spec) -> np.ndarray:
     # |g|^2: complex carries (LRU) count their magnitude
     sq = sum(jnp.sum(jnp.abs(g) ** 2, axis=-1) for g in jax.tree.leaves(grads))
     counts = (t < lengths) & (weight > 0)
-    return jnp.sum(jnp.where(counts, jnp.sqrt(sq), 0.0)) / jnp.maximum(jnp.sum(counts), 1)
+    total = jnp.sum(jnp.where(counts, jnp.sqrt(sq), 0.0))
+    return total / jnp.maximum(jnp.sum(counts), 1).astype(total.dtype)
 
   return np.asarray(jax.jit(jax.vmap(norm_at))(jnp.arange(time)))
 
 
 def _head(p, h):
   """The model's linear head on the final hidden state."""
-  return h @ p['head']['kernel'] + p['head']['bias']
+  return h @ p['head']['kernel'] + p['head']['bias'][None, :]  # [batch, 1]
 
 
 def plot(curves: dict, path: str, title: str) -> None:
