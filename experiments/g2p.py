@@ -30,7 +30,8 @@ def get_config(arg=None):
   c.model.hidden_size = 64
   c.model.bidirectional = True
   c.model.embed_dim = 32
-  c.model.attention = 'luong_general'
+  c.seq2seq = config_lib.seq2seq_section()
+  c.seq2seq.attention = 'luong_general'
   c.optim.name = 'adam'
   c.optim.lr = 3e-3
   c.optim.schedule = 'cosine'
@@ -49,7 +50,7 @@ def get_config(arg=None):
     c.train.steps = 24000
     c.train.eval_every = 6000
   elif arg in ('none', 'bahdanau'):
-    c.model.attention = arg
+    c.seq2seq.attention = arg
   elif arg == 'stress':
     c.task.stress = True
   elif arg == 'quick':

@@ -25,7 +25,8 @@ def get_config(arg=None):
   c.model.cell = 'lstm'
   c.model.hidden_size = 64
   c.model.embed_dim = 32
-  c.model.attention = 'bahdanau'
+  c.seq2seq = config_lib.seq2seq_section()
+  c.seq2seq.attention = 'bahdanau'
   c.optim.name = 'adam'
   c.optim.lr = 3e-3
   c.optim.clip_norm = 1.0
@@ -38,13 +39,13 @@ def get_config(arg=None):
   if arg in (None, '', 'bahdanau'):
     pass
   elif arg in ('none', 'luong_dot', 'luong_general'):
-    c.model.attention = arg
+    c.seq2seq.attention = arg
   elif arg == 'gru':
     c.model.cell = 'gru'
   elif arg == 'bidirectional':
     c.model.bidirectional = True
   elif arg == 'sampling':
-    c.model.scheduled_sampling = 0.25
+    c.seq2seq.scheduled_sampling = 0.25
   elif arg == 'quick':
     c.task.max_length = 8
     c.task.eval_size = 64

@@ -31,15 +31,14 @@ implementation is as fast as this machine's matmuls allow, whatever it does.
 ``--memory`` reports XLA's compiled memory analysis (temp buffers) of the
 step against sequence length, for a plain scan (remat k = 0) and for chunks of
 k = sqrt(T) steps under ``jax.checkpoint`` (``scan.run(..., remat=k)``). ``--crossover``
-times every engine of ``scan.run`` (``scan.ENGINES``) per cell and shape, and is
-skipped when ``run`` has no ``engine``. The load average before and after goes with
-the results: on a shared machine other processes slow multi-threaded work most.
+times every engine of ``scan.run`` (``scan.Engine``) per cell and shape. The load
+average before and after goes with the results: on a shared machine other processes
+slow multi-threaded work most.
 """
 if __name__ == '__main__':  # first, before jax imports: a Ctrl-C at any moment stops it
   from seqlab import signals  # pylint: disable=g-import-not-at-top
   signals.exit_until_caught('')
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -47,7 +46,6 @@ import platform
 import statistics
 import sys
 import time
-import typing
 from typing import Any, Callable
 
 from absl import app
@@ -228,15 +226,11 @@ class SeqlabModel(nn.Module):
   """seqlab's ``StackedRNN`` (one layer) under a linear head: [B, T, I] -> [B, T, 1]."""
   cell: str
   hidden: int
-  hoist: bool
-  dtype: Any = None
-  fuse: bool | None = None
-  unroll: int | None = None
+  options: scan.ScanOptions = scan.ScanOptions()
 
   @nn.compact
   def __call__(self, xs):
-    ys, _ = layers.StackedRNN(self.cell, self.hidden, hoist=self.hoist, dtype=self.dtype,
-                              fuse=self.fuse, unroll=self.unroll)(xs)
+    ys, _ = layers.StackedRNN(self.cell, self.hidden, scan=self.options)(xs)
     return nn.Dense(1)(ys)
 
 
@@ -383,7 +377,8 @@ def build_impls(cell: str, shape: Shape, input_size: int, peers, dtype: str, tor
   """The implementations for one (cell, shape), seqlab first."""
   xs, targets = data(shape, input_size)
   jdtype = None if dtype == 'float32' else DTYPES[dtype]
-  impls = [flax_module_impl(name, SeqlabModel(cell, shape.hidden, hoist, jdtype, fuse=fuse),
+  options = lambda hoist, fuse: scan.ScanOptions(hoist=hoist, dtype=jdtype, fuse=fuse)
+  impls = [flax_module_impl(name, SeqlabModel(cell, shape.hidden, options(hoist, fuse)),
                             xs, targets)
            for name, hoist, fuse in seqlab_variants(cell)]
   if 'flax' in peers and cell in FLAX_CELLS:
@@ -457,7 +452,8 @@ class CellModel(nn.Module):
 
   @nn.compact
   def __call__(self, xs):
-    ys, _ = layers.RNN(self.cell, hoist=self.hoist, engine='sequential', remat=self.remat)(xs)
+    options = scan.ScanOptions(hoist=self.hoist, engine=scan.Engine.SEQUENTIAL, remat=self.remat)
+    ys, _ = layers.RNN(self.cell, scan=options)(xs)
     return nn.Dense(1)(ys)
 
 
@@ -504,17 +500,6 @@ def run_memory(cells_, lengths, batch, hidden, input_size) -> list[dict]:
 
 # --- Engine crossover -----------------------------------------------------------------
 
-def scan_engines():
-  """``scan.run``'s engines, or None when it has no ``engine`` argument."""
-  parameter = inspect.signature(scan.run).parameters.get('engine')
-  if parameter is None:
-    return None
-  engines = getattr(scan, 'ENGINES', None)
-  if engines is None and typing.get_origin(parameter.annotation) is typing.Literal:
-    engines = typing.get_args(parameter.annotation)
-  return tuple(engines) if engines else None
-
-
 class EngineModel(nn.Module):
   """One cell through ``scan.run(..., engine=engine)`` under a linear head."""
   cell: Any
@@ -528,20 +513,19 @@ class EngineModel(nn.Module):
 
 
 def run_crossover(cells_, shapes, input_size, steps, rounds) -> list[dict]:
-  """Every engine of ``scan.run`` on every (cell, shape), interleaved; n/a where it fails."""
-  engines = scan_engines()
+  """Every ``scan.Engine`` on every (cell, shape), interleaved; n/a where it fails."""
   rows = []
   for cell_name in cells_:
     for shape in shapes:
       hidden = shape.hidden
       xs, targets = data(shape, input_size)
       impls = []
-      for engine in engines:
+      for engine in scan.Engine:
         model = EngineModel(cells.make_cell(cell_name, hidden), engine)
         try:
-          impls.append(flax_module_impl(str(engine), model, xs, targets))
+          impls.append(flax_module_impl(engine.value, model, xs, targets))
         except (ValueError, NotImplementedError, TypeError) as e:
-          log(f'{cell_name} {shape} engine {engine!r}: n/a ({e})')
+          log(f'{cell_name} {shape} engine {engine.value!r}: n/a ({e})')
       measure(impls, steps, rounds)
       best = min(impls, key=lambda i: statistics.median(i.times)).name if impls else None
       for row in speed_rows(cell_name, shape, impls, input_size):
@@ -692,13 +676,8 @@ def _main(argv):
           '+ temp)\n')
     print(format_table(result['memory'], MEMORY_COLUMNS))
   if _CROSSOVER.value:
-    if scan_engines() is None:
-      message = 'seqlab.scan.run has no engine argument (or no scan.ENGINES): skipped'
-      print(f'crossover: {message}')
-      result['crossover'] = {'skipped': message}
-    else:
-      result['crossover'] = run_crossover(_CELLS.value, shapes, input_size, steps, rounds)
-      print(format_table(result['crossover'], CROSSOVER_COLUMNS))
+    result['crossover'] = run_crossover(_CELLS.value, shapes, input_size, steps, rounds)
+    print(format_table(result['crossover'], CROSSOVER_COLUMNS))
   result['machine']['load_average_after'] = os.getloadavg()
   print(f'\nload average (1, 5, 15 min): before {fmt_load(result["machine"]["load_average"])}, '
         f'after {fmt_load(result["machine"]["load_average_after"])} on '

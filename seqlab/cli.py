@@ -137,6 +137,9 @@ SYNONYMS = {
     'num_steps': 'train.steps', 'train_steps': 'train.steps', 'max_steps': 'train.steps',
     'iterations': 'train.steps', 'seq_len': 'task.length', 'sequence_length': 'task.length',
     'random_seed': 'seed',
+    # moved to their own section (seqlab.config.seq2seq_section) on 2026-12-07
+    'attention': 'seq2seq.attention', 'scheduled_sampling': 'seq2seq.scheduled_sampling',
+    'decoder_layers': 'seq2seq.decoder_layers', 'decoder_hidden_size': 'seq2seq.decoder_hidden_size',
 }
 
 

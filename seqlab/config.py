@@ -2,8 +2,11 @@
 
 Every experiment's ``get_config`` starts from ``base_config()`` and sets values; the
 ``model``, ``optim`` and ``train`` sections are locked, so a misspelt key fails in the
-experiment file itself. ``validate`` checks every value before anything is compiled
-and raises ``ConfigError`` with a message that names the key and the valid choices.
+experiment file itself. Experiments whose task is seq2seq add ``seq2seq_section()``.
+Each default lives here alone. ``validate`` checks the schema (sections and keys) and
+the values nothing else checks; every other value is checked once, where it is used,
+by the builders (``seqlab.train.build``), still before anything is compiled. Either
+way the error names the key and the valid choices.
 """
 import importlib.util
 import json
@@ -27,10 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
       cell='lstm', hidden_size=128, num_layers=1, bidirectional=False, merge='concat',
       dropout=0.0, residual=False, embed_dim=32, pool='last', forget_bias=1.0,
       kernel_init='glorot_uniform', recurrent_init='auto', hoist='auto', unroll=0,
-      dtype='float32', engine='auto', remat=0,
-      # seq2seq tasks only (seqlab.models.seq2seq): the decoder's attention, scheduled-
-      # sampling rate, layers, and hidden size (0: the encoder's output size).
-      attention='bahdanau', scheduled_sampling=0.0, decoder_layers=1, decoder_hidden_size=0))
+      dtype='float32', engine='auto', remat=0))
   c.optim = ml_collections.ConfigDict(dict(
       name='adam', lr=1e-3, schedule='constant', warmup_steps=0, weight_decay=0.0,
       clip_norm=1.0, clip_kind='global_norm', momentum=0.0, nesterov=False, b1=0.9,
@@ -42,6 +42,54 @@ def base_config() -> ml_collections.ConfigDict:
   for section in (c.model, c.optim, c.train):
     section.lock()
   return c
+
+
+def seq2seq_section() -> ml_collections.ConfigDict:
+  """The ``seq2seq`` section with its defaults (see README.md, 'Config schema'), locked.
+
+  Only experiments whose task is seq2seq add it (``c.seq2seq = seq2seq_section()``):
+  the decoder's attention, scheduled-sampling rate, layers, and hidden size (0: the
+  encoder's output size). A seq2seq task without it trains with these defaults.
+  """
+  s = ml_collections.ConfigDict(dict(
+      attention='bahdanau', scheduled_sampling=0.0, decoder_layers=1, decoder_hidden_size=0))
+  s.lock()
+  return s
+
+
+# Sections of a config: required, then optional (with their schemas).
+SECTIONS = ('seed', 'task', 'model', 'optim', 'train')
+OPTIONAL_SECTIONS = {'seq2seq': seq2seq_section}
+
+
+# Optimizers on which optim.momentum has no effect (seqlab.optim reads it for sgd and
+# rmsprop only).
+MOMENTUM_FREE = ('adam', 'adamw')
+
+
+def upgrade(old: dict) -> dict:
+  """A ``config.json`` as written by an older seqlab -> the same run in today's schema.
+
+  * ``model.attention``, ``model.scheduled_sampling``, ``model.decoder_layers`` and
+    ``model.decoder_hidden_size`` (in every config before the ``seq2seq`` section)
+    move to ``seq2seq``; those at their defaults are dropped instead, since a seq2seq
+    task without the section trains with the defaults and no other task reads them.
+  * ``optim.momentum`` is dropped for optimizers that ignore it (``MOMENTUM_FREE``:
+    adam, adamw): its old schema default 0.9 changed nothing there. For sgd and
+    rmsprop momentum changes the updates, so it is kept and a new value counts as a
+    change of config (the old default 0.9 against today's 0.0 included).
+
+  A config in today's schema keeps everything else; ``old`` is not modified.
+  """
+  out = json.loads(json.dumps(old))
+  model = out.get('model', {})
+  for key, default in seq2seq_section().items():
+    if key in model and model.pop(key) != default:
+      out.setdefault('seq2seq', {})[key] = old['model'][key]
+  optim = out.get('optim', {})
+  if optim.get('name') in MOMENTUM_FREE:
+    optim.pop('momentum', None)
+  return out
 
 
 def _require(ok: bool, key: str, message: str):
@@ -79,16 +127,25 @@ def resolved(values: dict) -> dict:
 
 
 def validate(config) -> None:
-  """Checks the whole config; raises ``ConfigError`` naming the first bad key."""
-  from seqlab import cells, layers, models, optim, tasks  # pylint: disable=g-import-not-at-top
-  missing = [s for s in ('seed', 'task', 'model', 'optim', 'train') if s not in config]
+  """Checks the schema and the values no builder checks before compiling; raises
+  ``ConfigError`` naming the first bad key. The other model values (cell, sizes, merge,
+  dropout, pool, the scan options) and the seq2seq section's are checked where they are
+  used, by ``models.build_model``, which ``seqlab.train.build`` runs next."""
+  from seqlab import optim, tasks  # pylint: disable=g-import-not-at-top
+  from seqlab.cells import initializers  # pylint: disable=g-import-not-at-top
+  missing = [s for s in SECTIONS if s not in config]
   _require(not missing, ', '.join(missing), 'is missing; start experiments from '
            'seqlab.config.base_config()')
+  unknown = sorted(set(config) - set(SECTIONS) - set(OPTIONAL_SECTIONS))
+  _require(not unknown, unknown[0] if unknown else '', 'is not a known section; valid '
+           f'sections: {", ".join(SECTIONS + tuple(OPTIONAL_SECTIONS))}')
   expected = base_config()
-  for section in ('model', 'optim', 'train'):
-    unknown = sorted(set(config[section]) - set(expected[section]))
+  schemas = {k: expected[k] for k in ('model', 'optim', 'train')}
+  schemas.update({k: make() for k, make in OPTIONAL_SECTIONS.items() if k in config})
+  for section, schema in schemas.items():
+    unknown = sorted(set(config[section]) - set(schema))
     _require(not unknown, f'{section}.{unknown[0] if unknown else ""}',
-             f'is not a known key; valid keys: {", ".join(sorted(expected[section]))}')
+             f'is not a known key; valid keys: {", ".join(sorted(schema))}')
   _require(isinstance(config.seed, int) and not isinstance(config.seed, bool)
            and 0 <= config.seed <= MAX_SEED, 'seed',
            f'must be an integer in [0, 2**31 - 1] (sweeps trace it as int32), got {config.seed!r}')
@@ -96,27 +153,9 @@ def validate(config) -> None:
   _choice(config.task, 'name', 'task', tuple(tasks.TASKS))
 
   m = config.model
-  _choice(m, 'cell', 'model', tuple(cells.CELLS))
-  for key in ('hidden_size', 'num_layers'):
-    _positive_int(m, key, 'model')
-  _positive_int(m, 'unroll', 'model', allow_zero=True)
   _positive_int(m, 'embed_dim', 'model', allow_zero=True)
-  _require(0.0 <= m.dropout < 1.0, 'model.dropout', f'must be in [0, 1), got {m.dropout!r}')
-  _choice(m, 'merge', 'model', layers.MERGES)
-  _choice(m, 'pool', 'model', models.POOLS)
-  _choice(m, 'hoist', 'model', tuple(models.HOIST))
-  _choice(m, 'dtype', 'model', tuple(models.DTYPES))
-  from seqlab.cells import initializers  # pylint: disable=g-import-not-at-top
   _choice(m, 'kernel_init', 'model', initializers.NAMES)
   _choice(m, 'recurrent_init', 'model', ('auto',) + tuple(initializers.NAMES))
-  from seqlab import scan  # pylint: disable=g-import-not-at-top
-  _choice(m, 'engine', 'model', scan.ENGINES)
-  _positive_int(m, 'remat', 'model', allow_zero=True)
-  _choice(m, 'attention', 'model', models.seq2seq.ATTENTIONS)
-  _require(0.0 <= m.scheduled_sampling <= 1.0, 'model.scheduled_sampling',
-           f'must be in [0, 1], got {m.scheduled_sampling!r}')
-  _positive_int(m, 'decoder_layers', 'model')
-  _positive_int(m, 'decoder_hidden_size', 'model', allow_zero=True)
 
   o = config.optim
   _choice(o, 'name', 'optim', optim.OPTIMIZERS)

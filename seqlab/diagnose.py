@@ -64,7 +64,8 @@ def carry_gradient_norms(model, params, batch, spec) -> np.ndarray:
     # |g|^2: complex carries (LRU) count their magnitude
     sq = sum(jnp.sum(jnp.abs(g) ** 2, axis=-1) for g in jax.tree.leaves(grads))
     counts = (t < lengths) & (weight > 0)
-    return jnp.sum(jnp.where(counts, jnp.sqrt(sq), 0.0)) / jnp.maximum(jnp.sum(counts), 1)
+    total = jnp.sum(jnp.where(counts, jnp.sqrt(sq), 0.0))
+    return total / jnp.maximum(jnp.sum(counts), 1).astype(total.dtype)
 
   return np.asarray(jax.jit(jax.vmap(norm_at))(jnp.arange(time)))
 

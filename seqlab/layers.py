@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from seqlab import cells
-from seqlab import scan
+from seqlab import scan as scan_lib
 
 MERGES = ('concat', 'sum')
 
@@ -24,21 +24,15 @@ class RNN(nn.Module):
   """
   cell: Any
   reverse: bool = False
-  hoist: bool | None = None
-  unroll: int | None = None  # None: scan.default_unroll()
-  dtype: Any = None
-  engine: str = 'auto'
-  remat: int = 0  # k > 0: chunks of k steps under jax.checkpoint (scan.run)
-  fuse: bool | None = None  # scan.fused: None = on CPU/GPU for lstm, gru, rnn (scan.run)
+  scan: scan_lib.ScanOptions = scan_lib.ScanOptions()
 
   @nn.compact
   def __call__(self, xs, lengths=None, initial_carry=None):
-    scan.check_inputs(xs, lengths)
+    scan_lib.check_inputs(xs, lengths)
     params = self.param('cell', self.cell.init, xs.shape[-1])
-    carry, ys = scan.run(self.cell, params, xs, lengths=lengths, initial_carry=initial_carry,
-                         reverse=self.reverse, hoist=self.hoist, unroll=self.unroll,
-                         dtype=self.dtype, engine=self.engine, remat=self.remat,
-                         fuse=self.fuse)
+    carry, ys = scan_lib.run(self.cell, params, xs, lengths=lengths,
+                             initial_carry=initial_carry, reverse=self.reverse,
+                             options=self.scan)
     return ys, carry
 
 
@@ -55,20 +49,13 @@ class Bidirectional(nn.Module):
   """A forward and a backward ``RNN`` over the same inputs; carry (forward, backward)."""
   cell: Any
   merge: str = 'concat'
-  hoist: bool | None = None
-  unroll: int | None = None  # None: scan.default_unroll()
-  dtype: Any = None
-  engine: str = 'auto'
-  remat: int = 0
-  fuse: bool | None = None
+  scan: scan_lib.ScanOptions = scan_lib.ScanOptions()
 
   @nn.compact
   def __call__(self, xs, lengths=None, initial_carry=None):
     fwd_c, bwd_c = (None, None) if initial_carry is None else initial_carry
-    kw = dict(hoist=self.hoist, unroll=self.unroll, dtype=self.dtype, engine=self.engine,
-              remat=self.remat, fuse=self.fuse)
-    fwd, fwd_c = RNN(self.cell, name='forward', **kw)(xs, lengths, fwd_c)
-    bwd, bwd_c = RNN(self.cell, reverse=True, name='backward', **kw)(xs, lengths, bwd_c)
+    fwd, fwd_c = RNN(self.cell, scan=self.scan, name='forward')(xs, lengths, fwd_c)
+    bwd, bwd_c = RNN(self.cell, reverse=True, scan=self.scan, name='backward')(xs, lengths, bwd_c)
     return merge_directions(fwd, bwd, self.merge), (fwd_c, bwd_c)
 
 
@@ -96,12 +83,7 @@ class StackedRNN(nn.Module):
   dropout: float = 0.0
   residual: bool = False
   cell_options: Mapping[str, Any] = flax.core.FrozenDict()
-  hoist: bool | None = None
-  unroll: int | None = None  # None: scan.default_unroll()
-  dtype: Any = None
-  engine: str = 'auto'  # one of scan.ENGINES
-  remat: int = 0  # 0: off; k > 0: backward memory O(T/k + k), see scan.run
-  fuse: bool | None = None  # scan.fused; None: on CPU/GPU for lstm, gru, rnn (see scan.run)
+  scan: scan_lib.ScanOptions = scan_lib.ScanOptions()  # how each layer loops over time
 
   def __post_init__(self):
     cell = self.make_cell()  # unknown cell names and options fail here, not at trace time
@@ -110,10 +92,7 @@ class StackedRNN(nn.Module):
     check_choice('merge', self.merge, MERGES)
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f'dropout must be in [0, 1), got {self.dropout!r}')
-    scan.check_unroll(self.unroll)
-    scan.check_engine(cell, self.engine)  # lists scan.ENGINES
-    scan.check_remat(self.remat)
-    scan.check_fuse(cell, self.fuse)
+    self.scan.check(cell)
     super().__post_init__()
 
   def make_cell(self):
@@ -131,22 +110,20 @@ class StackedRNN(nn.Module):
 
   @nn.compact
   def __call__(self, xs, lengths=None, initial_carry=None, deterministic=True):
-    scan.check_inputs(xs, lengths)
+    scan_lib.check_inputs(xs, lengths)
     cell = self.make_cell()
-    kw = dict(hoist=self.hoist, unroll=self.unroll, dtype=self.dtype, engine=self.engine,
-              remat=self.remat, fuse=self.fuse)
     carries = []
     for i in range(self.num_layers):
       if self.bidirectional:
-        layer = Bidirectional(cell, merge=self.merge, name=f'layer_{i}', **kw)
+        layer = Bidirectional(cell, merge=self.merge, scan=self.scan, name=f'layer_{i}')
       else:
-        layer = RNN(cell, name=f'layer_{i}', **kw)
+        layer = RNN(cell, scan=self.scan, name=f'layer_{i}')
       ys, carry = layer(xs, lengths, None if initial_carry is None else initial_carry[i])
       carries.append(carry)
       if self.residual and ys.shape[-1] == xs.shape[-1]:
         # Only at valid steps: padded outputs stay zero (what 'mean' pooling relies on).
         ys = ys + (xs if lengths is None else
-                   jnp.where(scan.valid_mask(lengths, xs.shape[1]).T[..., None], xs, 0))
+                   jnp.where(scan_lib.valid_mask(lengths, xs.shape[1]).T[..., None], xs, 0))
       if self.dropout > 0 and i < self.num_layers - 1:
         ys = nn.Dropout(self.dropout)(ys, deterministic=deterministic)
       xs = ys

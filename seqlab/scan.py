@@ -25,14 +25,26 @@ gradient to large matmuls after the loop, instead of adding outer products into 
 dU at every step. On CPU it cuts time into spans (``chunk_spans``) so that one span's
 weight matmuls overlap the next span's backward loop.
 """
+import dataclasses
+import enum
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from seqlab.cells import base
 
-ENGINES = ('sequential', 'associative', 'auto')
+
+class Engine(enum.Enum):
+  """How ``run`` loops over time (``choose_engine`` resolves AUTO)."""
+  SEQUENTIAL = 'sequential'  # jax.lax.scan, one step after another
+  ASSOCIATIVE = 'associative'  # jax.lax.associative_scan; cells with coefficients() only
+  AUTO = 'auto'  # picked per cell, width and backend, as measured
+
+
+def choices(values) -> str:
+  return ', '.join(str(v.value if isinstance(v, enum.Enum) else v) for v in values)
 
 # On XLA:CPU 'auto' runs the associative engine only while one timestep is narrow:
 # batch * state <= this many float32 words (a complex64 state counts twice). Measured
@@ -58,18 +70,6 @@ def default_fuse(cell) -> bool:
   1.4-1.7x at unroll 1 and 1.03-1.44x for LSTM and GRU at unroll 16, hoisted:
   records/2026-12-04_nvidia-h200.md); on TPUs it is not measured, so autodiff stays."""
   return fusable(cell) and jax.default_backend() in ('cpu', 'gpu')
-
-
-def check_fuse(cell, fuse) -> bool:
-  """``fuse`` resolved (None -> ``default_fuse``); a ValueError if ``cell`` cannot fuse."""
-  if fuse is None:
-    return default_fuse(cell)
-  if fuse and not fusable(cell):
-    raise ValueError(f'fuse=True needs a cell built from combine() and gates() (lstm, gru, '
-                     f'rnn, irnn), not {type(cell).__name__}'
-                     f'{" with reset_after=False" if hasattr(cell, "gates") else ""}; '
-                     f'use fuse=None or False')
-  return bool(fuse)
 
 
 def default_hoist() -> bool:
@@ -124,12 +124,86 @@ def default_unroll() -> int:
   return UNROLL_GPU if jax.default_backend() == 'gpu' else 1
 
 
-def check_unroll(unroll) -> None:
-  """Raises a ValueError unless ``unroll`` is None (the default) or a positive int."""
-  if unroll is not None and (not isinstance(unroll, int) or isinstance(unroll, bool)
-                             or unroll < 1):
-    raise ValueError(f'unroll must be a positive integer (steps per loop iteration) or '
-                     f'None (default_unroll()), got {unroll!r}')
+# The config's spelling of hoist and dtype (``ScanOptions.from_config``).
+HOIST = {'auto': None, 'on': True, 'off': False}
+DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
+
+
+def _nonnegative_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanOptions:
+  """How ``run`` loops over time; the one list of its options (the fields).
+
+  Fields (None: the measured per-backend default):
+    hoist: project all timesteps' inputs in one matmul outside the loop (True) or
+      inside it step by step (False); None: ``default_hoist()``. Sequential engine
+      only (the associative one always projects the whole sequence).
+    unroll: ``jax.lax.scan``'s unroll (sequential engine only), a positive int;
+      None: ``default_unroll()`` (16 on GPUs, 1 elsewhere).
+    dtype: compute dtype of the matmuls (e.g. jnp.bfloat16); None: float32.
+      Carries stay float32.
+    engine: an ``Engine`` (or its value, 'sequential', ...); AUTO: ``choose_engine``.
+    remat: 0, or k > 0 to run chunks of k timesteps under ``jax.checkpoint``
+      (``chunked``): the same results, O(T/k + k) instead of O(T) memory for the
+      backward pass, about one more forward pass of compute.
+    fuse: run a ``fusable`` cell through ``fused`` (sequential engine): True, False
+      (autodiff of the plain scan), or None: ``default_fuse``.
+
+  Construction checks what does not depend on the cell; ``check(cell)`` the rest.
+  """
+  hoist: bool | None = None
+  unroll: int | None = None
+  dtype: Any = None
+  engine: Engine = Engine.AUTO
+  remat: int = 0
+  fuse: bool | None = None
+
+  def __post_init__(self):
+    if not isinstance(self.engine, Engine):
+      if self.engine not in {e.value for e in Engine}:
+        raise ValueError(f'engine={self.engine!r} is not valid; choose one of: {choices(Engine)}')
+      object.__setattr__(self, 'engine', Engine(self.engine))
+    if self.unroll is not None and not (_nonnegative_int(self.unroll) and self.unroll > 0):
+      raise ValueError(f'unroll must be a positive integer (steps per loop iteration) or '
+                       f'None (0 in a config: default_unroll()), got {self.unroll!r}')
+    if not _nonnegative_int(self.remat):
+      raise ValueError(f'remat must be a non-negative integer (0 = off, k = steps per '
+                       f'checkpointed chunk), got {self.remat!r}')
+
+  def check(self, cell) -> None:
+    """Raises a ValueError, naming the choices, when these options cannot run ``cell``."""
+    if self.engine is Engine.ASSOCIATIVE and not hasattr(cell, 'coefficients'):
+      others = [e for e in Engine if e is not Engine.ASSOCIATIVE]
+      raise ValueError(f"engine='associative' needs a diagonal linear recurrence (a cell with "
+                       f"coefficients(), e.g. lru, mingru, minlstm), not {type(cell).__name__}; "
+                       f"choose one of: {', '.join(repr(e.value) for e in others)}")
+    if self.fuse and not fusable(cell):
+      raise ValueError(f'fuse=True needs a cell built from combine() and gates() (lstm, gru, '
+                       f'rnn, irnn), not {type(cell).__name__}'
+                       f'{" with reset_after=False" if hasattr(cell, "gates") else ""}; '
+                       f'use fuse=None or False')
+
+  def fuse_for(self, cell) -> bool:
+    """``fuse`` resolved for ``cell`` (None -> ``default_fuse``)."""
+    return default_fuse(cell) if self.fuse is None else bool(self.fuse)
+
+  @classmethod
+  def from_config(cls, model) -> 'ScanOptions':
+    """The ``model`` config section's ``hoist`` ('auto', 'on', 'off'), ``unroll`` (0:
+    the default), ``dtype`` ('float32', 'bfloat16'), ``engine`` and ``remat``; a
+    ValueError naming the ``model.`` key and its choices."""
+    for key, table in (('hoist', HOIST), ('dtype', DTYPES)):
+      if model[key] not in table:
+        raise ValueError(f'model.{key}={model[key]!r} is not valid; choose one of: '
+                         f'{choices(table)}')
+    try:
+      return cls(hoist=HOIST[model.hoist], unroll=model.unroll or None,
+                 dtype=DTYPES[model.dtype], engine=model.engine, remat=model.remat)
+    except ValueError as e:
+      raise ValueError(f'model.{e}') from None
 
 
 def valid_mask(lengths, time: int):
@@ -160,38 +234,20 @@ def check_inputs(xs, lengths=None, input_size=None):
     raise ValueError(f'lengths must have shape [batch] = ({xs.shape[0]},), got {tuple(lengths.shape)}')
 
 
-def check_remat(remat) -> None:
-  """Raises a ValueError unless ``remat`` is a non-negative int (0: off, k: chunk length)."""
-  if not isinstance(remat, int) or isinstance(remat, bool) or remat < 0:
-    raise ValueError(f'remat must be a non-negative integer (0 = off, k = steps per '
-                     f'checkpointed chunk), got {remat!r}')
-
-
-def check_engine(cell, engine: str) -> None:
-  """Raises a ValueError, listing the choices, when ``engine`` cannot run ``cell``."""
-  if engine not in ENGINES:
-    raise ValueError(f'engine={engine!r} is not valid; choose one of: {", ".join(ENGINES)}')
-  if engine == 'associative' and not hasattr(cell, 'coefficients'):
-    raise ValueError(f"engine='associative' needs a diagonal linear recurrence (a cell with "
-                     f"coefficients(), e.g. lru, mingru, minlstm), not {type(cell).__name__}; "
-                     f"choose one of: 'sequential', 'auto'")
-
-
-def choose_engine(cell, engine: str, width: int) -> str:
-  """'sequential' or 'associative' for ``cell``, resolving 'auto'.
+def choose_engine(cell, engine: Engine, width: int) -> Engine:
+  """SEQUENTIAL or ASSOCIATIVE for ``cell``, resolving AUTO.
 
   ``width`` is the float32 words of one timestep's state (batch * N, complex twice).
   'auto' is associative for cells with ``coefficients``: on CPU while ``width <=
   ASSOCIATIVE_MAX_WIDTH_CPU``, on accelerators always (not measured here; S5 and the
   LRU paper scan this way on GPU/TPU); classic cells are always sequential.
   """
-  check_engine(cell, engine)
-  if engine != 'auto':
+  if engine is not Engine.AUTO:
     return engine
   if not hasattr(cell, 'coefficients'):
-    return 'sequential'
+    return Engine.SEQUENTIAL
   narrow = width <= ASSOCIATIVE_MAX_WIDTH_CPU
-  return 'associative' if narrow or jax.default_backend() != 'cpu' else 'sequential'
+  return Engine.ASSOCIATIVE if narrow or jax.default_backend() != 'cpu' else Engine.SEQUENTIAL
 
 
 def state_width(carry) -> int:
@@ -200,7 +256,7 @@ def state_width(carry) -> int:
 
 
 def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
-        hoist=None, unroll=None, dtype=None, engine='auto', remat=0, fuse=None):
+        options: ScanOptions | None = None, **overrides):
   """Runs ``cell`` over ``xs`` [batch, time, features].
 
   Args:
@@ -213,45 +269,35 @@ def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
       Pass a previous call's final carry to continue a stream (truncated BPTT).
     reverse: read each sequence backward from its last valid step; outputs are
       returned in the original time order.
-    hoist: project all timesteps' inputs in one matmul outside the loop (True) or
-      inside it step by step (False); None picks ``default_hoist()``.
-      Sequential engine only (the associative one always projects the whole
-      sequence).
-    unroll: passed to ``jax.lax.scan`` (sequential engine only); None picks
-      ``default_unroll()`` (16 on GPUs, 1 elsewhere).
-    dtype: compute dtype of the matmuls (e.g. jnp.bfloat16); carries stay float32.
-    engine: one of ``ENGINES``: 'sequential' (``jax.lax.scan``), 'associative'
-      (``jax.lax.associative_scan``, cells with ``coefficients`` only) or 'auto'
-      (see ``choose_engine``).
-    remat: 0, or k > 0 to run chunks of k timesteps under ``jax.checkpoint``
-      (see ``chunked``): the same results, O(T/k + k) instead of O(T) memory for
-      the backward pass, about one more forward pass of compute.
-    fuse: run a ``fusable`` cell through ``fused`` (sequential engine): True, False
-      (autodiff of the plain scan), or None: on CPU and GPU (``default_fuse``).
+    options: a ``ScanOptions`` (hoist, unroll, dtype, engine, remat, fuse); None:
+      the defaults.
+    **overrides: ``ScanOptions`` fields set on top of ``options``, e.g.
+      ``engine='associative'``, ``remat=8``.
 
   Returns:
     ``(final_carry, ys)`` with ys [batch, time, hidden] in float32.
   """
+  options = dataclasses.replace(options or ScanOptions(), **overrides)
+  options.check(cell)
   kernel = params.get('kernel') if isinstance(params, dict) else None
   check_inputs(xs, lengths, None if kernel is None else kernel.shape[0])
-  check_remat(remat)
-  check_unroll(unroll)
   batch, time, _ = xs.shape
-  hoist = default_hoist() if hoist is None else hoist
-  unroll = default_unroll() if unroll is None else unroll
-  fuse = check_fuse(cell, fuse)
-  if dtype is not None:
-    params = cast_params(cell, params, dtype)
-    xs = xs.astype(dtype)
+  hoist = default_hoist() if options.hoist is None else options.hoist
+  unroll = default_unroll() if options.unroll is None else options.unroll
+  fuse = options.fuse_for(cell)
+  if options.dtype is not None:
+    params = cast_params(cell, params, options.dtype)
+    xs = xs.astype(options.dtype)
   if reverse:
     xs = xs[:, ::-1] if lengths is None else reverse_valid(xs, lengths)
   carry = cell.initial_carry((batch,)) if initial_carry is None else initial_carry
   mask = None if lengths is None else valid_mask(lengths, time)
 
-  if choose_engine(cell, engine, state_width(carry)) == 'associative':
+  if choose_engine(cell, options.engine, state_width(carry)) is Engine.ASSOCIATIVE:
     loop = lambda xs, carry, mask: associative(cell, params, xs, carry, mask)
   else:
     loop = lambda xs, carry, mask: sequential(cell, params, xs, carry, mask, hoist, unroll, fuse)
+  remat = options.remat
   carry, ys = chunked(loop, xs, carry, mask, remat) if remat else loop(xs, carry, mask)
   if reverse:
     ys = ys[:, ::-1] if lengths is None else reverse_valid(ys, lengths)

@@ -279,7 +279,7 @@ def _check_builds(config, specs: dict) -> None:
   key = json.dumps(config.task.to_dict(), sort_keys=True, default=repr)
   if key not in specs:
     specs[key] = tasks.make_task(config.task, config.seed).spec
-  models.build_model(config.model, specs[key])
+  models.build_model(config.model, specs[key], config.get('seq2seq'))
   optim.make_optimizer(config.optim, config.train.steps)
 
 

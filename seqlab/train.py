@@ -43,7 +43,7 @@ def build(config):
   try:
     task = tasks.make_task(config.task, config.seed)
     losses.best_metric(task.spec, config.train.best_metric)
-    model = models.build_model(config.model, task.spec)
+    model = models.build_model(config.model, task.spec, config.get('seq2seq'))
     optimizer = optim.make_optimizer(config.optim, config.train.steps)
     # Data too small for a batch fails here, not after training.
     task.batch('train', 0, config.train.batch_size)
@@ -640,7 +640,7 @@ def load_run(workdir: str, which: str = 'best'):
     raise FileNotFoundError(f'{workdir} holds no run (no config.json); pass the --workdir '
                             'of a python -m seqlab.run')
   with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(config_lib.upgrade(json.load(f)))
   task, model, optimizer = build(config)
   example = task.batch('train', 0, config.train.batch_size)
   abstract = restore_target(jax.eval_shape(functools.partial(

@@ -194,9 +194,10 @@ def config_changes(workdir: str, config, ignore=()) -> list[str]:
   """How ``config`` differs from the one a run in ``workdir`` was started with
   ('key: old -> new'); [] if the same or no run is there.
 
-  Compared as ``config_lib.resolved``: keys the saved config lacks (added to seqlab
-  since) and 'auto' values equal to what the saved ones meant do not count, nor the
-  keys in ``ignore`` (e.g. ``RESUMABLE``).
+  The saved config is first brought to today's schema (``config_lib.upgrade``: keys
+  that moved since), then both are compared as ``config_lib.resolved``: keys the saved
+  config lacks (added to seqlab since) and 'auto' values equal to what the saved ones
+  meant do not count, nor the keys in ``ignore`` (e.g. ``RESUMABLE``).
   """
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
@@ -208,7 +209,8 @@ def config_changes(workdir: str, config, ignore=()) -> list[str]:
     raise WorkdirError(f'cannot read {path} ({e}); repair it, or move {workdir} away to '
                        'start over') from None
   new = config_lib.resolved(json.loads(config.to_json_best_effort()))
-  changes = flat_diff(_with_defaults(config_lib.resolved(saved), new), new)
+  old = config_lib.resolved(config_lib.upgrade(saved))
+  changes = flat_diff(_with_defaults(old, new), new)
   return [c for c in changes if c.partition(':')[0] not in ignore]
 
 

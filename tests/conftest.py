@@ -1,4 +1,5 @@
-"""Shared test helpers: load experiment configs, run the CLI in a subprocess."""
+"""Shared test helpers: strict promotion for every test, experiment configs, the CLI in
+a subprocess, pytree comparison."""
 import importlib.util
 import os
 import shlex
@@ -8,7 +9,23 @@ import sys
 import time
 
 import jax
+import numpy as np
 import pytest
+
+@pytest.fixture(autouse=True)
+def strict_promotion(request):
+  """Every test runs with strict dtype promotion and without implicit rank promotion, so
+  a silent upcast or broadcast in seqlab fails (as Equinox's suite does). A test of code
+  that is not ours may relax it around that call (optax: ``numpy_dtype_promotion``).
+
+  ``@pytest.mark.allow_rank_promotion``: for tests that apply ``models.seq2seq``, whose
+  decoder still adds [n] biases to [..., n] arrays (its bridge, attention keys and output
+  layer); the mark goes once that module broadcasts them explicitly.
+  """
+  rank = 'allow' if request.node.get_closest_marker('allow_rank_promotion') else 'raise'
+  with jax.numpy_dtype_promotion('strict'), jax.numpy_rank_promotion(rank):
+    yield
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(ROOT, 'experiments')
@@ -111,3 +128,9 @@ def cpu_backend(monkeypatch):
 @pytest.fixture
 def quick_config():
   return load_config
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-5):
+  """Two pytrees of one structure, leaf by leaf within ``rtol`` and ``atol``."""
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)

@@ -3,7 +3,8 @@
 ``np_step`` is written from the equations in the docstrings of seqlab/cells/*.py
 (PyTorch's for the reset-after GRU, whose recurrent bias b_hh enters all three gates),
 not from our code. On top of it: padding, reversal, gradients, carries across
-chunks, recompilation and the names and initialisers a config can ask for.
+chunks, recompilation and the names and initialisers a config can ask for. The layers'
+tests (tests/test_layers.py) check against the same reference.
 """
 import functools
 
@@ -20,13 +21,6 @@ from seqlab import scan
 B, T, IN, H = 3, 6, 3, 4
 LENGTHS = np.array([6, 2, 4], np.int32)
 CELL_NAMES = ('rnn', 'irnn', 'lstm', 'gru_reset_after', 'gru_reset_before')
-
-
-@pytest.fixture(autouse=True)
-def strict_numpy():
-  # Rank promotion stays allowed: the cells add [proj] biases to [..., proj] arrays.
-  with jax.numpy_dtype_promotion('strict'):
-    yield
 
 
 # ----------------------------------------------------------------------------- reference
@@ -184,52 +178,6 @@ def test_padded_batch_equals_each_sequence_alone(name, reverse):
     assert rel_error(row(carry, i), want_carry) < 1e-5
 
 
-@pytest.mark.parametrize('name', ['lstm', 'gru_reset_after'])
-def test_bidirectional_padded_equals_each_sequence_alone(name):
-  """layers.Bidirectional on a padded batch against itself on each sequence alone."""
-  layer = layers.Bidirectional(cells.make_cell(name, H))
-  cell_params = lambda seed: {'cell': make_params(name, seed)[1]}
-  variables = {'params': {'forward': cell_params(0), 'backward': cell_params(1)}}
-  apply = jax.jit(layer.apply)
-  xs = padded_inputs()
-  ys, carry = apply(variables, jnp.asarray(xs), jnp.asarray(LENGTHS))
-  assert ys.shape == (B, T, 2 * H)
-  np.testing.assert_array_equal(np.asarray(ys)[padding_mask()], 0.0)
-  for i, n in enumerate(LENGTHS):
-    ys_i, carry_i = apply(variables, jnp.asarray(xs[i:i + 1, :n]))
-    np.testing.assert_allclose(ys[i, :n], ys_i[0], rtol=1e-6, atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
-                 row(carry, i), carry_i)
-
-
-def np_stacked_bidirectional(name, tree, x):
-  """The float64 reference of a bidirectional StackedRNN on one sequence x [1, n, in]."""
-  carries = []
-  for k in range(len(tree)):
-    p = to64(tree[f'layer_{k}'])
-    fwd_carry, fwd = np_run(name, p['forward']['cell'], x)
-    bwd_carry, bwd = np_run(name, p['backward']['cell'], x[:, ::-1])
-    x = np.concatenate([fwd, bwd[:, ::-1]], axis=-1)
-    carries.append((fwd_carry, bwd_carry))
-  return x, tuple(carries)
-
-
-@pytest.mark.parametrize('name', ['rnn', 'lstm'])
-def test_stacked_bidirectional_padded_equals_each_sequence_alone(name):
-  layer = layers.StackedRNN(cell=name, hidden_size=H, num_layers=2, bidirectional=True)
-  variables = stacked_variables(layer)
-  xs = padded_inputs()
-  expected = jax.eval_shape(layer.init, jax.random.key(0), jnp.asarray(xs))
-  assert jax.tree.structure(expected) == jax.tree.structure(variables)  # the documented tree
-  ys, carries = jax.jit(layer.apply)(variables, jnp.asarray(xs), jnp.asarray(LENGTHS))
-  np.testing.assert_array_equal(np.asarray(ys)[padding_mask()], 0.0)
-  for i, n in enumerate(LENGTHS):
-    want_ys, want_carries = np_stacked_bidirectional(
-        name, variables['params'], xs[i:i + 1, :n].astype(np.float64))
-    assert rel_error(ys[i:i + 1, :n], want_ys) < 1e-5
-    assert rel_error(row(carries, i), want_carries) < 1e-5
-
-
 # ----------------------------------------------------------------------------- gradients
 
 @pytest.mark.parametrize('name', CELL_NAMES)
@@ -306,21 +254,6 @@ def test_two_chunks_equal_one_run(name):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), carry_b, carry)
 
 
-def test_stacked_two_chunks_equal_one_run():
-  layer = layers.StackedRNN(cell='lstm', hidden_size=H, num_layers=2)
-  cell = layer.make_cell()
-  variables = {'params': {'layer_0': {'cell': cell.init(jax.random.key(0), IN)},
-                          'layer_1': {'cell': cell.init(jax.random.key(1), H)}}}
-  apply = jax.jit(lambda xs, carry: layer.apply(variables, xs, initial_carry=carry))
-  xs, zeros = jnp.asarray(make_inputs()), layer.initial_carry(B)
-  ys, carries = apply(xs, zeros)
-  ys_a, carries_a = apply(xs[:, :T // 2], zeros)
-  ys_b, carries_b = apply(xs[:, T // 2:], carries_a)
-  np.testing.assert_allclose(jnp.concatenate([ys_a, ys_b], axis=1), ys, rtol=1e-6, atol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
-               carries_b, carries)
-
-
 # ----------------------------------------------------------------------------- names, inits
 
 def test_unknown_cell_lists_the_choices():
@@ -328,11 +261,6 @@ def test_unknown_cell_lists_the_choices():
     cells.make_cell('nope', 4)
   for name in cells.CELLS:
     assert repr(name)[1:-1] in str(info.value)
-
-
-def test_stacked_rnn_unknown_cell_fails_at_construction():
-  with pytest.raises(ValueError, match='nope'):
-    layers.StackedRNN(cell='nope', hidden_size=H)
 
 
 def test_irnn_recurrent_kernel_is_identity():

@@ -49,7 +49,7 @@ def _reference(cell_name, config, lengths=None):
       new, _ = cell.recur(cp, carry, cell.project(cp, xs[:, t]))
       new = jax.tree.map(lambda c, d: c + d[t], new, deltas)
       carry = jax.tree.map(lambda n, c: jnp.where(valid[:, t, None], n, c), new, carry)
-    out = cell.output(carry) @ p['head']['kernel'] + p['head']['bias']
+    out = cell.output(carry) @ p['head']['kernel'] + p['head']['bias'][None, :]
     return losses.loss_and_metrics(task.spec, out, batch)[0] * xs.shape[0]
 
   zeros = jax.tree.map(lambda c: jnp.zeros((time,) + c.shape), cell.initial_carry((5,)))
@@ -90,6 +90,7 @@ def test_without_workdir_it_writes_under_runs_and_says_where(tmp_path):
   assert f'wrote {out}.png and {out}.json' in proc.stdout
 
 
+@pytest.mark.allow_rank_promotion  # models/seq2seq.py (conftest.py)
 def test_rejects_models_it_cannot_read():
   c = _config('lstm')
   c.model.bidirectional = True

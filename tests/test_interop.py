@@ -22,13 +22,6 @@ MODULES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def strict_numpy():
-  # Rank promotion stays allowed: the cells add [proj] biases to [..., proj] arrays.
-  with jax.numpy_dtype_promotion('strict'):
-    yield
-
-
 def make_module(kind, seed=0, **kwargs):
   torch.manual_seed(seed)
   return MODULES[kind](**kwargs).eval()

@@ -13,12 +13,6 @@ from seqlab.tasks.base import Spec
 B, T, K = 5, 6, 4
 
 
-@pytest.fixture(autouse=True)
-def strict_numpy():
-  with jax.numpy_dtype_promotion('strict'), jax.numpy_rank_promotion('raise'):
-    yield
-
-
 def make_spec(target, loss, num_outputs=K):
   metric = 'accuracy' if loss == 'cross_entropy' else 'mse'
   return Spec(input_vocab=0, input_features=3, target=target, num_outputs=num_outputs,

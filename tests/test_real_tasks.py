@@ -27,12 +27,6 @@ HAS_STATSMODELS = importlib.util.find_spec('statsmodels') is not None
 needs_mnist1d = pytest.mark.skipif(not HAS_MNIST1D, reason='needs mnist1d (seqlab[data])')
 
 
-@pytest.fixture(autouse=True)
-def strict_numpy():
-  with jax.numpy_dtype_promotion('strict'), jax.numpy_rank_promotion('raise'):
-    yield
-
-
 def cfg(**kw):
   return ml_collections.FrozenConfigDict(kw)  # frozen: make_task must never write
 

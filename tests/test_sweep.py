@@ -176,7 +176,7 @@ def test_vmap_plan_falls_back_for_shape_changing_keys(tmp_path):
     (['--sweep', 'optim.lrr=[0.001]'], 'optim.lrr is not a key'),
     (['--sweep', 'seed=[]'], 'zero points'),
     (['--config.model.hiden_size=3'], "unknown config key --config.model.hiden_size: model "
-     "has no key 'hiden_size' (did you mean model.hidden_size?); its keys: attention,"),
+     "has no key 'hiden_size' (did you mean model.hidden_size?); its keys: bidirectional,"),
     (['--config.modl.cell=gru'], "the config has no key 'modl' (did you mean model?); its "
      'keys: model, optim, seed, task, train'),
     (['--config.model.cell.x=1'], "model.cell has no key 'x'; its keys: none (a value)"),

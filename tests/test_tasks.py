@@ -14,12 +14,6 @@ from seqlab.tasks import charlm
 from seqlab.tasks import copy
 
 
-@pytest.fixture(autouse=True)
-def strict_numpy():
-  with jax.numpy_dtype_promotion('strict'), jax.numpy_rank_promotion('raise'):
-    yield
-
-
 def cfg(**kw):
   return ml_collections.FrozenConfigDict(kw)  # frozen: make_task must never write
 

@@ -93,9 +93,10 @@ class LRU:
     n = self.n
     px = px.astype(jnp.float32)
     nu, theta, gamma = (jnp.exp(params[k].astype(jnp.float32)) for k in ('nu_log', 'theta_log', 'gamma_log'))
-    lam = jnp.exp(jax.lax.complex(-nu, theta))
-    b = jax.lax.complex(gamma * px[..., :n], gamma * px[..., n:2 * n])
-    return jnp.broadcast_to(lam, b.shape), b
+    shape = px.shape[:-1] + (n,)  # [..., N]: the [N] parameters broadcast explicitly
+    lam = jnp.broadcast_to(jnp.exp(jax.lax.complex(-nu, theta)), shape)
+    gamma = jnp.broadcast_to(gamma, shape)
+    return lam, jax.lax.complex(gamma * px[..., :n], gamma * px[..., n:2 * n])
 
   def readout(self, params, h, px):
     """y = Re(h C) + x D: h [..., N], px [..., 2N + hidden] -> [..., hidden] float32."""

@@ -278,24 +278,29 @@ class Seq2Seq(nn.Module):
     return jnp.swapaxes(features, 0, 1), weights
 
 
-def from_config(model_cfg, spec, encoder: layers.StackedRNN) -> Seq2Seq:
-  """``model`` config + a seq2seq task's ``Spec`` + the built encoder -> ``Seq2Seq``.
+def from_config(model_cfg, seq2seq_cfg, spec, encoder: layers.StackedRNN) -> Seq2Seq:
+  """``model`` and ``seq2seq`` config sections + a seq2seq task's ``Spec`` + the built
+  encoder -> ``Seq2Seq``.
 
   The decoder uses the encoder's cell and options; its hidden size is
-  ``model.decoder_hidden_size`` or, when 0, the encoder's output size. The model is
+  ``seq2seq.decoder_hidden_size`` or, when 0, the encoder's output size. The model is
   hashable (cell options frozen), so ``seqlab.models.decode`` can jit it statically.
   """
+  for key, least in (('decoder_layers', 1), ('decoder_hidden_size', 0)):
+    v = seq2seq_cfg[key]
+    if not isinstance(v, int) or isinstance(v, bool) or v < least:
+      raise ValueError(f'{key} must be an integer >= {least}, got {v!r}')
   encoder = encoder.clone(cell_options=flax.core.FrozenDict(encoder.cell_options))
-  hidden = model_cfg.decoder_hidden_size or encoder.output_size
+  hidden = seq2seq_cfg.decoder_hidden_size or encoder.output_size
   cell = cells.make_cell(encoder.cell, hidden, **dict(encoder.cell_options))
   same = (not encoder.bidirectional and hidden == encoder.hidden_size
-          and model_cfg.decoder_layers == encoder.num_layers)
+          and seq2seq_cfg.decoder_layers == encoder.num_layers)
   enc_cell = encoder.make_cell()
   final_size = _width(enc_cell.output, enc_cell.initial_carry(()))  # h_T of one direction
-  decoder = Decoder(cell=cell, num_layers=model_cfg.decoder_layers, vocab_size=spec.num_outputs,
-                    embed_dim=model_cfg.embed_dim, memory_size=encoder.output_size,
-                    attention=model_cfg.attention,
+  decoder = Decoder(cell=cell, num_layers=seq2seq_cfg.decoder_layers,
+                    vocab_size=spec.num_outputs, embed_dim=model_cfg.embed_dim,
+                    memory_size=encoder.output_size, attention=seq2seq_cfg.attention,
                     bridge_size=0 if same else final_size * (2 if encoder.bidirectional else 1))
   return Seq2Seq(encoder=encoder, decoder=decoder, src_vocab=spec.input_vocab,
                  embed_dim=model_cfg.embed_dim, dropout=model_cfg.dropout,
-                 scheduled_sampling=model_cfg.scheduled_sampling, hoist=encoder.hoist)
+                 scheduled_sampling=seq2seq_cfg.scheduled_sampling, hoist=encoder.scan.hoist)

@@ -101,7 +101,7 @@ class SequenceModel(nn.Module):
     embed = (lambda x: p['embed']['embedding'][x]) if self.vocab_size else (lambda x: x)
     return Recurrence(cell=enc.make_cell(), cell_params=p['encoder']['layer_0']['cell'],
                       features=lambda x: jnp.asarray(embed(x), jnp.float32),
-                      head=lambda h: h @ p['head']['kernel'] + p['head']['bias'])
+                      head=lambda h: h @ p['head']['kernel'] + p['head']['bias'][None, :])
 
   def final_hidden(self, carry):
     """The last layer's final hidden state [batch, D * hidden] from its carry."""
