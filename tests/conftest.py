@@ -13,17 +13,12 @@ import numpy as np
 import pytest
 
 @pytest.fixture(autouse=True)
-def strict_promotion(request):
+def strict_promotion():
   """Every test runs with strict dtype promotion and without implicit rank promotion, so
   a silent upcast or broadcast in seqlab fails (as Equinox's suite does). A test of code
   that is not ours may relax it around that call (optax: ``numpy_dtype_promotion``).
-
-  ``@pytest.mark.allow_rank_promotion``: for tests that apply ``models.seq2seq``, whose
-  decoder still adds [n] biases to [..., n] arrays (its bridge, attention keys and output
-  layer); the mark goes once that module broadcasts them explicitly.
   """
-  rank = 'allow' if request.node.get_closest_marker('allow_rank_promotion') else 'raise'
-  with jax.numpy_dtype_promotion('strict'), jax.numpy_rank_promotion(rank):
+  with jax.numpy_dtype_promotion('strict'), jax.numpy_rank_promotion('raise'):
     yield
 
 

@@ -34,7 +34,6 @@ def charlm_run(tmp_path_factory):
   return workdir
 
 
-@pytest.mark.allow_rank_promotion  # models/seq2seq.py (conftest.py)
 def test_seq2seq_run_logs_decoded_metrics_and_draws_its_curves(reverse_run):
   evals = [r for r in workdir_lib.read_metrics(reverse_run) if r['split'] == 'eval']
   assert evals
@@ -48,7 +47,6 @@ def test_seq2seq_run_logs_decoded_metrics_and_draws_its_curves(reverse_run):
   assert os.path.getsize(os.path.join(reverse_run, 'learning_curves.png')) > 1000
 
 
-@pytest.mark.allow_rank_promotion  # models/seq2seq.py (conftest.py)
 def test_evaluate_seq2seq_greedy_and_beam(reverse_run):
   greedy = evaluate.evaluate_workdir(reverse_run, 'best')
   beam = evaluate.evaluate_workdir(reverse_run, 'latest', method='beam', beam_width=3)
@@ -63,7 +61,6 @@ def test_evaluate_seq2seq_greedy_and_beam(reverse_run):
   assert latest['loss'] == pytest.approx(last['loss'], rel=1e-5)
 
 
-@pytest.mark.allow_rank_promotion  # models/seq2seq.py (conftest.py)
 def test_sample_decodes_seq2seq_inputs_in_one_batch(reverse_run):
   items = ['abc', 'hgfedcba', 'b']
   out = sample.decode_inputs(reverse_run, items)

@@ -90,7 +90,6 @@ def test_without_workdir_it_writes_under_runs_and_says_where(tmp_path):
   assert f'wrote {out}.png and {out}.json' in proc.stdout
 
 
-@pytest.mark.allow_rank_promotion  # models/seq2seq.py (conftest.py)
 def test_rejects_models_it_cannot_read():
   c = _config('lstm')
   c.model.bidirectional = True

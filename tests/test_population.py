@@ -134,7 +134,6 @@ def test_one_signal_stops_every_sub_population(tmp_path, monkeypatch):
   assert 0 < _checkpoint_steps(dirs[1])[-1] < 2000  # b, from 0, saved where it stopped
 
 
-@pytest.mark.allow_rank_promotion  # models/seq2seq.py (conftest.py)
 def test_a_seq2seq_population_logs_the_decoded_metrics(tmp_path):
   """A vmapped seq2seq point logs what its own run logs, ``decode_*`` included, and can
   rank its best checkpoint by one of them."""

@@ -18,8 +18,6 @@ from seqlab.tasks import g2p
 from seqlab.tasks import reverse
 from conftest import run_module
 
-# models/seq2seq.py broadcasts its biases implicitly (tests/conftest.py, strict_promotion).
-pytestmark = pytest.mark.allow_rank_promotion
 ATTENTIONS = ('none', 'bahdanau', 'luong_dot', 'luong_general')
 # Shared tiny models (hidden 8, source vocab 7, target vocab 6 unless set): built and
 # initialised once, so that every jitted function below compiles once per model.

@@ -165,7 +165,7 @@ def beam_search(step, state, memory, batch: int, beam_width: int, max_length: in
     eos = token == EOS
     alive_logp, keep = jax.lax.top_k(jnp.where(eos, neg, cand_logp), k)
     state = _beams(state, batch, lambda x: _take(x, _take(beam, keep)))
-    top = jnp.arange(cand_logp.shape[1]) < k  # EOS counts only within the best K
+    top = (jnp.arange(cand_logp.shape[1]) < k)[None, :]  # EOS counts only within the best K
     finished = jnp.where(eos & top, cand_logp / gnmt_penalty(t + 1, alpha), neg)
     fin_score, best = jax.lax.top_k(jnp.concatenate([fin_score, finished], axis=1), k)
     fin_seq = _take(jnp.concatenate([fin_seq, seqs], axis=1), best)

@@ -45,6 +45,11 @@ def _dense_init(key, fan_in: int, fan_out: int):
   return jax.nn.initializers.glorot_uniform()(key, (fan_in, fan_out), jnp.float32)
 
 
+def _add_bias(x, bias):
+  """x [..., n] + bias [n], the broadcast written out (no implicit rank promotion)."""
+  return x + bias.reshape((1,) * (x.ndim - 1) + bias.shape)
+
+
 def _width(fn, *args) -> int:
   """The last-axis size of ``fn(*args)``, from shapes alone."""
   return jax.eval_shape(fn, *args).shape[-1]
@@ -118,7 +123,7 @@ class Decoder:
   def bridge(self, params, final_hidden):
     """Encoder final hidden [batch, bridge_size] -> the decoder's initial state."""
     zeros = self.initial_zeros(final_hidden.shape[:1])
-    leaves = [jnp.tanh(final_hidden @ p['kernel'] + p['bias']) for p in params['bridge']]
+    leaves = [jnp.tanh(_add_bias(final_hidden @ p['kernel'], p['bias'])) for p in params['bridge']]
     return jax.tree.unflatten(jax.tree.structure(zeros), leaves)
 
   def memory(self, params, values, lengths):
@@ -131,7 +136,7 @@ class Decoder:
       return {}
     mem = {'values': values, 'mask': scan.valid_mask(lengths, values.shape[1]).T}
     if self.attention == 'bahdanau':
-      mem['keys'] = values @ params['key'] + params['key_bias']
+      mem['keys'] = _add_bias(values @ params['key'], params['key_bias'])
     elif self.attention == 'luong_general':
       mem['keys'] = values @ params['key']
     return mem
@@ -178,7 +183,7 @@ class Decoder:
 
   def logits(self, params, features):
     """[..., features_size] -> [..., V] float32."""
-    return features @ params['out_kernel'] + params['out_bias']
+    return _add_bias(features @ params['out_kernel'], params['out_bias'])
 
 
 class Seq2Seq(nn.Module):
