@@ -253,7 +253,8 @@ def mse_train_step(apply_fn, optimizer):
 
   def train_step(params, opt_state, xs, targets):
     loss, grads = jax.value_and_grad(loss_fn)(params, xs, targets)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+    with jax.numpy_dtype_promotion('standard'):  # optax's adam: b1 ** its int32 count
+      updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
   return train_step
 
