@@ -49,9 +49,9 @@ def indices(seed: int, split: str, step: int, batch_size: int, size: int
   base.check_int('step', step, minimum=0)
   base.check_int('batch_size', batch_size)
   positions = np.arange(step * batch_size, (step + 1) * batch_size)
-  if split == 'eval':
+  if split in base.HELD_OUT:
     if step >= base.num_batches(size, batch_size):
-      raise ValueError(f'eval batch {step} is past the held-out split: {size} examples make '
+      raise ValueError(f'{split} batch {step} is past the held-out split: {size} examples make '
                        f'{base.num_batches(size, batch_size)} batches of {batch_size}')
     return positions % size, (positions < size).astype(np.float32)
   epochs = positions // size

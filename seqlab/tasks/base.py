@@ -3,7 +3,9 @@
 A task turns ``(seed, split, step, batch_size)`` into a batch of NumPy arrays, as a
 pure function: the generator is ``np.random.default_rng([seed, split_id, step])``.
 Restoring the step of a checkpoint therefore restores the data position, and the
-'train' and 'eval' splits (different ``split_id``) never share a batch.
+splits (different ``split_id``) never share a batch: 'train' trains, 'eval' is the
+validation split that selection (``best/``, sweep ranking) reads, and 'test' is read
+once at the end of a run, never for selection.
 
 Batch keys (see ``Task.batch``):
   inputs       int32 [batch, time] tokens (``Spec.input_vocab > 0``) or
@@ -22,7 +24,8 @@ import numpy as np
 
 from seqlab import seq2seq_metrics
 
-SPLITS = {'train': 0, 'eval': 1}  # split name -> split id in the generator's seed
+SPLITS = {'train': 0, 'eval': 1, 'test': 2}  # split name -> split id in the generator's seed
+HELD_OUT = ('eval', 'test')  # the splits read once, in order (validation, test)
 TARGETS = ('sequence', 'steps')
 LOSS_METRICS = {  # loss -> the metrics ``losses.loss_and_metrics`` returns for it
     'cross_entropy': ('loss', 'count', 'cross_entropy', 'accuracy', 'bpc', 'perplexity'),
@@ -107,8 +110,8 @@ class Task(typing.Protocol):
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """Batch ``step`` of ``split``; a pure function of (task seed, split, step, batch_size)."""
 
-  def num_eval_batches(self, batch_size: int) -> int:
-    """The held-out 'eval' split is batches ``0 .. num_eval_batches(batch_size) - 1``."""
+  def num_eval_batches(self, batch_size: int, split: str = 'eval') -> int:
+    """The held-out ``split`` ('eval' or 'test') is batches ``0 .. n - 1``."""
 
 
 def _check_choice(name: str, value, choices: tuple):
