@@ -201,8 +201,8 @@ def test_make_task_does_not_write_the_config():
 
 def test_batch_rejects_bad_split_step_and_batch_size():
   task = copy.Copy(seed=0, length=3)
-  with pytest.raises(ValueError, match="split='test' is not valid; choose one of: train, eval"):
-    task.batch('test', 0, 4)
+  with pytest.raises(ValueError, match="split='valid' is not valid; choose one of: train, eval, test"):
+    task.batch('valid', 0, 4)
   with pytest.raises(ValueError, match='step must be an integer >= 0, got -1'):
     task.batch('train', -1, 4)
   with pytest.raises(ValueError, match='batch_size must be a positive integer, got 0'):
