@@ -200,6 +200,13 @@ def channel_stats(series: list) -> tuple[np.ndarray, np.ndarray]:
   return mean, np.where(std > 0, std, 1.0)
 
 
+def normalisation(task_cfg) -> tuple[np.ndarray, np.ndarray]:
+  """The per-channel (mean, std) that ``load`` normalises ``task_cfg``'s problem with:
+  ``channel_stats`` of its training file (for ``seqlab.export``'s manifest)."""
+  train_path, _ = find_files(task_cfg['dataset'], task_cfg.get('data_dir', ''))
+  return channel_stats(read_ts(train_path).series)
+
+
 def load(dataset: str, data_dir: str = '', missing: str = 'error'
          ) -> tuple[list[str], arrays.Examples, arrays.Examples]:
   """(class labels, train, test) of ``dataset``: normalised by the training statistics,
