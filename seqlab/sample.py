@@ -4,11 +4,13 @@
       [--temperature 0.8 --top_k 0 --seed 0 --num_samples 1]
   python -m seqlab.sample --workdir runs/g2p --prompt "seqlab recurrent" \\
       [--method beam --beam_width 4 --length_penalty 0.6]
+  python -m seqlab.sample --exported runs/charlm/export --prompt "ROMEO:" --length 300
 
 Language models read the prompt once and take one recurrent step per new token from
 the carried state. Seq2seq runs decode each whitespace-separated item of the prompt
 (a word for G2P, letters for the reverse task) in one batch, and print
-``item -> output  (score)``.
+``item -> output  (score)``. ``--exported`` samples a language model from its export
+(``python -m seqlab.export``) instead of a workdir: the same text for the same flags.
 """
 if __name__ == '__main__':  # first, before jax imports: a Ctrl-C at any moment stops it
   from seqlab import signals  # pylint: disable=g-import-not-at-top
@@ -23,13 +25,18 @@ import numpy as np
 
 from seqlab import cli
 from seqlab import config as config_lib
+from seqlab import export
 from seqlab import models
 from seqlab import train
 from seqlab.models import decode
+from seqlab.models import lm
 from seqlab import workdir as workdir_lib
 
 FLAGS = flags.FlagValues()  # our own: see seqlab.cli
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.', flag_values=FLAGS)
+_EXPORTED = flags.DEFINE_string('exported', None, 'A language model\'s export directory '
+                                '(python -m seqlab.export), instead of --workdir.',
+                                flag_values=FLAGS)
 _PROMPT = flags.DEFINE_string('prompt', '\n', 'Text to continue (seq2seq: inputs to decode).',
                               flag_values=FLAGS)
 _LENGTH = flags.DEFINE_integer('length', 200, 'Tokens to generate (language models).',
@@ -75,6 +82,38 @@ def sample_text(workdir, prompt, length, temperature=1.0, top_k=0, seed=0, num_s
   return [prompt + task.decode(row) for row in np.asarray(tokens)]
 
 
+def sample_exported(path, prompt, length, temperature=1.0, top_k=0, seed=0,
+                    num_samples=1) -> list[str]:
+  """``sample_text`` from a language model's export at ``path``: its ``step`` reads the
+  prompt and draws each token with the key ``sample_text`` uses, so the texts match."""
+  loaded = export.load(path)
+  vocab, step = loaded.manifest['input'].get('vocab'), loaded.functions.get('step')
+  if loaded.manifest['output']['per'] != 'step' or step is None or vocab is None:
+    raise ValueError(f'{path} is not the export of a language model (it needs a step '
+                     'function and a vocabulary)')
+  if not prompt:
+    raise ValueError('--prompt must not be empty')
+  index = {c: i for i, c in enumerate(vocab) if c is not None}
+  ids = np.array([[index.get(c, loaded.manifest['input'].get('unknown', 0)) for c in prompt]]
+                 * num_samples, np.int32)
+  carry = [np.zeros([num_samples, *leaf['shape'][1:]], leaf['dtype'])
+           for leaf in loaded.manifest['carry']]
+
+  def generate(params, carry, ids, key):
+    carry, logits = jax.lax.scan(lambda c, x: step.call(params, c, x), carry, ids.T)
+
+    def draw(state, key_t):
+      carry, logits_t = state
+      token = lm.sample_logits(key_t, logits_t, temperature, top_k)
+      return step.call(params, carry, token), token
+
+    _, tokens = jax.lax.scan(draw, (carry, logits[-1]), jax.random.split(key, length))
+    return tokens.T
+
+  tokens = jax.jit(generate)(loaded.params, carry, ids, jax.random.key(seed))
+  return [prompt + ''.join(vocab[i] or '?' for i in row) for row in np.asarray(tokens).tolist()]
+
+
 def decode_inputs(workdir, items, method='greedy', beam_width=4, length_penalty=0.0,
                   which='best') -> list[tuple[str, str, float]]:
   """Seq2seq run: each source text in ``items`` -> (item, decoded text, score)."""
@@ -112,12 +151,17 @@ def main(argv):
   if len(argv) > 1:
     print(f'seqlab: unexpected arguments: {" ".join(argv[1:])}', file=sys.stderr)
     return 2
-  if not _WORKDIR.value:
-    print('seqlab: --workdir is required (the directory of a python -m seqlab.run)',
-          file=sys.stderr)
+  if not _WORKDIR.value and not _EXPORTED.value:
+    print('seqlab: --workdir is required (the directory of a python -m seqlab.run), or '
+          '--exported (of a python -m seqlab.export)', file=sys.stderr)
     return 2
   workdir_lib.quiet_logging()
   try:
+    if _EXPORTED.value:
+      print('\n\n'.join(sample_exported(_EXPORTED.value, _PROMPT.value, _LENGTH.value,
+                                         _TEMPERATURE.value, _TOP_K.value, _SEED.value,
+                                         _NUM.value)))
+      return 0
     if is_seq2seq(_WORKDIR.value):
       for item, out, score in decode_inputs(_WORKDIR.value, _PROMPT.value.split(),
                                             _METHOD.value, _BEAM.value, _PENALTY.value,
