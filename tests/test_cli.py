@@ -117,6 +117,7 @@ def test_tools_reject_missing_workdir_and_bad_flags(tmp_path, module):
     ('sweep', ['--config', '--sweep', '--mode', '--shard']),
     ('bench', ['--cells', '--memory']), ('evaluate', ['--workdir', '--checkpoint']),
     ('sample', ['--prompt', '--temperature']),
+    ('export', ['--workdir', '--platforms', '--step', 'params.npz']),
     ('reproduce', ['--only', '--seeds', 'adding_t100_rnn', 'g2p_wer']),
     ('diagnose', ['--cells', '--workdir']), ('report', ['sweep'])])
 def test_help_lists_the_flags(module, flags):

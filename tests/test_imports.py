@@ -19,7 +19,7 @@ PACKAGE = os.path.join(ROOT, 'seqlab')
 # The foundations: the cells, the one time loop, the layers and the data.
 LOWER = ('seqlab.cells', 'seqlab.scan', 'seqlab.layers', 'seqlab.tasks')
 # What is built on them: the models, the training loop and the command-line tools.
-TOOLS = ('run', 'sweep', 'population', 'evaluate', 'sample', 'diagnose', 'report',
+TOOLS = ('run', 'sweep', 'population', 'evaluate', 'sample', 'export', 'diagnose', 'report',
          'reproduce', 'bench', 'cli')
 UPPER = ('seqlab.models', 'seqlab.train') + tuple(f'seqlab.{t}' for t in TOOLS)
 
