@@ -45,6 +45,7 @@ import numpy as np
 from seqlab import checkpoint
 from seqlab import cli
 from seqlab import config as config_lib
+from seqlab import scan
 from seqlab import tokens as tokens_lib
 from seqlab import train
 from seqlab import workdir as workdir_lib
@@ -100,10 +101,13 @@ def nested(flat: dict, like):
 
 
 def exportable(model):
-  """``model`` with the scan options a symbolic time length allows: no ``fused`` spans
-  (``scan.chunk_spans`` counts steps) and no remat chunks (``scan.chunked`` too); the
-  same forward values, computed by the plain scan."""
-  options = dataclasses.replace(model.encoder.scan, fuse=False, remat=0)
+  """``model`` with the scan options a symbolic time length allows: the sequential
+  engine (jax has no associative scan over an axis of symbolic size, and 'auto'
+  compares the symbolic width with a threshold), no ``fused`` spans
+  (``scan.chunk_spans`` counts steps) and no remat chunks (``scan.chunked`` too):
+  the same forward values, computed by the plain scan."""
+  options = dataclasses.replace(model.encoder.scan, engine=scan.Engine.SEQUENTIAL, fuse=False,
+                                remat=0)
   return model.clone(encoder=model.encoder.clone(scan=options))
 
 

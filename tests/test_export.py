@@ -12,9 +12,12 @@ import pytest
 
 from seqlab import checkpoint
 from seqlab import export
+from seqlab import layers
 from seqlab import sample
 from seqlab import train
 from seqlab import workdir as workdir_lib
+from seqlab.models import SequenceModel
+from seqlab.tasks.base import Spec
 from conftest import ROOT, load_config
 
 # Each kind of run: (experiment, overrides of its :quick config).
@@ -129,6 +132,23 @@ def test_streaming_step_equals_the_forward_at_every_step(runs, kind):
     else:  # the output were the sequence to end at t
       want = run.call('forward', inputs, np.full((2,), t + 1, np.int32))
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_diagonal_recurrence_exports_through_the_sequential_engine():
+  """seqlab runs the LRU with the associative scan here ('auto', narrow); jax cannot
+  export that over a symbolic time axis, so the export scans step by step."""
+  spec = Spec(input_vocab=0, input_features=3, target='steps', num_outputs=2, loss='mse',
+              metric='mse')
+  model = SequenceModel(encoder=layers.StackedRNN(cell='lru', hidden_size=8), num_outputs=2,
+                        target='steps')
+  xs = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+  params = model.init(jax.random.key(0), xs)
+  functions, carry = export.sequence_functions(export.exportable(model), params, spec, True)
+  fn, args = functions['forward']
+  forward = jax.export.export(jax.jit(fn))(*args)
+  got = forward.call(export.flat_params(params), xs, np.full((2,), 5, np.int32))
+  np.testing.assert_allclose(got, model.apply(params, xs)[0], rtol=1e-5, atol=1e-5)
+  assert carry == [{'shape': ['batch', 8], 'dtype': 'complex64'}]
 
 
 def test_manifest_says_what_goes_in_and_comes_out(runs):
