@@ -35,7 +35,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from absl import flags
 import jax
@@ -88,16 +88,20 @@ def load(path: str) -> Loaded:
   return Loaded(manifest, params, functions)
 
 
+def _paths(tree) -> list[str]:
+  """Each leaf's path in ``tree``, its keys and indices joined by '/'."""
+  return ['/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
 def flat_params(params) -> dict[str, np.ndarray]:
   """A params pytree -> {'/'-joined path: array}, the layout of params.npz."""
-  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): np.asarray(leaf)
-          for path, leaf in leaves}
+  return dict(zip(_paths(params), map(np.asarray, jax.tree.leaves(params))))
 
 
 def nested(flat: dict, like):
   """``flat_params``'s inverse: {path: array} -> the pytree shaped as ``like``."""
-  return jax.tree.unflatten(jax.tree.structure(like), [flat[k] for k in flat_params(like)])
+  return jax.tree.unflatten(jax.tree.structure(like), [flat[k] for k in _paths(like)])
 
 
 def exportable(model):
@@ -206,8 +210,8 @@ def interface(task, task_cfg) -> tuple[dict, dict]:
     inputs = {'kind': 'features', 'features': spec.input_features}
   outputs = {'kind': 'logits' if spec.loss == 'cross_entropy' else 'regression',
              'size': spec.num_outputs, 'per': 'step' if spec.target == 'steps' else 'sequence'}
-  specials = ['<pad>', '<bos>', '<eos>']  # seqlab.tokens: PAD, BOS, EOS
-  assert [tokens_lib.PAD, tokens_lib.BOS, tokens_lib.EOS] == list(range(len(specials)))
+  names = {tokens_lib.PAD: '<pad>', tokens_lib.BOS: '<bos>', tokens_lib.EOS: '<eos>'}
+  specials = [names[i] for i in range(tokens_lib.NUM_SPECIAL)]
   if hasattr(task, 'chars'):  # charlm: id 0 is a character the training text lacks
     vocab = [None, *task.chars]
     inputs.update(vocab=vocab, unknown=0)
@@ -245,8 +249,9 @@ def check_finished(workdir: str) -> None:
   ckpt.close()
   if latest is None or latest < steps:
     saved = 'no checkpoint' if latest is None else f'its latest checkpoint is step {latest}'
-    raise ValueError(f'{workdir} is unfinished ({saved} of train.steps={steps}); run its '
-                     'python -m seqlab.run command again to finish it, then export')
+    raise ValueError(f'{workdir} is unfinished ({saved} of train.steps={steps}); let it '
+                     'finish (run its python -m seqlab.run command again if it stopped), then '
+                     'export')
 
 
 def export_run(workdir: str, out: str | None = None, which: str = 'best',
