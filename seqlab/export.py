@@ -78,6 +78,9 @@ class Loaded(NamedTuple):
 
 def load(path: str) -> Loaded:
   """Reads an export directory with jax and numpy alone (what README.md's snippet does)."""
+  if not os.path.exists(os.path.join(path, 'manifest.json')):
+    raise FileNotFoundError(f'{path} holds no export (no manifest.json); write one with '
+                            'python -m seqlab.export --workdir RUN --out PATH')
   with open(os.path.join(path, 'manifest.json')) as f:
     manifest = json.load(f)
   params = dict(np.load(os.path.join(path, manifest['params'])))

@@ -155,6 +155,9 @@ def main(argv):
     print('seqlab: --workdir is required (the directory of a python -m seqlab.run), or '
           '--exported (of a python -m seqlab.export)', file=sys.stderr)
     return 2
+  if _WORKDIR.value and _EXPORTED.value:
+    print('seqlab: give --workdir or --exported, not both', file=sys.stderr)
+    return 2
   workdir_lib.quiet_logging()
   try:
     if _EXPORTED.value:

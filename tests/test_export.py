@@ -89,10 +89,21 @@ class Run:
     return inputs, lengths.astype(np.int32), b
 
 
+class Runs(dict):
+  """kind -> its ``Run``, made the first time a test asks (``-k`` builds only its own)."""
+
+  def __init__(self, root):
+    super().__init__()
+    self.root = root
+
+  def __missing__(self, kind):
+    self[kind] = Run(kind, str(self.root / kind))
+    return self[kind]
+
+
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-  root = tmp_path_factory.mktemp('export')
-  return {kind: Run(kind, str(root / kind)) for kind in KINDS}
+  return Runs(tmp_path_factory.mktemp('export'))
 
 
 @pytest.mark.parametrize('kind', KINDS)
@@ -212,6 +223,10 @@ def test_sampling_the_export_gives_the_workdirs_text(runs, capsys):
                                      seed=3, num_samples=2)
   with pytest.raises(ValueError, match='not the export of a language model'):
     sample.sample_exported(os.path.join(runs['uea'].workdir, 'export'), 'x', 3)
+  with pytest.raises(FileNotFoundError, match='holds no export'):
+    sample.sample_exported(run.workdir, 'x', 3)
+  code, _, err = run_tool(sample, ['--workdir', run.workdir, '--exported', export_dir], capsys)
+  assert code == 2 and 'not both' in err
 
 
 def test_readme_snippet_runs_without_seqlab(runs, tmp_path):
