@@ -358,13 +358,17 @@ class MetricWriter:
       raise _write_failed(e.filename or self.path, e) from None
 
   def write(self, step: int, split: str, metrics: dict) -> None:
+    """One row: metrics as floats; a Python int (a test row's 'checkpoint_step') and a
+    string (its 'checkpoint', which names the TensorBoard tags' group 'test_best/...')
+    as they are."""
     row = {'step': int(step), 'split': split}
-    row.update({k: float(v) for k, v in metrics.items()})
+    row.update({k: v if isinstance(v, (str, int)) else float(v) for k, v in metrics.items()})
     if not self.primary:
       return
+    group = '_'.join([split] + [v for v in metrics.values() if isinstance(v, str)])
     scalars = self._summary(value=[
-        self._summary.Value(tag=f'{split}/{k}', simple_value=v)
-        for k, v in row.items() if k not in ('step', 'split')])
+        self._summary.Value(tag=f'{group}/{k}', simple_value=v)
+        for k, v in row.items() if k not in ('step', 'split') and not isinstance(v, str)])
     path = self.path
     try:
       self._file.write(json.dumps(row) + '\n')
