@@ -199,7 +199,7 @@ def summarize(entry: Entry, workdir: str) -> dict | None:
     print(f'seqlab: {entry.name} is not in the table: seed {stale[0]} was run with another '
           'config than the entry asks for now; rerun it to see why', file=sys.stderr)
     return None
-  tests = [train.logged_test(os.path.dirname(p)) for p in paths]
+  tests = [workdir_lib.logged_test(os.path.dirname(p)) for p in paths]
   untested = [s for s, t in zip(seeds, tests) if len(t) < 2]
   if untested:
     print(f'seqlab: {entry.name} is not in the table: seed {untested[0]} finished without '

@@ -121,13 +121,13 @@ def main(argv):
   if metrics:
     print('final eval: ' + ', '.join(f'{k}={v:.5g}' for k, v in sorted(metrics.items())
                                   if k != 'count'))
-    print(test_line(train.logged_test(workdir, _CONFIG.value.train.steps)))
+    print(test_line(workdir_lib.logged_test(workdir, _CONFIG.value.train.steps)))
   return 0
 
 
 def test_line(rows: dict[str, dict]) -> str:
   """'test: best-on-eval checkpoint (step 300) mse=0.01, ...; last (step 400) mse=...':
-  the test rows of a finished run (``train.logged_test``)."""
+  the test rows of a finished run (``workdir.logged_test``)."""
   parts = []
   for name, label in (('best', 'best-on-eval checkpoint'), ('last', 'last')):
     row = rows[name]

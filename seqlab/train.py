@@ -570,7 +570,7 @@ def _loop(points, states, run, interrupt, cleanup) -> list:
     eval_metrics = run_eval(states, tc.steps, missing) if missing else logged
     eval_metrics = [logged[i] or eval_metrics[i] for i in range(k)]
   if finished and active:
-    untested = [i for i in active if len(logged_test(workdirs[i], tc.steps)) < 2]
+    untested = [i for i in active if len(workdir_lib.logged_test(workdirs[i], tc.steps)) < 2]
     if untested:
       test_points(points, states, run, p_eval, eval_carry, untested, writers)
   for p, writer in zip(points, writers):
@@ -607,14 +607,6 @@ def test_points(points, states, run, eval_fn, carry, which, writers) -> None:
       step = int(np.atleast_1d(last_step)[i]) if name == 'last' else int(best[i][1])
       writers[i].write(tc.steps, 'test', dict(metrics[i], checkpoint=name,
                                               checkpoint_step=step))
-
-
-def logged_test(workdir: str, step: int | None = None) -> dict[str, dict]:
-  """The test rows a run logged at its final ``step`` (None: any step, the latest) by
-  checkpoint ('last', 'best'): a finished run has both, and a rerun reads them rather
-  than looking at the test set again."""
-  return {r['checkpoint']: r for r in workdir_lib.read_metrics(workdir)
-          if r['split'] == 'test' and step in (None, r['step']) and 'checkpoint' in r}
 
 
 def split_metrics(eval_fn, params, tasks_, batch_size: int, carry, axis,

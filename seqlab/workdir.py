@@ -309,6 +309,14 @@ def read_metrics(workdir: str) -> list[dict]:
   return rows
 
 
+def logged_test(workdir: str, step: int | None = None) -> dict[str, dict]:
+  """The test rows a run logged at its final ``step`` (None: at any step, the latest) by
+  checkpoint ('last', 'best'; ``train.test_points``): a finished run has both, and a
+  rerun reads them rather than looking at the test set again."""
+  return {r['checkpoint']: r for r in read_metrics(workdir)
+          if r['split'] == 'test' and step in (None, r['step']) and 'checkpoint' in r}
+
+
 def _parse_row(line: str) -> tuple[dict | None, str | None]:
   """(the row of one metrics.jsonl line, None) or (None, what is wrong with it)."""
   try:
