@@ -121,8 +121,9 @@ def markdown(rows: list[Row], header: dict, sweep_dir: str) -> str:
   columns, cells = table(rows, keys, metric)
   better = 'lower' if header['metric_mode'] == 'min' else 'higher'
   esc = lambda s: s.replace('|', '\\|').replace('\n', ' ')
-  lines = [f'# Sweep {sweep_dir}: {header["config"]}, eval {metric} ({better} is better; '
-           'ranked on the eval (validation) split, test read once at the end)', '',
+  lines = [f'# Sweep {sweep_dir}: {header["config"]}, eval {metric} ({better} is better), '
+           'ranked on the eval (validation) split; the test columns are read once, at the end',
+           '',
            '| ' + ' | '.join(columns) + ' |',
            '|' + '|'.join('---' if c == 'status' else '---:' for c in columns) + '|']
   lines += ['| ' + ' | '.join(esc(c) for c in row) + ' |' for row in cells]

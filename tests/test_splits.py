@@ -59,18 +59,18 @@ class PerturbedTest:
 
 
 def _population(tmp_path, name, monkeypatch, shift):
-  """Three points (a vmapped population, K = 3) of the adding task, test targets shifted."""
+  """Two points (a vmapped population, K = 2) of the adding task, test targets shifted."""
   make = tasks.TASKS['adding']
   monkeypatch.setitem(tasks.TASKS, 'adding', lambda cfg, seed: PerturbedTest(make(cfg, seed),
                                                                              shift))
   configs = []
-  for lr in (3e-3, 1e-2, 3e-2):
+  for lr in (1e-3, 3e-2):
     config = load_config('adding')
     config.task.eval_size = 32
     config.model.hidden_size = 8
     config.optim.lr = lr
-    config.train.steps, config.train.eval_every, config.train.log_every = 24, 6, 6
-    config.train.checkpoint_every = 24
+    config.train.steps, config.train.eval_every, config.train.log_every = 12, 3, 3
+    config.train.checkpoint_every = 12
     configs.append(config)
   workdirs = [str(tmp_path / name / f'p{i}') for i in range(len(configs))]
   results = train.train_points(configs, workdirs)
@@ -94,8 +94,8 @@ def test_selection_never_reads_the_test_split_and_test_is_read_once(tmp_path, mo
     assert evals(rows_a) == evals(rows_b) and len(evals(rows_a)) == 4
     assert _best_steps(a) == _best_steps(b)
     test_a, test_b = workdir_lib.logged_test(a), workdir_lib.logged_test(b)
-    assert sorted(test_a) == ['best', 'last'] and test_a['best']['step'] == 24
-    assert test_a['last']['checkpoint_step'] == 24
+    assert sorted(test_a) == ['best', 'last'] and test_a['best']['step'] == 12
+    assert test_a['last']['checkpoint_step'] == 12
     assert test_a['best']['checkpoint_step'] == int(_best_steps(a)[0])
     assert test_b['best']['mse'] > test_a['best']['mse'] + 1.0  # the shifted test was read
   ranked = lambda dirs: [r.name for r in report.rank(
@@ -105,4 +105,4 @@ def test_selection_never_reads_the_test_split_and_test_is_read_once(tmp_path, mo
   count = lambda d: sum(r['split'] == 'test' for r in workdir_lib.read_metrics(d))
   before = [count(d) for d in plain]
   _population(tmp_path, 'plain', monkeypatch, None)  # finished: reading 'test' raises
-  assert [count(d) for d in plain] == before == [2, 2, 2]
+  assert [count(d) for d in plain] == before == [2, 2]
