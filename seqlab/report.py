@@ -1,9 +1,12 @@
-"""The table of a sweep: every point's overrides, final and best eval metric, steps, time.
+"""The table of a sweep: every point's overrides, final and best eval (validation)
+metric, its test metric at the best-on-validation checkpoint and at the last step,
+steps, time.
 
   python -m seqlab.report runs/adding_sweep
 
 Prints the table, best point first (by the best eval metric of the finished points, in
-the task's direction: lower mse, higher accuracy), and writes into the sweep directory:
+the task's direction: lower mse, higher accuracy; the test columns never rank), and
+writes into the sweep directory:
   report.md, report.csv   the table
   learning_curves.png     train loss and eval metric against the step, one line a point
   metric_vs_<key>.png     for a sweep over one key (seeds aside): the final and best
@@ -34,6 +37,8 @@ class Row:
   best: float | None
   best_step: int | None
   wall_time: float | None
+  test_best: float | None = None  # the test split at the best-on-validation checkpoint
+  test_last: float | None = None  # ... and at the last step
 
 
 def _read_json(path):
@@ -55,11 +60,13 @@ def _row(sweep_dir: str, entry: dict, metric: str, mode: str) -> Row:
   good = [(s, v) for s, v in evals if _finite(v)]
   pick = min if mode == 'min' else max
   best_step, best = pick(good, key=lambda sv: sv[1]) if good else (None, None)
+  test = {k: r.get(metric) for k, r in workdir_lib.logged_test(workdir).items()}
   return Row(name=entry['name'], overrides=point.get('overrides', entry.get('overrides', {})),
              status=point.get('status', 'pending'), error=point.get('error'),
              steps=max([r['step'] for r in rows if r['split'] == 'train'], default=0),
              final=evals[-1][1] if evals else None, best=best, best_step=best_step,
-             wall_time=point.get('wall_time'))
+             wall_time=point.get('wall_time'), test_best=test.get('best'),
+             test_last=test.get('last'))
 
 
 def collect(sweep_dir: str) -> tuple[list[Row], dict]:
@@ -96,13 +103,15 @@ def _first_clause(text: str, limit: int = 100) -> str:
 
 def table(rows: list[Row], keys: list[str], metric: str) -> tuple[list[str], list[list[str]]]:
   """(column names, formatted cells) of the report."""
-  columns = [*keys, f'final {metric}', f'best {metric}', 'best step', 'steps', 'wall time (s)',
-             'status']
+  columns = [*keys, f'final {metric}', f'best {metric}', 'best step',
+             f'test {metric} at best step', f'test {metric} at last step', 'steps',
+             'wall time (s)', 'status']
   cells = []
   for r in rows:
     status = r.status if not r.error else f'{r.status}: {_first_clause(r.error)}'
     cells.append([*(_value(r.overrides.get(k, '')) for k in keys), _fmt(r.final),
-                  _fmt(r.best), _fmt(r.best_step, 'd'), str(r.steps), _fmt(r.wall_time, '.1f'),
+                  _fmt(r.best), _fmt(r.best_step, 'd'), _fmt(r.test_best), _fmt(r.test_last),
+                  str(r.steps), _fmt(r.wall_time, '.1f'),
                   status])
   return columns, cells
 
@@ -112,7 +121,9 @@ def markdown(rows: list[Row], header: dict, sweep_dir: str) -> str:
   columns, cells = table(rows, keys, metric)
   better = 'lower' if header['metric_mode'] == 'min' else 'higher'
   esc = lambda s: s.replace('|', '\\|').replace('\n', ' ')
-  lines = [f'# Sweep {sweep_dir}: {header["config"]}, eval {metric} ({better} is better)', '',
+  lines = [f'# Sweep {sweep_dir}: {header["config"]}, eval {metric} ({better} is better), '
+           'ranked on the eval (validation) split; the test columns are read once, at the end',
+           '',
            '| ' + ' | '.join(columns) + ' |',
            '|' + '|'.join('---' if c == 'status' else '---:' for c in columns) + '|']
   lines += ['| ' + ' | '.join(esc(c) for c in row) + ' |' for row in cells]
@@ -125,11 +136,13 @@ def write_csv(rows: list[Row], header: dict, path: str) -> None:
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['name', *header['keys'], f'final_{metric}', f'best_{metric}', 'best_step',
-                     'steps', 'wall_time_s', 'status', 'error'])
+                     f'test_{metric}_best', f'test_{metric}_last', 'steps', 'wall_time_s',
+                     'status', 'error'])
+    blank = lambda v: '' if v is None else v
     for r in rows:
       writer.writerow([r.name, *(r.overrides.get(k, '') for k in header['keys']),
-                       '' if r.final is None else r.final, '' if r.best is None else r.best,
-                       '' if r.best_step is None else r.best_step, r.steps,
+                       blank(r.final), blank(r.best), blank(r.best_step), blank(r.test_best),
+                       blank(r.test_last), r.steps,
                        '' if r.wall_time is None else r.wall_time, r.status, r.error or ''])
 
 

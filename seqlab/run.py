@@ -121,7 +121,20 @@ def main(argv):
   if metrics:
     print('final eval: ' + ', '.join(f'{k}={v:.5g}' for k, v in sorted(metrics.items())
                                   if k != 'count'))
+    print(test_line(workdir_lib.logged_test(workdir, _CONFIG.value.train.steps)))
   return 0
+
+
+def test_line(rows: dict[str, dict]) -> str:
+  """'test: best-on-eval checkpoint (step 300) mse=0.01, ...; last (step 400) mse=...':
+  the test rows of a finished run (``workdir.logged_test``)."""
+  parts = []
+  for name, label in (('best', 'best-on-eval checkpoint'), ('last', 'last')):
+    row = rows[name]
+    parts.append(f'{label} (step {row["checkpoint_step"]:g}) ' + ', '.join(
+        f'{k}={v:.5g}' for k, v in sorted(row.items())
+        if k not in ('step', 'split', 'count', 'checkpoint', 'checkpoint_step')))
+  return 'test: ' + '; '.join(parts)
 
 
 def run():

@@ -47,7 +47,8 @@ def build(config):
     optimizer = optim.make_optimizer(config.optim, config.train.steps)
     # Data too small for a batch fails here, not after training.
     task.batch('train', 0, config.train.batch_size)
-    task.batch('eval', 0, config.train.eval_batch_size or config.train.batch_size)
+    for split in tasks.base.HELD_OUT:  # the test split too, read only at the end
+      task.batch(split, 0, config.train.eval_batch_size or config.train.batch_size)
   except (ValueError, FileNotFoundError) as e:
     raise config_lib.ConfigError(str(e)) from None
   return task, model, optimizer
@@ -147,12 +148,12 @@ def eval_step(params, batch, carry, *, model, spec):
   return losses.loss_and_metrics(spec, outputs, batch)[1], (aux if carry is not None else None)
 
 
-def evaluate(eval_fn, model, params, task, batch_size: int, carry=None,
+def evaluate(eval_fn, model, params, task, batch_size: int, carry=None, split: str = 'eval',
              **decode_options) -> dict:
-  """One run's metrics over the task's whole held-out split (``evaluate_points`` for one
-  point); ``decode_options`` (method, beam_width, length_penalty) go to a decoding
+  """One run's metrics over the task's whole held-out ``split`` (``evaluate_points`` for
+  one point); ``decode_options`` (method, beam_width, length_penalty) go to a decoding
   model's ``models.decoded_metrics``."""
-  return evaluate_points(eval_fn, model, params, [task], batch_size, carry, One(),
+  return evaluate_points(eval_fn, model, params, [task], batch_size, carry, One(), split,
                          **decode_options)[0]
 
 
@@ -388,6 +389,7 @@ class _Run:
   axis: Any
   hparams: dict
   p_train: Any
+  abstract: Any  # one point's state as shapes with shardings: what checkpoints restore into
 
 
 def _open(configs, workdirs, cleanup: contextlib.ExitStack):
@@ -449,7 +451,7 @@ def _open(configs, workdirs, cleanup: contextlib.ExitStack):
       if len(points) == 1:
         logging.info('Resumed from the checkpoint at step %d in %s', restored[1], p.workdir)
     p.start = int(states[i]['step'])
-  return points, states, _Run(first.model, spec, tc, axis, hparams, p_train)
+  return points, states, _Run(first.model, spec, tc, axis, hparams, p_train, abstract)
 
 
 def _step_program(first: Point, axis, abstract):
@@ -568,6 +570,10 @@ def _loop(points, states, run, interrupt, cleanup) -> list:
     missing = [i for i in active if logged[i] is None]
     eval_metrics = run_eval(states, tc.steps, missing) if missing else logged
     eval_metrics = [logged[i] or eval_metrics[i] for i in range(k)]
+  if finished and active:
+    untested = [i for i in active if len(workdir_lib.logged_test(workdirs[i], tc.steps)) < 2]
+    if untested:
+      test_points(points, states, run, p_eval, eval_carry, untested, writers)
   for p, writer in zip(points, writers):
     p.ckpt.wait()
     p.ckpt.close()
@@ -580,13 +586,39 @@ def _loop(points, states, run, interrupt, cleanup) -> list:
   return [p.failed or (eval_metrics[i] if finished else None) for i, p in enumerate(points)]
 
 
-def split_metrics(eval_fn, params, tasks_, batch_size: int, carry, axis) -> list[dict]:
-  """Each point's aggregated metrics over its task's whole held-out split, read in order,
-  the batches of every point stacked by ``axis`` (``One`` or ``Stacked``). ``carry``
-  (stateful tasks) is the zero carry the eval streams start from."""
+def test_points(points, states, run, eval_fn, carry, which, writers) -> None:
+  """The one look at the test split: for each point in ``which``, its metrics on 'test'
+  for the last weights (``states``) and for its best-on-validation checkpoint (``best/``;
+  the latest when it has none), logged as rows of split 'test' at the final step with
+  'checkpoint' ('last' or 'best') and 'checkpoint_step' (the weights' step). Selection
+  (``best/``, ``best_metric``, sweep ranking) has read the 'eval' rows alone by then."""
+  axis, tc = run.axis, run.tc
+  eval_bs = tc.eval_batch_size or tc.batch_size
+  tasks_ = [p.task for p in points]
+  last_step = jax.device_get(states['step'])
+  best = []
+  for i, p in enumerate(points):
+    p.ckpt.wait()  # best/ of the final eval is on disk
+    best.append(p.ckpt.restore_best(run.abstract) if i in which else None)
+  best = [b or (axis.take(states, i), None) for i, b in enumerate(best)]  # fillers: untested
+  best_params = axis.put_tree(axis.stack([b[0]['params'] for b in best]))
+  for name, params in (('last', states['params']), ('best', best_params)):
+    metrics = evaluate_points(eval_fn, run.model, params, tasks_, eval_bs, carry, axis, 'test')
+    for i in which:
+      step = int(np.atleast_1d(last_step)[i]) if name == 'last' else int(best[i][1])
+      writers[i].write(tc.steps, 'test', dict(metrics[i], checkpoint=name,
+                                              checkpoint_step=step))
+
+
+def split_metrics(eval_fn, params, tasks_, batch_size: int, carry, axis,
+                  split: str = 'eval') -> list[dict]:
+  """Each point's aggregated metrics over its task's whole held-out ``split`` ('eval',
+  the validation split, or 'test'), read in order, the batches of every point stacked
+  by ``axis`` (``One`` or ``Stacked``). ``carry`` (stateful tasks) is the zero carry
+  the eval streams start from."""
   results = [[] for _ in tasks_]
-  for b in range(tasks_[0].num_eval_batches(batch_size)):
-    batch = axis.stack([t.batch('eval', b, batch_size) for t in tasks_])
+  for b in range(tasks_[0].num_eval_batches(batch_size, split)):
+    batch = axis.stack([t.batch(split, b, batch_size) for t in tasks_])
     metrics, carry = eval_fn(params, axis.put(batch), carry)
     metrics = jax.device_get(metrics)
     for i, rows in enumerate(results):
@@ -595,14 +627,14 @@ def split_metrics(eval_fn, params, tasks_, batch_size: int, carry, axis) -> list
 
 
 def evaluate_points(eval_fn, model, params, tasks_, batch_size: int, carry, axis,
-                    **decode_options) -> list[dict]:
+                    split: str = 'eval', **decode_options) -> list[dict]:
   """``split_metrics``, and for a model that decodes each point's ``decode_*`` metrics
   (``models.decoded_metrics``, greedy unless ``decode_options`` say otherwise): the one
   evaluation of training, populations and ``seqlab.evaluate``."""
-  out = split_metrics(eval_fn, params, tasks_, batch_size, carry, axis)
+  out = split_metrics(eval_fn, params, tasks_, batch_size, carry, axis, split)
   for i, (task, row) in enumerate(zip(tasks_, out)):
     row.update(models.decoded_metrics(model, axis.take(params, i), task, batch_size,
-                                      **decode_options))
+                                      split=split, **decode_options))
   return out
 
 

@@ -309,6 +309,14 @@ def read_metrics(workdir: str) -> list[dict]:
   return rows
 
 
+def logged_test(workdir: str, step: int | None = None) -> dict[str, dict]:
+  """The test rows a run logged at its final ``step`` (None: at any step, the latest) by
+  checkpoint ('last', 'best'; ``train.test_points``): a finished run has both, and a
+  rerun reads them rather than looking at the test set again."""
+  return {r['checkpoint']: r for r in read_metrics(workdir)
+          if r['split'] == 'test' and step in (None, r['step']) and 'checkpoint' in r}
+
+
 def _parse_row(line: str) -> tuple[dict | None, str | None]:
   """(the row of one metrics.jsonl line, None) or (None, what is wrong with it)."""
   try:
@@ -358,13 +366,17 @@ class MetricWriter:
       raise _write_failed(e.filename or self.path, e) from None
 
   def write(self, step: int, split: str, metrics: dict) -> None:
+    """One row: metrics as floats; a Python int (a test row's 'checkpoint_step') and a
+    string (its 'checkpoint', which names the TensorBoard tags' group 'test_best/...')
+    as they are."""
     row = {'step': int(step), 'split': split}
-    row.update({k: float(v) for k, v in metrics.items()})
+    row.update({k: v if isinstance(v, (str, int)) else float(v) for k, v in metrics.items()})
     if not self.primary:
       return
+    group = '_'.join([split] + [v for v in metrics.values() if isinstance(v, str)])
     scalars = self._summary(value=[
-        self._summary.Value(tag=f'{split}/{k}', simple_value=v)
-        for k, v in row.items() if k not in ('step', 'split')])
+        self._summary.Value(tag=f'{group}/{k}', simple_value=v)
+        for k, v in row.items() if k not in ('step', 'split') and not isinstance(v, str)])
     path = self.path
     try:
       self._file.write(json.dumps(row) + '\n')

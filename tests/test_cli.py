@@ -59,6 +59,14 @@ def test_evaluate_seq2seq_greedy_and_beam(reverse_run):
   latest = evaluate.evaluate_workdir(reverse_run, 'latest')
   assert latest['decode_exact_match'] == pytest.approx(last['decode_exact_match'])
   assert latest['loss'] == pytest.approx(last['loss'], rel=1e-5)
+  # --split test: the figures the run logged once, at its end, for its last weights.
+  test = evaluate.evaluate_workdir(reverse_run, 'latest', split='test')
+  logged = workdir_lib.logged_test(reverse_run)['last']
+  assert test['split'] == 'test' and test['step'] == logged['checkpoint_step']
+  assert test['decode_exact_match'] == pytest.approx(logged['decode_exact_match'])
+  assert test['loss'] == pytest.approx(logged['loss'], rel=1e-5) != latest['loss']
+  with open(os.path.join(reverse_run, 'test_latest.json')) as f:
+    assert json.load(f) == test
 
 
 def test_sample_decodes_seq2seq_inputs_in_one_batch(reverse_run):
@@ -160,8 +168,14 @@ def test_reproduce_quick_writes_the_table_and_skips_finished_seeds(tmp_path):
   table = (tmp_path / 'reproduce.md').read_text()
   device = f'| {jax.default_backend()}: '  # e.g. 'cpu: AMD EPYC, 2 cores', 'gpu: NVIDIA H200 x1'
   assert 'Greydanus & Kobak' in table and ' ± ' in table and device in table
-  for r in rows:  # each seed's value beside the mean
-    assert f"| {', '.join(f'{v:.4g}' for v in r['values'])} |" in table
+  for r in rows:  # each seed's test value at its best-on-validation step, beside the mean
+    per_seed = ', '.join(f'{v:.4g} @ {s}' for v, s in zip(r['values'], r['best_steps']))
+    assert f'| {per_seed} |' in table
+    seed0 = workdir_lib.logged_test(str(tmp_path / r['name'] / 'seed0'))
+    scale = 100 if r['metric'] == 'accuracy' else 1
+    assert r['values'][0] == pytest.approx(seed0['best'][r['metric']] * scale)
+    assert r['last_values'][0] == pytest.approx(seed0['last'][r['metric']] * scale)
+  assert 'test at best-on-validation checkpoint' in table
   again = run_module('seqlab.reproduce', *args)  # finished seeds are skipped
   assert again.returncode == 0
   assert not trained.search(again.stdout + again.stderr), again.stderr[-3000:]

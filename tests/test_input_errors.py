@@ -202,15 +202,16 @@ def test_the_readmes_own_csv_forecast_command_runs(tmp_path):
 def test_charlm_split_too_short_names_the_split_and_the_keys(tmp_path):
   path = write(tmp_path / 'text.txt', ('abcdefghij' * 300))  # 3000 characters
   task = tasks.make_task(cfg(name='charlm', path=path, seq_len=32), seed=0)  # 150 held out
-  assert task.num_eval_batches(149) == 1  # one character per eval stream is enough
+  assert task.num_eval_batches(74) == 1  # 75 validation characters: one per stream is enough
+  assert task.num_eval_batches(74, 'test') == 1  # and the other 75 are the test split
   with pytest.raises(ValueError) as e:
     task.batch('eval', 0, 256)
   message = str(e.value)
-  for fragment in ('held-out (eval) split has 150 characters', 'train.eval_batch_size',
+  for fragment in ("held-out 'eval' split has 75 characters", 'train.eval_batch_size',
                    'train.batch_size', 'task.test_fraction', 'task.max_chars', 'need 257'):
     assert fragment in message, (fragment, message)
   with pytest.raises(ValueError, match='held-out'):
-    task.num_eval_batches(150)
+    task.num_eval_batches(75)
   task.batch('train', 0, 89)  # 2850 training characters: 89 x 32 + 1 = 2849
   with pytest.raises(ValueError) as e:
     task.batch('train', 0, 90)
@@ -225,7 +226,7 @@ def test_charlm_split_too_short_names_the_split_and_the_keys(tmp_path):
   proc = run_module('seqlab.run', '--config', 'experiments/charlm.py:quick', '--workdir',
                     str(workdir), f'--config.task.path={path}', '--config.task.max_chars=0',
                     '--config.train.eval_batch_size=256')
-  assert proc.returncode == 2 and 'held-out (eval) split has 150' in proc.stderr
+  assert proc.returncode == 2 and "held-out 'eval' split has 75" in proc.stderr
   assert 'Traceback' not in proc.stderr and not workdir.exists()
 
 

@@ -115,7 +115,7 @@ def test_registry_has_the_real_tasks():
 def test_batch_is_a_pure_function_of_seed_split_step(data_dir, all_tasks):
   again = make_tasks(data_dir)
   for name, task in all_tasks.items():
-    for split, step in (('train', 1), ('eval', 0)):
+    for split, step in (('train', 1), ('eval', 0), ('test', 0)):
       a, b = task.batch(split, step, 5), again[name].batch(split, step, 5)
       assert a.keys() == b.keys(), name
       for k in a:
@@ -136,11 +136,13 @@ def test_train_batches_walk_through_seeded_epoch_permutations():
   assert sorted(epoch0.tolist()) == list(range(n))  # every example once per epoch
 
 
+@pytest.mark.parametrize('split', ['eval', 'test'])
 @pytest.mark.parametrize('batch_size', [1, 3, 7, 64, 1001])
-def test_eval_covers_the_split_exactly_once(all_tasks, batch_size):
+def test_eval_covers_the_split_exactly_once(all_tasks, batch_size, split):
   for name, task in all_tasks.items():
-    test = task.test
-    batches = [task.batch('eval', s, batch_size) for s in range(task.num_eval_batches(batch_size))]
+    test = task.splits.of(split)
+    batches = [task.batch(split, s, batch_size)
+               for s in range(task.num_eval_batches(batch_size, split))]
     weights = np.concatenate([b['example_weight'] for b in batches])
     assert weights.sum() == len(test), name
     assert np.all(weights[:len(test)] == 1.0) and np.all(weights[len(test):] == 0.0)
@@ -148,14 +150,45 @@ def test_eval_covers_the_split_exactly_once(all_tasks, batch_size):
     np.testing.assert_array_equal(inputs[:len(test)], test.inputs, err_msg=name)
     assert all(b['inputs'].shape[0] == batch_size for b in batches)
     with pytest.raises(ValueError, match='past the held-out split'):
-      task.batch('eval', task.num_eval_batches(batch_size), batch_size)
+      task.batch(split, task.num_eval_batches(batch_size, split), batch_size)
+
+
+def test_fixed_data_sets_serve_three_disjoint_splits(all_tasks):
+  """Validation is carved from the training examples (none lost, none shared); the test
+  split is the data set's own. Forecasting keeps time order: every training target
+  precedes every validation target, which precedes every test target."""
+  for name in ('uea', 'sentiment', 'mnist1d'):
+    if name not in all_tasks:
+      continue
+    splits = all_tasks[name].splits
+    assert len(splits.train) + len(splits.eval) == {'uea': 3, 'sentiment': 42,
+                                                    'mnist1d': 4000}[name], name
+    assert len(splits.eval) == max(1, round(0.1 * (len(splits.train) + len(splits.eval))))
+    if name != 'sentiment':  # real cases are distinct (toy sentences may repeat)
+      seen = {r.tobytes() for r in splits.train.inputs}
+      assert not any(r.tobytes() in seen for r in splits.eval.inputs), name
+  task = all_tasks['forecast']
+  h = task.horizon
+  assert task.starts('train')[-1] + h <= task.starts('eval')[0]
+  assert task.starts('eval')[-1] + h <= task.starts('test')[0] == task.cuts[1]
+
+
+def test_uea_validation_is_a_stratified_slice_of_the_training_file(data_dir):
+  task = tasks.make_task(cfg(name='uea', dataset='Toy', data_dir=str(data_dir)), seed=0)
+  whole = tasks.make_task(cfg(name='uea', dataset='Toy', data_dir=str(data_dir),
+                              valid_fraction=0.0), seed=0)
+  # 3 training cases, classes '2' (two) and '10' (one): the one held out is a '2'.
+  assert task.splits.eval.targets.tolist() == [0] and len(task.splits.train) == 2
+  rows = lambda e: sorted(r.tobytes() for r in e.inputs)
+  assert rows(whole.splits.train) == sorted(rows(task.splits.train) + rows(task.splits.eval))
+  assert whole.splits.eval is whole.splits.test  # valid_fraction=0: the old protocol
 
 
 def test_padded_eval_metrics_equal_the_unpadded_split(all_tasks):
   """Through losses: zero-weight padding changes neither the metrics nor the count."""
   task = all_tasks['forecast']
   rng = np.random.default_rng(0)
-  test = task.test
+  test = task.splits.eval
   predictions = rng.standard_normal(test.targets.shape).astype(np.float32)
   whole = jax.device_get(losses.loss_and_metrics(task.spec, predictions,
                                                  {'targets': test.targets})[1])
@@ -184,7 +217,8 @@ def test_ts_parser_reads_variable_length_multivariate_cases(data_dir):
 
 
 def test_uea_task_normalises_by_training_statistics_and_pads(data_dir):
-  task = tasks.make_task(cfg(name='uea', dataset='Toy', data_dir=str(data_dir)), seed=0)
+  task = tasks.make_task(cfg(name='uea', dataset='Toy', data_dir=str(data_dir),
+                             valid_fraction=0.0), seed=0)
   assert task.classes == ['2', '10']  # numeric order, not string order
   ch0, ch1 = [1, 2, 3, 0.5, -1, 0], [4, 5, 6, 1.5, 2, 2]  # every training step
   mean = [statistics.fmean(ch0), statistics.fmean(ch1)]
@@ -193,12 +227,13 @@ def test_uea_task_normalises_by_training_statistics_and_pads(data_dir):
   pad = lambda case, t: case + [[0.0, 0.0]] * (t - len(case))
   train_cases = [[[1, 4], [2, 5], [3, 6]], [[0.5, 1.5]], [[-1, 2], [0, 2]]]
   test_cases = [[[3, 0]] * 4, [[1, 1]]]
-  np.testing.assert_allclose(task.train.inputs, [pad(z(c), 4) for c in train_cases], rtol=1e-6)
-  np.testing.assert_allclose(task.test.inputs, [pad(z(c), 4) for c in test_cases], rtol=1e-6)
-  np.testing.assert_array_equal(task.train.lengths, [3, 1, 2])
-  np.testing.assert_array_equal(task.test.lengths, [4, 1])
-  np.testing.assert_array_equal(task.train.targets, [1, 0, 0])
-  np.testing.assert_array_equal(task.test.targets, [0, 1])
+  train, test = task.splits.train, task.splits.test
+  np.testing.assert_allclose(train.inputs, [pad(z(c), 4) for c in train_cases], rtol=1e-6)
+  np.testing.assert_allclose(test.inputs, [pad(z(c), 4) for c in test_cases], rtol=1e-6)
+  np.testing.assert_array_equal(train.lengths, [3, 1, 2])
+  np.testing.assert_array_equal(test.lengths, [4, 1])
+  np.testing.assert_array_equal(train.targets, [1, 0, 0])
+  np.testing.assert_array_equal(test.targets, [0, 1])
   spec = task.spec
   assert (spec.input_features, spec.num_outputs, spec.fixed_length) == (2, 2, None)
   b = task.batch('train', 0, 5)
@@ -275,7 +310,20 @@ def test_uea_finds_the_data_bundled_with_aeon_without_importing_it(tmp_path, mon
   write(tmp_path / 'site' / 'aeon' / '__init__.py', 'raise ImportError("never imported")\n')
   monkeypatch.syspath_prepend(str(tmp_path / 'site'))
   task = tasks.make_task(cfg(name='uea', dataset='Toy'), seed=0)
-  assert len(task.train) == 3 and len(task.test) == 2
+  assert (len(task.splits.train), len(task.splits.eval), len(task.splits.test)) == (2, 1, 2)
+
+
+def test_ts_file_with_percent_comment_lines(tmp_path):
+  """aeon's UnitTest files start with '%' comment lines, as some archive files do."""
+  text = '%# a comment\n% another\n%\n' + TOY_TRAIN.replace('@data', '% between\n@data')
+  ts = uea.read_ts(write(tmp_path / 'P_TRAIN.ts', text))
+  assert ts.problem == 'Toy' and ts.labels == ['10', '2', '2']
+
+
+@pytest.mark.skipif(importlib.util.find_spec('aeon') is None, reason='needs aeon')
+def test_uea_reads_aeons_unit_test_data_set():
+  task = tasks.make_task(cfg(name='uea', dataset='UnitTest'), seed=0)
+  assert len(task.splits.test) == 22 and task.spec.num_outputs == 2
 
 
 def test_sort_labels():
@@ -289,15 +337,19 @@ def test_sort_labels():
 @needs_mnist1d
 def test_mnist1d_is_the_published_split_one_step_per_point(all_tasks):
   task = all_tasks['mnist1d']
-  assert len(task.train) == 4000 and len(task.test) == 1000
+  train, valid, test = task.splits.train, task.splits.eval, task.splits.test
+  assert (len(train), len(valid), len(test)) == (3600, 400, 1000)
+  # Stratified: each class gives a tenth of its training signals, up to rounding.
+  counts = np.bincount(mnist1d.load()['y'], minlength=10)
+  assert np.all(np.abs(np.bincount(valid.targets, minlength=10) - counts / 10) <= 1)
   spec = task.spec
   assert (spec.input_features, spec.num_outputs, spec.fixed_length) == (1, 10, 40)
   b = task.batch('train', 0, 100)
   assert b['inputs'].shape == (100, 40, 1) and b['inputs'].dtype == np.float32
   assert b['targets'].shape == (100,) and b['targets'].dtype == np.int32
-  assert set(np.unique(task.train.targets)) == set(range(10))
+  assert set(np.unique(train.targets)) == set(range(10))
   data = mnist1d.load()
-  np.testing.assert_allclose(task.test.inputs[:, :, 0], data['x_test'], rtol=1e-6)
+  np.testing.assert_allclose(test.inputs[:, :, 0], data['x_test'], rtol=1e-6)
 
 
 @needs_mnist1d
@@ -306,7 +358,8 @@ def test_mnist1d_shuffled_permutes_time_the_same_way_for_every_signal(all_tasks)
   shuffled = tasks.make_task(cfg(name='mnist1d', shuffle_time=True), seed=3)
   perm = shuffled.permutation
   assert sorted(perm.tolist()) == list(range(40)) and not np.array_equal(perm, np.arange(40))
-  for a, b in ((plain.train, shuffled.train), (plain.test, shuffled.test)):
+  for split in ('train', 'eval', 'test'):
+    a, b = plain.splits.of(split), shuffled.splits.of(split)
     np.testing.assert_array_equal(b.inputs, a.inputs[:, perm])
     np.testing.assert_array_equal(b.targets, a.targets)
 
@@ -323,9 +376,11 @@ def test_mnist1d_shuffled_equals_the_packages_shuffled_data_and_keeps_global_rng
   np.random.seed(123)
   random.seed(123)
   mnist1d.load.cache_clear()
-  task = mnist1d.MNIST1D(seed=0, shuffle_time=True)
-  np.testing.assert_allclose(task.train.inputs[:, :, 0], want['x'], rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(task.test.inputs[:, :, 0], want['x_test'], rtol=1e-6, atol=1e-6)
+  task = mnist1d.MNIST1D(seed=0, shuffle_time=True, valid_fraction=0.0)  # train: all 4000
+  np.testing.assert_allclose(task.splits.train.inputs[:, :, 0], want['x'], rtol=1e-6,
+                             atol=1e-6)
+  np.testing.assert_allclose(task.splits.test.inputs[:, :, 0], want['x_test'], rtol=1e-6,
+                             atol=1e-6)
   assert (np.random.random(), random.random()) == before  # global generators untouched
 
 
@@ -334,12 +389,13 @@ def test_mnist1d_shuffled_equals_the_packages_shuffled_data_and_keeps_global_rng
 
 def test_forecast_windows_match_a_hand_built_example():
   values = np.arange(1.0, 11.0)  # 1..10
-  task = forecast.Forecast(seed=0, values=values, context=3, horizon=2, test_fraction=0.3)
-  assert task.cut == 7 and task.offset == 4.0 and task.scale == 2.0  # train part 1..7
+  task = forecast.Forecast(seed=0, values=values, context=3, horizon=2, test_fraction=0.3,
+                           valid_fraction=0.0)
+  assert task.cuts == (7, 7) and task.offset == 4.0 and task.scale == 2.0  # train part 1..7
   assert task.starts('train').tolist() == [3, 4, 5]
-  assert task.starts('eval').tolist() == [7, 8]
+  assert task.starts('eval').tolist() == task.starts('test').tolist() == [7, 8]
   z = lambda rows: (np.array(rows, np.float64) - 4.0) / 2.0
-  train, test = task.train, task.test
+  train, test = task.splits.train, task.splits.test
   np.testing.assert_array_equal(train.inputs[:, :, 0], z([[1, 2, 3], [2, 3, 4], [3, 4, 5]]))
   np.testing.assert_array_equal(train.targets, z([[4, 5], [5, 6], [6, 7]]))
   np.testing.assert_array_equal(test.inputs[:, :, 0], z([[5, 6, 7], [6, 7, 8]]))
@@ -347,10 +403,23 @@ def test_forecast_windows_match_a_hand_built_example():
   assert test.inputs.dtype == np.float32 and task.spec.num_outputs == 2
 
 
+def test_forecast_validates_on_the_last_slice_before_test():
+  values = np.arange(1.0, 13.0)  # 1..12: test 10..12, validation 8..9, training 1..7
+  task = forecast.Forecast(seed=0, values=values, context=3, horizon=2, test_fraction=0.25,
+                           valid_fraction=0.25)
+  assert task.cuts == (7, 9) and task.offset == 4.0 and task.scale == 2.0
+  assert [task.starts(s).tolist() for s in ('train', 'eval', 'test')] == [[3, 4, 5], [7],
+                                                                         [9, 10]]
+  z = lambda rows: (np.array(rows, np.float64) - 4.0) / 2.0
+  np.testing.assert_array_equal(task.splits.eval.inputs[:, :, 0], z([[5, 6, 7]]))
+  np.testing.assert_array_equal(task.splits.eval.targets, z([[8, 9]]))
+  np.testing.assert_array_equal(task.splits.test.targets, z([[10, 11], [11, 12]]))
+
+
 def test_seasonal_naive_and_report_match_a_hand_computation():
   values = np.array([5.0, 1.0, 7.0, 2.0, 8.0, 3.0, 9.0, 4.0, 6.0, 0.0])
   task = forecast.Forecast(seed=0, values=values, context=4, horizon=3, test_fraction=0.3,
-                           season=2)
+                           season=2, valid_fraction=0.0)
   # Test windows start at t = 7: targets y[7..9] = 4, 6, 0. Season 2 looks back to the
   # last observed value of the same phase: y[5], y[6], y[5] = 3, 9, 3.
   np.testing.assert_array_equal(forecast.seasonal_naive(values, np.array([7]), 3, 2),
@@ -371,7 +440,7 @@ def test_seasonal_naive_and_report_match_a_hand_computation():
 
 def test_report_errors_are_the_scaled_metrics_times_scale(all_tasks):
   task = all_tasks['forecast']
-  test = task.test
+  test = task.splits.test
   noise = np.random.default_rng(0).standard_normal(test.targets.shape).astype(np.float32)
   pred = test.targets + 0.1 * noise
   _, m = losses.loss_and_metrics(task.spec, pred, {'targets': test.targets})
@@ -412,7 +481,7 @@ def test_forecast_errors(tmp_path):
     tasks.make_task(cfg(name='forecast', context=3), seed=0)
   with pytest.raises(ValueError, match='task.season \\(5\\) must be at most task.context'):
     forecast.Forecast(seed=0, values=np.arange(50.0), context=4, season=5)
-  with pytest.raises(ValueError, match='no training or no test window'):
+  with pytest.raises(ValueError, match='no training, validation or test window'):
     forecast.Forecast(seed=0, values=np.arange(8.0), context=6, horizon=2)
 
 
@@ -422,17 +491,24 @@ def test_forecast_errors(tmp_path):
 def test_vocabulary_comes_from_the_training_split_only():
   labels = ['a', 'b', 'a', 'b', 'a']
   texts = ['x x y', 'x z', 'y w', 'x', 'only_here w']
-  task = sentiment.make_task(0, labels, texts, test_fraction=0.4, split_seed=1)
+  task = sentiment.make_task(0, labels, texts, test_fraction=0.4, split_seed=1,
+                             valid_fraction=0.0)
   order = np.random.default_rng(1).permutation(5)
   test_texts = [texts[i] for i in order[:2]]
   train_texts = [texts[i] for i in order[2:]]
   train_tokens = {t for s in train_texts for t in s.split()}
   assert set(task.vocab) == set(sentiment.SPECIALS) | train_tokens
   assert task.vocab['<pad>'] == 0 and task.vocab['<unk>'] == 1
-  for text, ids, n in zip(test_texts, task.test.inputs, task.test.lengths):
+  test = task.splits.test
+  for text, ids, n in zip(test_texts, test.inputs, test.lengths):
     want = [task.vocab.get(t, sentiment.UNK) for t in text.split()]
     assert ids[:n].tolist() == want and not ids[n:].any()
-  assert task.test.targets.tolist() == [{'a': 0, 'b': 1}[labels[i]] for i in order[:2]]
+  assert test.targets.tolist() == [{'a': 0, 'b': 1}[labels[i]] for i in order[:2]]
+  # With a validation split, the vocabulary is the training rows' tokens alone.
+  carved = sentiment.make_task(0, labels, texts, test_fraction=0.4, split_seed=1)
+  train = carved.splits.train
+  used = {int(i) for ids, n in zip(train.inputs, train.lengths) for i in ids[:n]}
+  assert used == set(range(2, len(carved.vocab))) and len(carved.splits.eval) == 1
 
 
 def test_build_vocab_orders_by_count_and_honours_min_count_and_max_vocab():
@@ -446,8 +522,10 @@ def test_build_vocab_orders_by_count_and_honours_min_count_and_max_vocab():
 def test_polarity_folder_layout(data_dir):
   task = tasks.make_task(cfg(name='sentiment', path=str(data_dir / 'polarity'),
                              test_fraction=0.25), seed=0)
-  assert task.classes == ['neg', 'pos'] and len(task.train) + len(task.test) == 60
-  assert len(task.test) == 15
+  splits = task.splits
+  assert task.classes == ['neg', 'pos']
+  assert len(splits.train) + len(splits.eval) + len(splits.test) == 60
+  assert len(splits.test) == 15
   assert 'ennuyé' in task.vocab or 'charmant' in task.vocab  # read as latin-1
   b = task.batch('train', 0, 8)
   assert b['inputs'].dtype == np.int32 and b['inputs'].max() < task.spec.input_vocab
@@ -471,9 +549,12 @@ def test_char_level_truncation_and_split_determinism():
   labels = ['1', '0', '1', '0', '1', '0']
   a = sentiment.make_task(0, labels, texts, level='char', max_length=4, test_fraction=0.5)
   b = sentiment.make_task(5, labels, texts, level='char', max_length=4, test_fraction=0.5)
+  a, b = a.splits, b.splits
   np.testing.assert_array_equal(a.test.inputs, b.test.inputs)  # split_seed, not seed
+  np.testing.assert_array_equal(a.eval.inputs, b.eval.inputs)
   assert a.train.inputs.shape[1] == 4 and a.train.lengths.max() <= 4
-  c = sentiment.make_task(0, labels, texts, level='char', test_fraction=0.5, split_seed=1)
+  c = sentiment.make_task(0, labels, texts, level='char', test_fraction=0.5,
+                          split_seed=1).splits
   assert not np.array_equal(a.test.targets, c.test.targets) or not np.array_equal(
       a.test.lengths, c.test.lengths)
 

@@ -12,8 +12,9 @@ from conftest import load_config
 
 
 def _write_point(sweep_dir, name, overrides, status, evals, *, error=None, steps=40,
-                 metric='mse', wall=12.5):
-  """A point's sub-workdir as seqlab.sweep leaves it: point.json and metrics.jsonl."""
+                 metric='mse', wall=12.5, tests=None):
+  """A point's sub-workdir as seqlab.sweep leaves it: point.json and metrics.jsonl
+  (``tests``: the test values at its best and last checkpoint, logged at the end)."""
   workdir = os.path.join(sweep_dir, name)
   os.makedirs(workdir)
   with open(os.path.join(workdir, 'point.json'), 'w') as f:
@@ -24,6 +25,9 @@ def _write_point(sweep_dir, name, overrides, status, evals, *, error=None, steps
       step = (i + 1) * steps // len(evals)
       f.write(json.dumps({'step': step, 'split': 'train', 'loss': 1.0 / (i + 1)}) + '\n')
       f.write(json.dumps({'step': step, 'split': 'eval', metric: value, 'count': 100}) + '\n')
+    for checkpoint, value in zip(('last', 'best'), tests or ()):
+      f.write(json.dumps({'step': steps, 'split': 'test', metric: value, 'count': 100,
+                          'checkpoint': checkpoint, 'checkpoint_step': steps}) + '\n')
 
 
 def _write_sweep(sweep_dir, points, keys, metric='mse', mode='min'):
@@ -41,10 +45,12 @@ def test_report_ranks_the_points_and_writes_the_files(tmp_path):
             ('optim.lr=10.0', {'optim.lr': 10.0})]
   _write_sweep(d, points, ['optim.lr'])
   _write_point(d, points[0][0], points[0][1], 'done', [0.3, 0.2])
-  _write_point(d, points[1][0], points[1][1], 'done', [0.1, 0.05, 0.08])  # best before the end
+  _write_point(d, points[1][0], points[1][1], 'done', [0.1, 0.05, 0.08],  # best before the end
+               tests=(0.09, 0.06))
   _write_point(d, points[2][0], points[2][1], 'failed', [0.01, float('nan')], steps=20,
                error='loss or gradient is not finite at step 13; the last good checkpoint')
-  _write_point(d, points[3][0], points[3][1], 'done', [0.15, 0.12])
+  _write_point(d, points[3][0], points[3][1], 'done', [0.15, 0.12],
+               tests=(0.001, 0.001))  # the best test figures: they never rank
   # points[4] never ran: no sub-workdir.
   text = report.report(d)
 
@@ -53,7 +59,9 @@ def test_report_ranks_the_points_and_writes_the_files(tmp_path):
   order = [l.split(' | ')[0][2:] for l in lines[1:]]
   assert order == ['0.01', '1.0', '0.001', '0.1', '10.0']  # done by best, then the rest
   first = lines[1].split(' | ')
-  assert first[1:6] == ['0.08', '0.05', '26', '40', '12.5']  # final, best, best step, steps
+  # final, best, best step, test at the best step, test at the last step, steps, wall
+  assert first[1:8] == ['0.08', '0.05', '26', '0.06', '0.09', '40', '12.5']
+  assert lines[3].split(' | ')[4:6] == ['', '']  # no test rows: blank
   assert 'failed: loss or gradient is not finite at step 13 |' in lines[4]
   assert lines[5].endswith('| pending |')
   assert 'eval mse (lower is better)' in text
@@ -63,6 +71,7 @@ def test_report_ranks_the_points_and_writes_the_files(tmp_path):
     rows = list(csv.DictReader(f))
   assert [r['name'] for r in rows] == [points[i][0] for i in (1, 3, 0, 2, 4)]
   assert float(rows[0]['best_mse']) == 0.05 and float(rows[0]['final_mse']) == 0.08
+  assert float(rows[0]['test_mse_best']) == 0.06 and float(rows[0]['test_mse_last']) == 0.09
   assert rows[3]['status'] == 'failed' and 'the last good checkpoint' in rows[3]['error']
   assert rows[3]['final_mse'] == 'nan' and float(rows[3]['best_mse']) == 0.01
   for png in ('learning_curves.png', 'metric_vs_optim.lr.png'):

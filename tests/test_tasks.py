@@ -40,19 +40,26 @@ def test_batch_is_pure_function_of_seed_split_step(name):
   for k in a:
     assert a[k].dtype == b[k].dtype
     np.testing.assert_array_equal(a[k], b[k])
-  others = [task.batch('train', 6, 8), task.batch('eval', 5, 8),
+  others = [task.batch('train', 6, 8), task.batch('eval', 5, 8), task.batch('test', 5, 8),
             tasks.make_task(CONFIGS[name], seed=4).batch('train', 5, 8)]
   for other in others:
     assert not np.array_equal(a['inputs'], other['inputs'])
 
 
 @pytest.mark.parametrize('name', CONFIGS)
-def test_train_and_eval_splits_share_no_batch(name):
+def test_train_validation_and_test_splits_share_no_batch(name):
+  """Three generator streams: no 'eval' or 'test' batch equals a 'train' batch or one
+  of the other held-out split, and 'test' is as large as 'eval'."""
   task = tasks.make_task(CONFIGS[name], seed=0)
   train = [task.batch('train', s, 16)['inputs'] for s in range(20)]
-  for s in range(task.num_eval_batches(16)):
-    ev = task.batch('eval', s, 16)['inputs']
+  assert task.num_eval_batches(16, 'test') == task.num_eval_batches(16)
+  held = {split: [task.batch(split, s, 16)['inputs'] for s in range(task.num_eval_batches(16))]
+          for split in ('eval', 'test')}
+  for ev in held['eval'] + held['test']:
     assert not any(np.array_equal(ev, t) for t in train)
+  assert not any(np.array_equal(e, t) for e in held['eval'] for t in held['test'])
+  with pytest.raises(ValueError, match="split='train' is not held out; choose one of: eval, test"):
+    task.num_eval_batches(16, 'train')
 
 
 @pytest.mark.parametrize('name', CONFIGS)
@@ -222,18 +229,21 @@ def test_spec_rejects_unknown_choices():
     base.Spec(**dict(kw, input_vocab=5))
 
 
+@pytest.mark.parametrize('split', ['eval', 'test'])
 @pytest.mark.parametrize('batch', [1, 3, 8])
-def test_charlm_eval_scores_every_held_out_character(batch):
-  """The held-out streams end with a masked partial chunk: the scored targets of each
-  stream are its whole slice of the held-out text, in order; at most batch - 1
-  characters are left over. Training keeps whole chunks and has no mask."""
+def test_charlm_eval_scores_every_held_out_character(batch, split):
+  """The held-out text is split in two, in order: validation ('eval') then 'test'. Each
+  split's streams end with a masked partial chunk: the scored targets of each stream
+  are its whole slice of the split's text, in order; at most batch - 1 characters are
+  left over. Training keeps whole chunks and has no mask."""
   text = ''.join(np.random.default_rng(0).choice(list('abcde \n'), 1000))
   task = charlm.CharLM(seed=0, text=text, seq_len=16, test_fraction=0.2)
-  held = task.encode(text[int(len(text) * 0.8):])
+  held = {'eval': text[800:900], 'test': text[900:]}[split]  # 200 held out, halved
+  held = task.encode(held)
   length = (len(held) - 1) // batch
   scored = [[] for _ in range(batch)]
-  for k in range(task.num_eval_batches(batch)):
-    b = task.batch('eval', k, batch)
+  for k in range(task.num_eval_batches(batch, split)):
+    b = task.batch(split, k, batch)
     assert bool(b['reset']) == (k == 0) and b['target_mask'].dtype == np.float32
     for i in range(batch):
       scored[i] += b['targets'][i][b['target_mask'][i] > 0].tolist()

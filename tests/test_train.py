@@ -206,9 +206,12 @@ def test_a_rerun_of_a_finished_run_reports_its_final_eval_without_logging_it_aga
   metrics = (tmp_path / 'run' / 'metrics.jsonl').read_bytes()
   again = run_module('seqlab.run', *args)
   assert again.returncode == 0, again.stderr[-2000:]
-  final = [l for l in first.stdout.splitlines() if l.startswith('final eval:')]
-  assert final and final == [l for l in again.stdout.splitlines() if l.startswith('final eval:')]
-  assert (tmp_path / 'run' / 'metrics.jsonl').read_bytes() == metrics  # no duplicate row
+  for start in ('final eval:', 'test: best-on-eval checkpoint (step '):
+    final = [l for l in first.stdout.splitlines() if l.startswith(start)]
+    assert final and final == [l for l in again.stdout.splitlines() if l.startswith(start)]
+  # No duplicate row: the test split too was read once, by the first run.
+  assert (tmp_path / 'run' / 'metrics.jsonl').read_bytes() == metrics
+  assert first.stdout.splitlines()[-1].startswith('test: ')
 
 
 def test_config_is_never_mutated(tmp_path):

@@ -76,8 +76,9 @@ def build_model(model_cfg, spec, seq2seq_cfg=None):
 
 
 def decoded_metrics(model, params, task, batch_size: int, method: str = 'greedy',
-                    beam_width: int = 4, length_penalty: float = 0.0) -> dict[str, float]:
-  """The ``decode_*`` metrics of decoding the task's 'eval' split, if the model decodes
+                    beam_width: int = 4, length_penalty: float = 0.0,
+                    split: str = 'eval') -> dict[str, float]:
+  """The ``decode_*`` metrics of decoding the task's held-out ``split``, if the model decodes
   (``model.decodes``), else {}: what training, populations and ``seqlab.evaluate``
   add to the loss's eval metrics.
 
@@ -88,6 +89,6 @@ def decoded_metrics(model, params, task, batch_size: int, method: str = 'greedy'
   """
   if not model.decodes:
     return {}
-  rows, refs = decode.decode_split(model, params, task, batch_size, method=method,
+  rows, refs = decode.decode_split(model, params, task, batch_size, split, method=method,
                                    beam_width=beam_width, length_penalty=length_penalty)
   return seq2seq_metrics.logged(seq2seq_metrics.score(rows, refs))

@@ -72,8 +72,8 @@ def decode(model, params, inputs, lengths, *, method='greedy', beam_width=4,
                  beam_width=beam_width if method == 'beam' else 1, max_length=max_length)
 
 
-def decode_split(model, params, task, batch_size: int, **options):
-  """Decodes every batch of the task's 'eval' split.
+def decode_split(model, params, task, batch_size: int, split: str = 'eval', **options):
+  """Decodes every batch of the task's held-out ``split`` ('eval' or 'test').
 
   Decoding runs to the targets' padded length (``tgt_time``), one compile for the
   whole split. Rows whose ``example_weight`` is 0 (padding of the last batch) are
@@ -88,12 +88,12 @@ def decode_split(model, params, task, batch_size: int, **options):
     returns them) and a list of one or more reference token sequences (no EOS).
   """
   rows, refs = [], []
-  for i in range(task.num_eval_batches(batch_size)):
-    batch = task.batch('eval', i, batch_size)
+  for i in range(task.num_eval_batches(batch_size, split)):
+    batch = task.batch(split, i, batch_size)
     tokens, _ = decode(model, params, batch['inputs'], batch['lengths'],
                        max_length=batch['targets'].shape[1], **options)
     if hasattr(task, 'references'):
-      choices = task.references('eval', i, batch_size)
+      choices = task.references(split, i, batch_size)
     else:
       choices = [[trim(row)] for row in batch['targets']]
     keep = np.asarray(batch.get('example_weight', np.ones(len(choices)))) > 0

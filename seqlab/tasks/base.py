@@ -145,6 +145,13 @@ def read_config(task_cfg, defaults: dict) -> dict:
   return values
 
 
+def check_held_out(split: str) -> str:
+  """``split`` if it is a held-out split ('eval' or 'test'); else ValueError naming them."""
+  if split not in HELD_OUT:
+    raise ValueError(f'split={split!r} is not held out; choose one of: {", ".join(HELD_OUT)}')
+  return split
+
+
 def rng(seed: int, split: str, step: int) -> np.random.Generator:
   """The generator of batch ``step`` of ``split``: ``default_rng([seed, split_id, step])``."""
   if split not in SPLITS:

@@ -1,7 +1,10 @@
 """Character-level language modelling on a text file, with truncated BPTT.
 
-The text is split once: the first ``1 - test_fraction`` for training, the rest held
-out. Each split is laid out as ``batch_size`` contiguous streams; batch k holds
+The text is split once, in order: the first ``1 - test_fraction`` for training, the
+rest held out, its first half the validation ('eval') split and its second half the
+'test' split (so neither is ever trained on, and the test text follows the validation
+text as it follows the training text). Each split is laid out as ``batch_size``
+contiguous streams; batch k holds
 chunk k of every stream (``seq_len`` characters; targets are the inputs shifted by
 one), and the model's state is carried from chunk to chunk (``Spec.stateful``),
 reset when the streams start again (each epoch). Training uses whole chunks; the
@@ -117,9 +120,12 @@ class CharLM:
 
   @functools.cached_property
   def _split(self):
+    """(characters of the training text, {split: int32 ids})."""
     cut = int(len(self.text) * (1.0 - self.test_fraction))
+    half = cut + (len(self.text) - cut) // 2
     chars = sorted(set(self.text[:cut]))
-    return chars, self.encode(self.text[:cut], chars), self.encode(self.text[cut:], chars)
+    parts = {'train': self.text[:cut], 'eval': self.text[cut:half], 'test': self.text[half:]}
+    return chars, {k: self.encode(v, chars) for k, v in parts.items()}
 
   @property
   def chars(self) -> list[str]:
@@ -144,8 +150,10 @@ class CharLM:
   def _streams(self, split: str, batch_size: int):
     """``streams`` of ``split``; a split too short for ``batch_size`` streams is a
     ValueError naming the split and the config keys that change it."""
+    if split not in base.SPLITS:
+      raise ValueError(f'split={split!r} is not valid; choose one of: {", ".join(base.SPLITS)}')
     train = split == 'train'
-    ids = self._split[1] if train else self._split[2]
+    ids = self._split[1][split]
     need = min_chars(batch_size, self.seq_len, whole=not train)
     if len(ids) < need:
       if train:
@@ -156,7 +164,7 @@ class CharLM:
             f'(now {self.test_fraction}), or use more text (task.max_chars, 0 for all of it, '
             'or a longer task.path)')
       raise ValueError(
-          f'the held-out (eval) split has {len(ids)} characters (task.test_fraction='
+          f'the held-out {split!r} split has {len(ids)} characters (half of task.test_fraction='
           f'{self.test_fraction} of {len(self.text)}), too few for an eval batch of '
           f'{batch_size} streams (train.eval_batch_size, or train.batch_size when it is 0), '
           f'which need {need}; lower train.eval_batch_size, raise task.test_fraction, or use '
@@ -177,8 +185,9 @@ class CharLM:
       out['target_mask'] = np.broadcast_to(valid, window[:, 1:].shape).astype(np.float32)
     return out
 
-  def num_eval_batches(self, batch_size: int) -> int:
-    return self._streams('eval', batch_size)[1]
+  def num_eval_batches(self, batch_size: int, split: str = 'eval') -> int:
+    base.check_held_out(split)
+    return self._streams(split, batch_size)[1]
 
 
 def from_config(task_cfg, seed: int) -> CharLM:

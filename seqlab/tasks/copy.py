@@ -53,7 +53,9 @@ class Copy:
     return make_batch(base.rng(self.seed, split, step), base.check_int('batch_size', batch_size),
                       self.length)
 
-  def num_eval_batches(self, batch_size: int) -> int:
+  def num_eval_batches(self, batch_size: int, split: str = 'eval') -> int:
+    """'eval' and 'test' are ``eval_size`` examples each, from their own generator streams."""
+    base.check_held_out(split)
     return base.num_batches(self.eval_size, batch_size)
 
 

@@ -5,21 +5,24 @@ Series that need no download: yearly sunspot numbers 1700-2008 shipped by statsm
 shipped by aeon or sktime (``'airline'``); or any numeric column of a CSV file
 (``task.csv``, ``task.column``: a header name, a 0-based index, or '' for the last).
 
-The split is chronological: the last ``test_fraction`` of the values are held out.
-A window whose targets start at time t has inputs y[t-C .. t-1] and targets
-y[t .. t+H-1]; training windows lie wholly in the training part, test windows are
-every window whose targets lie in the test part (their inputs may reach back into
-the training part, as when forecasting from the end of the training data). Values
-are scaled by the training part's mean and standard deviation, z = (y - mean) / std,
-and the model is trained on the MSE of the scaled targets.
+The split is chronological: the last ``test_fraction`` of the values are the test
+part, and the last ``valid_fraction`` of the values before it the validation part
+(default 0.1; 0: none, 'eval' reads the test windows, with a warning), so training,
+validation and test follow one another in time. A window whose targets start at
+time t has inputs y[t-C .. t-1] and targets y[t .. t+H-1]; training windows lie
+wholly in the training part, validation ('eval') and test windows are every window
+whose targets lie in their part (their inputs may reach back into the parts before,
+as when forecasting from the end of the training data). Values are scaled by the
+training part's mean and standard deviation, z = (y - mean) / std, and the model is
+trained on the MSE of the scaled targets.
 
 Because the scaling is one affine map, the errors in the series' own units are the
 scaled ones times std: MAE = std * mae and RMSE = std * sqrt(mse) over the same
 windows. ``forecast_report`` gives them beside the seasonal-naive forecast on the
 same test windows: y^[t+h] = y[t+h - m (floor(h/m) + 1)] for h = 0..H-1, the value
 one season (``task.season`` m) back that was already observed (m = 1: the last
-value). ``Spec.baseline`` is that forecast's MSE in scaled units, the eval 'mse'
-the model has to beat.
+value). ``Spec.baseline`` is that forecast's MSE in scaled units on the test
+windows, the test 'mse' the model has to beat.
 """
 import csv
 import dataclasses
@@ -133,6 +136,7 @@ class Forecast:
   horizon: int = 1
   test_fraction: float = 0.2
   season: int = 1
+  valid_fraction: float = arrays.VALID_FRACTION
 
   def __post_init__(self):
     base.check_int('seed', self.seed, minimum=0)
@@ -142,59 +146,59 @@ class Forecast:
     if self.season > self.context:
       raise ValueError(f'task.season ({self.season}) must be at most task.context '
                        f'({self.context}): the seasonal-naive forecast reads the inputs')
-    if not 0.0 < self.test_fraction < 1.0:
-      raise ValueError(f'task.test_fraction must be in (0, 1), got {self.test_fraction!r}')
-    n, cut = len(self.values), self.cut
-    if cut - self.horizon < self.context or n - self.horizon < cut:
-      raise ValueError(f'{n} values split at {cut} leave no training or no test window of '
-                       f'context {self.context} + horizon {self.horizon}; use a longer '
-                       'series, a shorter context or horizon, or another test_fraction')
+    arrays.check_fraction('task.test_fraction', self.test_fraction)
+    arrays.check_fraction('task.valid_fraction', self.valid_fraction, low_open=False)
+    n, (valid, test) = len(self.values), self.cuts
+    if valid - self.horizon < self.context or not all(map(len, map(self.starts, base.HELD_OUT))):
+      raise ValueError(f'{n} values split at {valid} (validation) and {test} (test) leave no '
+                       f'training, validation or test window of context {self.context} + '
+                       f'horizon {self.horizon}; use a longer series, a shorter context or '
+                       'horizon, or another test_fraction or valid_fraction')
+    if not self.valid_fraction:
+      arrays.warn_eval_is_test()
 
   @property
-  def cut(self) -> int:
-    """Index of the first held-out value."""
-    return len(self.values) - round(self.test_fraction * len(self.values))
+  def cuts(self) -> tuple[int, int]:
+    """Indices of the first validation and the first test value (equal without validation)."""
+    test = len(self.values) - round(self.test_fraction * len(self.values))
+    return test - (max(1, round(self.valid_fraction * test)) if self.valid_fraction else 0), test
 
   @property
   def offset(self) -> float:
     """The training part's mean (scaled = (y - offset) / scale)."""
-    return float(self.values[:self.cut].mean())
+    return float(self.values[:self.cuts[0]].mean())
 
   @property
   def scale(self) -> float:
     """The training part's standard deviation (1 if it is 0)."""
-    return float(self.values[:self.cut].std()) or 1.0
+    return float(self.values[:self.cuts[0]].std()) or 1.0
 
   def starts(self, split: str) -> np.ndarray:
-    """Target start times of the split's windows, in time order."""
-    if split == 'train':
-      return np.arange(self.context, self.cut - self.horizon + 1)
-    return np.arange(self.cut, len(self.values) - self.horizon + 1)
+    """Target start times of the split's windows, in time order: targets wholly in the
+    split's part ('eval' without a validation part: the test windows)."""
+    valid, test = self.cuts
+    ends = {'train': (self.context, valid), 'eval': (valid, test) if valid < test else
+            (test, len(self.values)), 'test': (test, len(self.values))}
+    first, end = ends[split]
+    return np.arange(first, end - self.horizon + 1)
 
   @functools.cached_property
-  def _examples(self) -> dict[str, arrays.Examples]:
+  def splits(self) -> arrays.Splits:
+    """The windows of each split, scaled: inputs float32 [k, context, 1], targets
+    [k, horizon], in time order."""
     scaled = (self.values - self.offset) / self.scale
-    out = {}
-    for split in ('train', 'eval'):
+
+    def part(split: str) -> arrays.Examples:
       inputs, targets = windows(scaled, self.starts(split), self.context, self.horizon)
-      out[split] = arrays.Examples(inputs=inputs.astype(np.float32)[:, :, None],
-                                   targets=targets.astype(np.float32))
-    return out
+      return arrays.Examples(inputs=inputs.astype(np.float32)[:, :, None],
+                             targets=targets.astype(np.float32))
 
-  @property
-  def train(self) -> arrays.Examples:
-    """Training windows, scaled: inputs float32 [k, context, 1], targets [k, horizon]."""
-    return self._examples['train']
-
-  @property
-  def test(self) -> arrays.Examples:
-    """Test windows in time order, scaled, as ``train``."""
-    return self._examples['eval']
+    return arrays.Splits(*(part(s) for s in base.SPLITS))
 
   @property
   def spec(self) -> base.Spec:
-    naive = (seasonal_naive(self.values, self.starts('eval'), self.horizon, self.season)
-             - windows(self.values, self.starts('eval'), self.context, self.horizon)[1])
+    naive = (seasonal_naive(self.values, self.starts('test'), self.horizon, self.season)
+             - windows(self.values, self.starts('test'), self.context, self.horizon)[1])
     return base.Spec(input_vocab=0, input_features=1, target='sequence',
                      num_outputs=self.horizon, loss='mse', metric='mse',
                      baseline=float(np.mean((naive / self.scale) ** 2)),
@@ -202,11 +206,10 @@ class Forecast:
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """inputs [B, context, 1], targets [B, horizon], example_weight [B] (scaled units)."""
-    return arrays.batch(self.train if split == 'train' else self.test, self.seed, split, step,
-                        batch_size)
+    return self.splits.batch(self.seed, split, step, batch_size)
 
-  def num_eval_batches(self, batch_size: int) -> int:
-    return base.num_batches(len(self.test), batch_size)
+  def num_eval_batches(self, batch_size: int, split: str = 'eval') -> int:
+    return self.splits.num_batches(batch_size, split)
 
 
 def forecast_report(task: Forecast, predictions) -> dict[str, float]:
@@ -215,13 +218,13 @@ def forecast_report(task: Forecast, predictions) -> dict[str, float]:
   Args:
     task: the ``Forecast`` task.
     predictions: the model's outputs (scaled units) on the test windows, in order,
-      [windows, horizon]: the eval batches concatenated, zero-weight rows dropped.
+      [windows, horizon]: the test batches concatenated, zero-weight rows dropped.
   Returns:
     'mae_orig', 'rmse_orig' (the model), 'naive_mae', 'naive_rmse' (seasonal naive,
     season ``task.season``), each over every test window and horizon step, and
     'windows', their number.
   """
-  starts = task.starts('eval')
+  starts = task.starts('test')
   predictions = np.asarray(predictions, np.float64)
   if predictions.shape != (len(starts), task.horizon):
     raise ValueError(f'predictions of shape {predictions.shape} do not fit the '
@@ -239,9 +242,10 @@ def forecast_report(task: Forecast, predictions) -> dict[str, float]:
 def from_config(task_cfg, seed: int) -> Forecast:
   """``task.series`` or ``task.csv`` (+ ``task.column``; it wins over ``task.series``),
   ``task.context``,
-  ``task.horizon``, ``task.test_fraction``, ``task.season``."""
+  ``task.horizon``, ``task.test_fraction``, ``task.season``, ``task.valid_fraction``."""
   cfg = base.read_config(task_cfg, {'series': '', 'csv': '', 'column': '', 'context': None,
-                                    'horizon': 1, 'test_fraction': 0.2, 'season': 1})
+                                    'horizon': 1, 'test_fraction': 0.2, 'season': 1,
+                                    'valid_fraction': arrays.VALID_FRACTION})
   if not (cfg['series'] or cfg['csv']):
     raise ValueError(f'set task.series (one of: {", ".join(SERIES)}) or task.csv (a CSV '
                      'file, with task.column)')
@@ -251,4 +255,5 @@ def from_config(task_cfg, seed: int) -> Forecast:
     path, column = shipped_csv(cfg['series'])
     values = read_column(path, cfg['column'] or column)
   return Forecast(seed=seed, values=values, context=cfg['context'], horizon=cfg['horizon'],
-                  test_fraction=cfg['test_fraction'], season=cfg['season'])
+                  test_fraction=cfg['test_fraction'], season=cfg['season'],
+                  valid_fraction=cfg['valid_fraction'])

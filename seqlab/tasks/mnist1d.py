@@ -4,7 +4,9 @@ Ten 1-D digit templates, each padded, translated, scaled, sheared and noised int
 signal of 40 points; the class is the template. The ``mnist1d`` package's own
 generator ``make_dataset(get_dataset_args())`` makes the published data set (5000
 signals, seed 42, the first 4000 for training and the last 1000 for test), so
-nothing is downloaded. Each signal is a sequence of 40 steps of one feature.
+nothing is downloaded. Each signal is a sequence of 40 steps of one feature. The
+validation ('eval') split is ``task.valid_fraction`` of the 4000 (default 0.1: 400,
+40 of each class), cut by ``arrays.Splits.carve``; 'test' is the published 1000.
 
 ``shuffle_time=True`` is the paper's "shuffled" experiment: one fixed permutation of
 the 40 time steps, the same for every signal, destroys the spatial prior. It is the
@@ -66,6 +68,7 @@ class MNIST1D:
   """MNIST-1D as sequences: inputs float32 [batch, 40, 1], targets int32 [batch]."""
   seed: int
   shuffle_time: bool = False
+  valid_fraction: float = arrays.VALID_FRACTION
 
   def __post_init__(self):
     base.check_int('seed', self.seed, minimum=0)
@@ -78,12 +81,12 @@ class MNIST1D:
     return load()['permutation'] if self.shuffle_time else None
 
   @functools.cached_property
-  def train(self) -> arrays.Examples:
-    return _examples(load()['x'], load()['y'], self.permutation)
-
-  @functools.cached_property
-  def test(self) -> arrays.Examples:
-    return _examples(load()['x_test'], load()['y_test'], self.permutation)
+  def splits(self) -> arrays.Splits:
+    """'train' and 'eval' from the published 4000 training signals, 'test' the 1000."""
+    data = load()
+    return arrays.Splits.carve(_examples(data['x'], data['y'], self.permutation),
+                               _examples(data['x_test'], data['y_test'], self.permutation),
+                               self.valid_fraction)
 
   @property
   def spec(self) -> base.Spec:
@@ -94,13 +97,13 @@ class MNIST1D:
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """inputs [B, 40, 1], targets [B], example_weight [B]; see ``arrays``."""
-    return arrays.batch(self.train if split == 'train' else self.test, self.seed, split, step,
-                        batch_size)
+    return self.splits.batch(self.seed, split, step, batch_size)
 
-  def num_eval_batches(self, batch_size: int) -> int:
-    return base.num_batches(len(self.test), batch_size)
+  def num_eval_batches(self, batch_size: int, split: str = 'eval') -> int:
+    return self.splits.num_batches(batch_size, split)
 
 
 def from_config(task_cfg, seed: int) -> MNIST1D:
-  """``task.shuffle_time`` (default False)."""
-  return MNIST1D(seed=seed, **base.read_config(task_cfg, {'shuffle_time': False}))
+  """``task.shuffle_time`` (default False), ``task.valid_fraction`` (default 0.1)."""
+  return MNIST1D(seed=seed, **base.read_config(
+      task_cfg, {'shuffle_time': False, 'valid_fraction': arrays.VALID_FRACTION}))

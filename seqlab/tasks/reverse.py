@@ -53,7 +53,9 @@ class Reverse:
     sources = [rng.integers(0, self.vocab, size=n) + tokens.NUM_SPECIAL for n in lengths]
     return tokens.pack(sources, [s[::-1] for s in sources], self.max_length, self.max_length + 1)
 
-  def num_eval_batches(self, batch_size: int) -> int:
+  def num_eval_batches(self, batch_size: int, split: str = 'eval') -> int:
+    """'eval' and 'test' are ``eval_size`` examples each, from their own generator streams."""
+    base.check_held_out(split)
     return base.num_batches(self.eval_size, batch_size)
 
   def encode_text(self, text: str) -> np.ndarray:

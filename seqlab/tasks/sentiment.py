@@ -9,11 +9,13 @@
     mapped to 0..C-1 in sorted order (numeric order when all are numbers).
 
 The examples are split once by a permutation seeded with ``task.split_seed``: the
-first ``test_fraction`` of the permuted examples are held out. Text is tokenised by
+first ``test_fraction`` of the permuted examples are the test split; of the rest,
+``task.valid_fraction`` (default 0.1, stratified by class: ``arrays.validation_rows``)
+are the validation ('eval') split. Text is tokenised by
 ``task.level``: 'word' (lower-cased, split on white space) or 'char' (each
 character). The vocabulary is built from the training split only: id 0 is <pad>,
 1 is <unk> (tokens seen fewer than ``min_count`` times, past ``max_vocab``, or only
-in the test split), then tokens by falling training count (ties in string order).
+in the held-out splits), then tokens by falling training count (ties in string order).
 Sequences are cut to ``max_length`` tokens and padded to the longest one left; batches
 carry 'lengths'. On this data (10-fold cross-validation) Pang & Lee (2005) report 77%
 with an SVM and Kim (2014) 81.5% with a CNN.
@@ -123,8 +125,7 @@ class Sentiment:
   seed: int
   vocab: dict
   classes: list
-  train: arrays.Examples
-  test: arrays.Examples
+  splits: arrays.Splits
 
   @property
   def spec(self) -> base.Spec:
@@ -133,17 +134,17 @@ class Sentiment:
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """inputs [B, T], targets [B], lengths [B], example_weight [B]."""
-    return arrays.batch(self.train if split == 'train' else self.test, self.seed, split, step,
-                        batch_size)
+    return self.splits.batch(self.seed, split, step, batch_size)
 
-  def num_eval_batches(self, batch_size: int) -> int:
-    return base.num_batches(len(self.test), batch_size)
+  def num_eval_batches(self, batch_size: int, split: str = 'eval') -> int:
+    return self.splits.num_batches(batch_size, split)
 
 
 def make_task(seed: int, labels: list[str], texts: list[str], *, level: str = 'word',
               test_fraction: float = 0.1, split_seed: int = 0, min_count: int = 1,
-              max_vocab: int = 0, max_length: int = 200) -> Sentiment:
-  """Splits, builds the vocabulary from the training split and encodes both splits."""
+              max_vocab: int = 0, max_length: int = 200,
+              valid_fraction: float = arrays.VALID_FRACTION) -> Sentiment:
+  """Splits, builds the vocabulary from the training split and encodes the three splits."""
   if level not in LEVELS:
     raise ValueError(f'task.level={level!r} is not valid; choose one of: {", ".join(LEVELS)}')
   if not 0.0 < test_fraction < 1.0:
@@ -162,23 +163,30 @@ def make_task(seed: int, labels: list[str], texts: list[str], *, level: str = 'w
   classes = arrays.sort_labels(labels)
   class_id = {c: i for i, c in enumerate(classes)}
   targets = np.array([class_id[labels[i]] for i in order], np.int32)
-  vocab = build_vocab(tokens[n_test:], min_count, max_vocab)
+  test_rows, rest = np.arange(n_test), np.arange(n_test, len(texts))
+  fraction = arrays.check_fraction('task.valid_fraction', valid_fraction, low_open=False)
+  # Carved before the vocabulary is built, which sees the training rows alone.
+  train_rows, valid_rows = ([rest[r] for r in arrays.validation_rows(targets[rest], fraction)]
+                            if fraction else (rest, None))
+  vocab = build_vocab([tokens[i] for i in train_rows], min_count, max_vocab)
   ids = [np.array([vocab.get(t, UNK) for t in ts], np.int32) for ts in tokens]
   inputs, lengths = arrays.pad_sequences(ids, max(1, max(len(t) for t in tokens)))
-
-  def part(rows: slice) -> arrays.Examples:
-    return arrays.Examples(inputs=inputs[rows], targets=targets[rows], lengths=lengths[rows])
-
-  return Sentiment(seed=seed, vocab=vocab, classes=classes, train=part(slice(n_test, None)),
-                   test=part(slice(0, n_test)))
+  encoded = arrays.Examples(inputs=inputs, targets=targets, lengths=lengths)
+  train, test = arrays.take(encoded, train_rows), arrays.take(encoded, test_rows)
+  if not fraction:
+    arrays.warn_eval_is_test()
+  valid = arrays.take(encoded, valid_rows) if fraction else test
+  return Sentiment(seed=seed, vocab=vocab, classes=classes,
+                   splits=arrays.Splits(train, valid, test))
 
 
 def from_config(task_cfg, seed: int) -> Sentiment:
   """``task.path`` (required), ``task.level``, ``task.test_fraction``, ``task.split_seed``,
-  ``task.min_count``, ``task.max_vocab``, ``task.max_length``."""
+  ``task.min_count``, ``task.max_vocab``, ``task.max_length``, ``task.valid_fraction``."""
   cfg = base.read_config(task_cfg, {'path': None, 'level': 'word', 'test_fraction': 0.1,
                                     'split_seed': 0, 'min_count': 1, 'max_vocab': 0,
-                                    'max_length': 200})
+                                    'max_length': 200,
+                                    'valid_fraction': arrays.VALID_FRACTION})
   path = cfg.pop('path')
   if not path:
     raise ValueError("task.path is required by task 'sentiment': a folder holding "

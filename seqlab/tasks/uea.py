@@ -4,7 +4,7 @@ Multivariate (UEA, Bagnall et al. 2018) and univariate (UCR, Dau et al. 2019) pr
 ship as ``<Name>_TRAIN.ts`` and ``<Name>_TEST.ts``, the published split. The reader
 takes the archive's format (as written by sktime/aeon):
 
-  # comment lines
+  # comment lines (or % comment lines)
   @problemName JapaneseVowels
   @timeStamps false            (true is not supported)
   @missing false
@@ -23,7 +23,9 @@ ValueError unless ``task.missing='ffill'``, which carries the last observed valu
 forward in each channel (a leading gap takes the first observed value). Each channel
 is z-normalised with the mean and standard deviation of the training split's valid
 steps. Class labels become 0..C-1 in sorted order (numeric order when every label
-is a number).
+is a number). The validation ('eval') split is ``task.valid_fraction`` of the
+training cases, stratified by class (``arrays.Splits.carve``); 'test' is the
+``_TEST.ts`` file. The normalisation statistics come from the whole training file.
 
 Files are looked up in ``task.data_dir`` (``<dir>/<Name>_TRAIN.ts`` or
 ``<dir>/<Name>/<Name>_TRAIN.ts``); when it is empty, in the data sets bundled with an
@@ -103,7 +105,7 @@ def read_ts(path: str) -> TsFile:
     in_data, channels = False, None
     for line_no, raw in enumerate(f, 1):
       line = raw.strip()
-      if not line or line.startswith('#'):
+      if not line or line.startswith(('#', '%')):
         continue
       if in_data:
         x, label = _parse_case(line, line_no, path, channels)
@@ -245,32 +247,34 @@ class UEA:
   """
   seed: int
   classes: list
-  train: arrays.Examples
-  test: arrays.Examples
+  splits: arrays.Splits
 
   @property
   def spec(self) -> base.Spec:
-    t = self.train.inputs.shape[1]
-    equal = all(np.all(e.lengths == t) for e in (self.train, self.test))
-    return base.Spec(input_vocab=0, input_features=self.train.inputs.shape[2],
+    parts = (self.splits.train, self.splits.eval, self.splits.test)
+    t = parts[0].inputs.shape[1]
+    equal = all(np.all(e.lengths == t) for e in parts)
+    return base.Spec(input_vocab=0, input_features=parts[0].inputs.shape[2],
                      target='sequence', num_outputs=len(self.classes), loss='cross_entropy',
                      metric='accuracy', fixed_length=t if equal else None)
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """inputs [B, T, channels], targets [B], lengths [B], example_weight [B]."""
-    return arrays.batch(self.train if split == 'train' else self.test, self.seed, split, step,
-                        batch_size)
+    return self.splits.batch(self.seed, split, step, batch_size)
 
-  def num_eval_batches(self, batch_size: int) -> int:
-    return base.num_batches(len(self.test), batch_size)
+  def num_eval_batches(self, batch_size: int, split: str = 'eval') -> int:
+    return self.splits.num_batches(batch_size, split)
 
 
 def from_config(task_cfg, seed: int) -> UEA:
   """``task.dataset`` (required, e.g. 'JapaneseVowels'), ``task.data_dir`` (default: the
-  data bundled with aeon or sktime), ``task.missing`` ('error' or 'ffill')."""
-  cfg = base.read_config(task_cfg, {'dataset': None, 'data_dir': '', 'missing': 'error'})
+  data bundled with aeon or sktime), ``task.missing`` ('error' or 'ffill'),
+  ``task.valid_fraction`` (default 0.1)."""
+  cfg = base.read_config(task_cfg, {'dataset': None, 'data_dir': '', 'missing': 'error',
+                                    'valid_fraction': arrays.VALID_FRACTION})
   if not isinstance(cfg['dataset'], str) or not cfg['dataset']:
     raise ValueError(f'task.dataset must name a problem (e.g. JapaneseVowels), got '
                      f'{cfg["dataset"]!r}')
   base.check_int('seed', seed, minimum=0)
-  return UEA(seed, *load(cfg['dataset'], cfg['data_dir'], cfg['missing']))
+  classes, train, test = load(cfg['dataset'], cfg['data_dir'], cfg['missing'])
+  return UEA(seed, classes, arrays.Splits.carve(train, test, cfg['valid_fraction']))
