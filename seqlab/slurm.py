@@ -105,6 +105,14 @@ def _node_limit(partition: str | None, field: str) -> int | None:
   return max(values) if values else None
 
 
+def _megabytes(mem: str) -> float:
+  """SLURM's memory size (``16G``, ``500M``, ``2048``: megabytes) in megabytes."""
+  match = re.fullmatch(r'(\d+(?:\.\d+)?)([KMGT]?)B?', mem.strip().upper())
+  if not match:
+    return 0.0  # a form sbatch refuses by itself, naming it
+  return float(match[1]) * 1024.0 ** ('KMGT'.index(match[2] or 'M') - 1)
+
+
 def _culprit(message: str, resources: Resources) -> str:
   """The resource a refusal of sbatch is about, as ``--flag=value (why)``."""
   text = message.lower()
@@ -117,6 +125,9 @@ def _culprit(message: str, resources: Resources) -> str:
   if cpus is not None and resources.cpus_per_task > cpus:
     return (f'{FLAG["cpus_per_task"]}={resources.cpus_per_task} (its nodes have at most '
             f'{cpus} CPUs)')
+  mem = _node_limit(resources.partition, '%m')
+  if mem is not None and resources.mem and _megabytes(resources.mem) > mem:
+    return f'{FLAG["mem"]}={resources.mem} (its nodes have at most {mem} MB)'
   asked = [f'{FLAG[k]}={v}' for k, v in dataclasses.asdict(resources).items() if v]
   return ', '.join(asked) or 'the request'
 
