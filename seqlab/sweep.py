@@ -731,10 +731,10 @@ def launch_slurm(points: list[Point], workdir: str, header: dict, *, mode: str, 
   if os.path.exists(job_file):
     with open(job_file) as f:
       earlier = json.load(f)
-    if slurm.queued(earlier['job']) and earlier['mode'] == mode:
+    if slurm.queued(earlier['job']):
       job = earlier['job']
-      print(f'sweep: SLURM job {job} of this sweep is still queued or running; following '
-            'it, not submitting again', flush=True)
+      print(f'sweep: SLURM job {job} of this sweep is still queued or running; not '
+            'submitting again' + ('; following it' if wait else ''), flush=True)
   if job is None:
     todo = [i for i, part in enumerate(parts) if not all(is_done(p) for p in part)]
     print(f'sweep: {len(points)} points in {workdir}; {len(parts) - len(todo)} of '
