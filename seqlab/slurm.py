@@ -53,10 +53,9 @@ class Resources:
         ('mem', self.mem)) if value]
 
 
-# The seqlab.sweep flag that sets each resource, to name it in an error.
-FLAG = {'partition': '--slurm_partition', 'time': '--slurm_time',
-        'cpus_per_task': '--slurm_cpus_per_task', 'gpus_per_task': '--slurm_gpus_per_task',
-        'mem': '--slurm_mem', 'max_concurrent': '--slurm_max_concurrent'}
+# The seqlab.sweep flag that sets each resource (``--slurm_<key>``), to name it in an error.
+FLAG_KEYS = tuple(f.name for f in dataclasses.fields(Resources))
+FLAG = {key: f'--slurm_{key}' for key in FLAG_KEYS}
 
 
 def array_spec(indices: list[int], max_concurrent: int = 0) -> str:

@@ -41,7 +41,9 @@ may raise train.steps or change the cadence of logs, evals and checkpoints
                     i runs this command with ``--element=i``.
 
 Exit code 0 when every point of the shard is done (or saved after SIGTERM), 1 when one
-failed, 2 for a bad sweep.
+failed, 2 for a bad sweep. With --launcher=slurm: 0 once submitted (with --wait, once
+every point is done), 1 when --wait saw points fail or end unfinished, 2 for a request
+SLURM refuses (one line naming the flag; nothing submitted).
 """
 if __name__ == '__main__':  # first, before jax imports: a Ctrl-C at any moment stops it
   from seqlab import signals  # pylint: disable=g-import-not-at-top
@@ -70,6 +72,7 @@ import numpy as np
 
 from seqlab import cli
 from seqlab import config as config_lib
+from seqlab import slurm
 from seqlab import workdir as workdir_lib
 
 MODES = ('processes', 'vmap')
@@ -691,20 +694,19 @@ def slurm_summary(job: str, counts: collections.Counter, total: int) -> str:
           + (f', {counts["unfinished"]} unfinished' if counts['unfinished'] else ''))
 
 
-def follow(job: str, parts: list[list[Point]], state: State) -> collections.Counter:
+def follow(job: str, parts: list[list[Point]]) -> collections.Counter:
   """Shows the progress of ``job`` (element i runs ``parts[i]``) until none of it is
   queued; returns the points' final states (``element_state``)."""
-  from seqlab import slurm  # pylint: disable=g-import-not-at-top
-  progress = workdir_lib.Progress(len(state.points), 0, stream=sys.stdout,
-                                  every=PROGRESS_EVERY_S)
+  total = sum(len(part) for part in parts)
+  progress = workdir_lib.Progress(total, 0, stream=sys.stdout, every=PROGRESS_EVERY_S)
   shown = None
   while True:
     queue = slurm.queued(job)
     counts = collections.Counter(
         element_state(p, read_point(p.workdir).get('status'), queue.get(i))
         for i, part in enumerate(parts) for p in part)
-    line = slurm_summary(job, counts, len(state.points))
-    progress.show(line, counts['done'] / len(state.points), force=line != shown)
+    line = slurm_summary(job, counts, total)
+    progress.show(line, counts['done'] / total, force=line != shown)
     shown = line
     if not queue:
       progress.close()
@@ -720,7 +722,6 @@ def launch_slurm(points: list[Point], workdir: str, header: dict, *, mode: str, 
   Returns the exit code: 0 once submitted (with ``wait``: when every point is done), 1 when
   ``wait`` saw points fail or end unfinished, 2 for a request SLURM refuses.
   """
-  from seqlab import slurm  # pylint: disable=g-import-not-at-top
   parts = elements(points, mode)
   log_dir = os.path.join(workdir, 'slurm')
   path, job_file = os.path.join(log_dir, slurm.SCRIPT), os.path.join(log_dir, 'job.json')
@@ -761,7 +762,7 @@ def launch_slurm(points: list[Point], workdir: str, header: dict, *, mode: str, 
              'too, or resubmits what is unfinished once it ended'), flush=True)
   if not wait:
     return 0
-  counts = follow(job, parts, state)
+  counts = follow(job, parts)
   state.write(reread=True)
   unfinished = counts['failed'] + counts['unfinished']
   print(f'sweep: {counts["done"]} done, {counts["failed"]} failed, {counts["unfinished"]} '
@@ -838,6 +839,10 @@ def _part(points: list[Point]) -> tuple[list[Point], str]:
   if FLAGS.launcher == 'slurm' and (FLAGS['shard'].present or FLAGS.element is not None):
     raise SweepError('--launcher=slurm makes its own array elements; leave out --shard and '
                      '--element')
+  given = [f'--{k}' for k in ('wait', *(f'slurm_{f}' for f in slurm.FLAG_KEYS))
+           if FLAGS[k].present]
+  if FLAGS.launcher != 'slurm' and given:
+    raise SweepError(f'{given[0]} is for --launcher=slurm; add it, or leave {given[0]} out')
   if FLAGS.element is not None:
     parts = elements(points, FLAGS.mode)
     if FLAGS.element >= len(parts):
@@ -919,7 +924,6 @@ def main(argv) -> int:
             'keys': sorted(set().union(*(p.overrides for p in points))),
             'metric': metric, 'metric_mode': metric_mode}
   if FLAGS.launcher == 'slurm':
-    from seqlab import slurm  # pylint: disable=g-import-not-at-top
     resources = slurm.Resources(
         partition=FLAGS.slurm_partition, time=FLAGS.slurm_time,
         cpus_per_task=FLAGS.slurm_cpus_per_task, gpus_per_task=FLAGS.slurm_gpus_per_task,
