@@ -201,3 +201,16 @@ def test_two_tasks_under_srun_equal_one_process(cluster, tmp_path):
                  if r['split'] == 'train']
   assert train_steps == sorted(set(train_steps)), train_steps  # process 0 wrote each once
   _assert_equal(sweep.final_metrics(workdir), _reference(tmp_path, 0))
+
+
+def test_launcher_flags_without_the_launcher_are_refused(tmp_path, capsys):
+  argv = ['seqlab.sweep', '--config', 'experiments/adding.py:quick', '--workdir',
+          str(tmp_path / 'sweep'), '--slurm_time=1:00:00']
+  try:
+    cli.parser(sweep.FLAGS)(argv)
+    code = sweep.main(['seqlab.sweep'])
+  finally:
+    sweep.FLAGS.unparse_flags()
+  assert code == 2
+  assert '--slurm_time is for --launcher=slurm' in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / 'sweep')  # nothing ran
