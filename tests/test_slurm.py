@@ -123,7 +123,9 @@ def test_sweep_as_a_job_array_survives_a_cancelled_element(cluster, tmp_path):
 
   # Element 0 (seed=0) is cancelled mid-run: SIGTERM, it saves at its step.
   point = os.path.join(workdir, 'seed=0')
-  _wait_for('a logged step of seed=0', lambda: (sweep.last_step(point) or 0) >= 10)
+  _wait_for('a logged step of seed=0', lambda: (sweep.last_step(point) or 0) >= 10
+            or not _queued(job, cluster), every=0.2)
+  assert (sweep.last_step(point) or 0) < STEPS, 'element 0 ended before it was cancelled'
   subprocess.run(['scancel', f'{job}_0'], check=True, env=cluster)
   _wait_for(f'job {job} to end', lambda: not _queued(job, cluster), every=1)
   assert sweep.read_point(point)['status'] == 'interrupted'
@@ -182,7 +184,9 @@ def test_two_tasks_under_srun_equal_one_process(cluster, tmp_path):
                    f'srun {" ".join(command)}\n')
   job = subprocess.run(['sbatch', '--parsable', str(batch)], capture_output=True, text=True,
                        env=env, check=True).stdout.strip()
-  _wait_for('a logged step', lambda: (sweep.last_step(workdir) or 0) >= 10)
+  _wait_for('a logged step', lambda: (sweep.last_step(workdir) or 0) >= 10
+            or not _queued(job, env), every=0.2)
+  assert (sweep.last_step(workdir) or 0) < STEPS, (tmp_path / 'two_tasks.out').read_text()
   subprocess.run(['scancel', job], check=True, env=env)
   _wait_for(f'job {job} to end', lambda: not _queued(job, env), every=1)
   out = (tmp_path / 'two_tasks.out').read_text()
