@@ -57,12 +57,20 @@ def initialize_distributed(mode: str, env=None) -> bool:
   """Joins the cluster (``jax.distributed.initialize``) when ``mode`` says so; True if it did.
 
   The coordinator, process count and index come from the environment (SLURM, TPU
-  metadata, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
+  metadata, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID). Under
+  SLURM each task of an ``srun`` step is one process (jax's ``SlurmCluster`` reads
+  SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID); the batch script of a job of several
+  tasks is none of them, and raises ValueError rather than wait for a peer forever.
   """
   if mode == 'off' or (mode == 'auto' and not in_cluster(env)):
     return False
-  import jax  # pylint: disable=g-import-not-at-top
   env = os.environ if env is None else env
+  if int(env.get('SLURM_NTASKS', '1') or 1) > 1 and 'SLURM_STEP_ID' not in env and not any(
+      env.get(k) for k in CLUSTER_ENV):  # sbatch -n 2 --wrap 'python -m seqlab.run ...'
+    raise ValueError(f'this process is the batch script of a SLURM job of '
+                     f'{env["SLURM_NTASKS"]} tasks, not one of its tasks; start them with '
+                     'srun (srun python -m seqlab.run ...)')
+  import jax  # pylint: disable=g-import-not-at-top
   explicit = {}  # a hand-made cluster (no SLURM / TPU metadata): all three from the env
   address = env.get('JAX_COORDINATOR_ADDRESS', '')
   if address and not re.fullmatch(r'\[?[^\s]+\]?:\d+', address):  # jax: an IndexError

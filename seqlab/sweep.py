@@ -2,7 +2,8 @@
 
   python -m seqlab.sweep --config experiments/adding.py:quick --workdir runs/adding_sweep \\
       [--sweep 'optim.lr=[0.001,0.003]' --sweep 'seed=[0,1,2]'] [--mode=processes|vmap] \\
-      [--parallel N] [--shard i/n] [--config.train.steps=100 ...]
+      [--parallel N] [--shard i/n|auto] [--launcher=slurm [--wait] [--slurm_...]] \\
+      [--config.train.steps=100 ...]
   python -m seqlab.report runs/adding_sweep
 
 A point is a dict of config overrides, ``{'optim.lr': 0.001, 'seed': 1}``. The points
@@ -31,10 +32,18 @@ may raise train.steps or change the cadence of logs, evals and checkpoints
                     anything else (a shape, dropout) form one population per program; a
                     point alone in its program falls back to a process. A message says so.
   --shard i/n       run only points j with j % n == i (0 <= i < n): n machines split the
-                    sweep without talking to each other (e.g. a scheduler's job array).
+                    sweep without talking to each other (e.g. a scheduler's job array);
+                    ``auto``: i and n from SLURM_ARRAY_TASK_ID (less SLURM_ARRAY_TASK_MIN)
+                    and SLURM_ARRAY_TASK_COUNT, in a job array of one's own.
+  --launcher=slurm  submits the unfinished elements (``elements``) as one SLURM job array
+                    (``seqlab.slurm``: the sbatch script in <workdir>/slurm/, resources
+                    from the --slurm_* flags); ``--wait`` follows it to its end. Element
+                    i runs this command with ``--element=i``.
 
 Exit code 0 when every point of the shard is done (or saved after SIGTERM), 1 when one
-failed, 2 for a bad sweep.
+failed, 2 for a bad sweep. With --launcher=slurm: 0 once submitted (with --wait, once
+every point is done), 1 when --wait saw points fail or end unfinished, 2 for a request
+SLURM refuses (one line naming the flag; nothing submitted).
 """
 if __name__ == '__main__':  # first, before jax imports: a Ctrl-C at any moment stops it
   from seqlab import signals  # pylint: disable=g-import-not-at-top
@@ -63,6 +72,7 @@ import numpy as np
 
 from seqlab import cli
 from seqlab import config as config_lib
+from seqlab import slurm
 from seqlab import workdir as workdir_lib
 
 MODES = ('processes', 'vmap')
@@ -310,8 +320,20 @@ def check_points(config, points: list[dict], workdir: str, source: str) -> list[
   return checked
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-  """``'2/8'`` -> (2, 8): this machine's index i (0 <= i < n) and the machine count n."""
+def parse_shard(text: str, env=None) -> tuple[int, int]:
+  """``'2/8'`` -> (2, 8): this machine's index i (0 <= i < n) and the machine count n.
+
+  ``'auto'``: (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT) of
+  ``env`` (os.environ), an element of a contiguous job array (``--array=0-7``).
+  """
+  env = os.environ if env is None else env
+  if (text or '').strip() == 'auto':
+    keys = ('SLURM_ARRAY_TASK_ID', 'SLURM_ARRAY_TASK_COUNT')
+    if not all(env.get(k, '').isdigit() for k in keys):
+      raise SweepError('--shard=auto reads SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT, '
+                       'which only a SLURM job array sets; give --shard i/n elsewhere')
+    text = (f'{int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))}'
+            f'/{env["SLURM_ARRAY_TASK_COUNT"]}')
   match = re.fullmatch(r'\s*(\d+)\s*/\s*(\d+)\s*', text or '')
   if not match or not int(match[1]) < int(match[2]):
     raise SweepError(f'--shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4')
@@ -321,6 +343,16 @@ def parse_shard(text: str) -> tuple[int, int]:
 def shard(points: list, index: int, count: int) -> list:
   """The points of machine ``index`` of ``count``: every ``count``-th, from ``index``."""
   return points[index::count]
+
+
+def elements(points: list, mode: str) -> list[list]:
+  """The launcher's array elements: one point each, or in ``--mode=vmap`` one population
+  each (``plan_vmap``: a point alone in its program is an element alone), in a fixed
+  order, so that ``--element=i`` names the same points at submission and in the job."""
+  if mode != 'vmap':
+    return [[p] for p in points]
+  together, alone, _ = plan_vmap(points)
+  return together + [[p] for p in alone]
 
 
 # --- State ------------------------------------------------------------------------------
@@ -638,6 +670,108 @@ def run_vmap(points: list[Point], state: State, config_arg: str, base_overrides:
   return run_processes(alone, state, config_arg, base_overrides, parallel)
 
 
+# --- SLURM job arrays (seqlab.slurm) -----------------------------------------------------
+
+POLL_S = 2.0  # --wait reads squeue and the points' files this often
+
+
+def element_state(point: Point, status: str | None, queue_state: str | None) -> str:
+  """One point of a submitted sweep: done, running, pending (its element queued or
+  requeued), failed, or unfinished (its element ended first: cancelled, timed out)."""
+  if is_done(point):
+    return 'done'
+  if queue_state == 'RUNNING':
+    return 'running' if status == 'running' else 'pending'  # vmap: the rest of a population
+  if queue_state:
+    return 'pending'
+  return 'failed' if status == 'failed' else 'unfinished'
+
+
+def slurm_summary(job: str, counts: collections.Counter, total: int) -> str:
+  """'slurm job 12: 1 of 4 done, 2 running, 1 pending, 0 failed'."""
+  return (f'slurm job {job}: {counts["done"]} of {total} done, {counts["running"]} running, '
+          f'{counts["pending"]} pending, {counts["failed"]} failed'
+          + (f', {counts["unfinished"]} unfinished' if counts['unfinished'] else ''))
+
+
+def follow(job: str, parts: list[list[Point]]) -> collections.Counter:
+  """Shows the progress of ``job`` (element i runs ``parts[i]``) until none of it is
+  queued; returns the points' final states (``element_state``)."""
+  total = sum(len(part) for part in parts)
+  progress = workdir_lib.Progress(total, 0, stream=sys.stdout, every=PROGRESS_EVERY_S)
+  shown = None
+  while True:
+    queue = slurm.queued(job)
+    counts = collections.Counter(
+        element_state(p, read_point(p.workdir).get('status'), queue.get(i))
+        for i, part in enumerate(parts) for p in part)
+    line = slurm_summary(job, counts, total)
+    progress.show(line, counts['done'] / total, force=line != shown)
+    shown = line
+    if not queue:
+      progress.close()
+      return counts
+    time.sleep(POLL_S)
+
+
+def launch_slurm(points: list[Point], workdir: str, header: dict, *, mode: str, command:
+                 list[str], resources, wait: bool) -> int:
+  """Submits the unfinished elements of the sweep as one job array (``seqlab.slurm``),
+  unless the last submission still has elements queued; with ``wait``, follows it.
+
+  Returns the exit code: 0 once submitted (with ``wait``: when every point is done), 1 when
+  ``wait`` saw points fail or end unfinished, 2 for a request SLURM refuses.
+  """
+  parts = elements(points, mode)
+  log_dir = os.path.join(workdir, 'slurm')
+  path, job_file = os.path.join(log_dir, slurm.SCRIPT), os.path.join(log_dir, 'job.json')
+  os.makedirs(log_dir, exist_ok=True)
+  state = State(workdir, points, header)
+  state.write()
+  job = None
+  if os.path.exists(job_file):
+    with open(job_file) as f:
+      earlier = json.load(f)
+    if slurm.queued(earlier['job']):
+      job = earlier['job']
+      print(f'sweep: SLURM job {job} of this sweep is still queued or running; not '
+            'submitting again' + ('; following it' if wait else ''), flush=True)
+  if job is None:
+    todo = [i for i, part in enumerate(parts) if not all(is_done(p) for p in part)]
+    print(f'sweep: {len(points)} points in {workdir}; {len(parts) - len(todo)} of '
+          f'{len(parts)} array elements done, {len(todo)} to submit ({mode})', flush=True)
+    if not todo:
+      return 0
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    name = 'seqlab-sweep-' + os.path.basename(os.path.abspath(workdir))
+    text = slurm.script(command, indices=todo, resources=resources, name=name,
+                        log_dir=os.path.abspath(log_dir), cwd=os.getcwd(), pythonpath=root)
+    with open(path, 'w') as f:
+      f.write(text)
+    try:
+      slurm.check(path, resources)
+      job = slurm.submit(path)
+    except slurm.SlurmError as e:
+      print(f'seqlab: bad SLURM request, nothing submitted: {e}', file=sys.stderr, flush=True)
+      return 2
+    _write_json(job_file, {'job': job, 'mode': mode, 'elements': {
+        i: [p.name for p in parts[i]] for i in todo}})
+    print(f'sweep: submitted SLURM job {job} (array {slurm.array_spec(todo)}, script {path}, '
+          f'logs {log_dir}/{job}_<i>.out)'
+          + ('' if wait else f'; squeue -j {job} follows it; the same command with --wait '
+             'too, or resubmits what is unfinished once it ended'), flush=True)
+  if not wait:
+    return 0
+  counts = follow(job, parts)
+  state.write(reread=True)
+  unfinished = counts['failed'] + counts['unfinished']
+  print(f'sweep: {counts["done"]} done, {counts["failed"]} failed, {counts["unfinished"]} '
+        f'unfinished. Table: python -m seqlab.report {workdir}'
+        + (f'; the same command resubmits the {unfinished} unfinished point(s) (logs in '
+           f'{log_dir})' if unfinished else ''), flush=True)
+  return 1 if unfinished else 0
+
+
 # --- The command line --------------------------------------------------------------------
 
 FLAGS = flags.FlagValues()  # our own, so importing this module defines no global flags
@@ -649,8 +783,25 @@ flags.DEFINE_multi_string('sweep', [], "A grid axis, key=[v1,v2,...]; replaces t
                           'get_sweep.', flag_values=FLAGS)
 flags.DEFINE_enum('mode', 'processes', MODES, 'How the points run.', flag_values=FLAGS)
 flags.DEFINE_integer('parallel', 1, 'Processes at a time.', lower_bound=1, flag_values=FLAGS)
-flags.DEFINE_string('shard', '0/1', 'i/n: run every n-th point from the i-th.',
+flags.DEFINE_string('shard', '0/1', "i/n: run every n-th point from the i-th; 'auto': i, n "
+                    'from the SLURM job array.', flag_values=FLAGS)
+flags.DEFINE_integer('element', None, 'Run only array element i of --launcher (its script '
+                     'passes it).', lower_bound=0, flag_values=FLAGS)
+flags.DEFINE_enum('launcher', 'local', ('local', 'slurm'), 'local: run here; slurm: submit '
+                  'one SLURM job array.', flag_values=FLAGS)
+flags.DEFINE_bool('wait', False, '--launcher=slurm: follow the array until it ends.',
+                  flag_values=FLAGS)
+flags.DEFINE_string('slurm_partition', None, 'SLURM partition (default: the cluster\'s).',
                     flag_values=FLAGS)
+flags.DEFINE_string('slurm_time', None, 'Time limit per element, e.g. 2:00:00.',
+                    flag_values=FLAGS)
+flags.DEFINE_integer('slurm_cpus_per_task', 1, 'CPUs per element.', lower_bound=1,
+                     flag_values=FLAGS)
+flags.DEFINE_integer('slurm_gpus_per_task', 0, 'GPUs per element.', lower_bound=0,
+                     flag_values=FLAGS)
+flags.DEFINE_string('slurm_mem', None, 'Memory per element, e.g. 16G.', flag_values=FLAGS)
+flags.DEFINE_integer('slurm_max_concurrent', 0, 'At most this many elements at once (the '
+                     "array's %N; 0: no limit).", lower_bound=0, flag_values=FLAGS)
 
 
 def _file_points(config_arg: str) -> list:
@@ -683,13 +834,41 @@ def _points(config_arg: str, base, base_overrides: dict, workdir: str) -> list[P
   return check_points(base, raw, workdir, config_arg)
 
 
+def _part(points: list[Point]) -> tuple[list[Point], str]:
+  """The points this process runs (--shard or --element) and a name for them."""
+  if FLAGS.launcher == 'slurm' and (FLAGS['shard'].present or FLAGS.element is not None):
+    raise SweepError('--launcher=slurm makes its own array elements; leave out --shard and '
+                     '--element')
+  given = [f'--{k}' for k in ('wait', *(f'slurm_{f}' for f in slurm.FLAG_KEYS))
+           if FLAGS[k].present]
+  if FLAGS.launcher != 'slurm' and given:
+    raise SweepError(f'{given[0]} is for --launcher=slurm; add it, or leave {given[0]} out')
+  if FLAGS.element is not None:
+    parts = elements(points, FLAGS.mode)
+    if FLAGS.element >= len(parts):
+      raise SweepError(f'--element={FLAGS.element}: the sweep has {len(parts)} elements in '
+                       f'--mode={FLAGS.mode}')
+    return parts[FLAGS.element], f'element {FLAGS.element}'
+  index, count = parse_shard(FLAGS.shard)
+  return shard(points, index, count), (f'shard {index}/{count}' if count > 1 else '')
+
+
+def _element_command(config_arg: str, base_overrides: dict, workdir: str) -> list[str]:
+  """This sweep's command line, for its SLURM array elements (``--element`` follows)."""
+  return [sys.executable, '-m', 'seqlab.sweep', '--config', config_arg,
+          '--workdir', os.path.abspath(workdir), '--mode', FLAGS.mode,
+          *(f'--sweep={s}' for s in FLAGS.sweep),
+          *(f'--config.{k}={_format(v)}' for k, v in base_overrides.items())]
+
+
 def run_sweep(points: list[Point], workdir: str, header: dict, *, mode: str, parallel: int,
-              shard_index: int = 0, shard_count: int = 1) -> int:
-  """Runs this shard's unfinished points; returns the exit code (1 if any failed)."""
+              mine: list[Point] | None = None, part: str = '') -> int:
+  """Runs the unfinished ones of ``mine`` (a shard or an element, named by ``part``;
+  default every point); returns the exit code (1 if any failed)."""
   os.makedirs(workdir, exist_ok=True)
   state = State(workdir, points, header)
   state.write()
-  mine = shard(points, shard_index, shard_count)
+  mine = points if mine is None else mine
   todo = [p for p in mine if not is_done(p)]
   for p in mine:
     if p not in todo and state.status.get(p.name, {}).get('status') != 'done':
@@ -700,7 +879,7 @@ def run_sweep(points: list[Point], workdir: str, header: dict, *, mode: str, par
             'learning curve or final eval in the report; python -m seqlab.evaluate '
             f'--workdir {p.workdir} recomputes the final metrics', file=sys.stderr, flush=True)
   print(f'sweep: {len(points)} points in {workdir}'
-        + (f', shard {shard_index}/{shard_count}: {len(mine)}' if shard_count > 1 else '')
+        + (f', {part}: {len(mine)}' if part else '')
         + f'; {len(mine) - len(todo)} done, {len(todo)} to run ({mode}'
         + (f', {parallel} at a time' if mode == 'processes' else '') + ')', flush=True)
   runner = run_vmap if mode == 'vmap' else run_processes
@@ -732,7 +911,7 @@ def main(argv) -> int:
       'runs', stem + (f'_{variant}' if variant else '') + '_sweep')
   try:  # every check before anything runs
     points = _points(config_arg, FLAGS.config, base_overrides, workdir)
-    index, count = parse_shard(FLAGS.shard)
+    mine, part = _part(points)
     metric, metric_mode = _metric(FLAGS.config)
     check_unchanged(points)  # in either --mode
     check_same_points(workdir, points)
@@ -744,8 +923,16 @@ def main(argv) -> int:
   header = {'config': config_arg, 'overrides': base_overrides,
             'keys': sorted(set().union(*(p.overrides for p in points))),
             'metric': metric, 'metric_mode': metric_mode}
+  if FLAGS.launcher == 'slurm':
+    resources = slurm.Resources(
+        partition=FLAGS.slurm_partition, time=FLAGS.slurm_time,
+        cpus_per_task=FLAGS.slurm_cpus_per_task, gpus_per_task=FLAGS.slurm_gpus_per_task,
+        mem=FLAGS.slurm_mem, max_concurrent=FLAGS.slurm_max_concurrent)
+    return launch_slurm(points, workdir, header, mode=FLAGS.mode, resources=resources,
+                        wait=FLAGS.wait,
+                        command=_element_command(config_arg, base_overrides, workdir))
   return run_sweep(points, workdir, header, mode=FLAGS.mode, parallel=FLAGS.parallel,
-                   shard_index=index, shard_count=count)
+                   mine=mine, part=part)
 
 
 def run():
