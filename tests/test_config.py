@@ -212,11 +212,12 @@ def test_a_workdir_written_before_the_change_resumes_to_the_end(tmp_path, name, 
     assert key not in proc.stderr  # not reported as a change of config
   rows = workdir_lib.read_metrics(str(workdir))
   assert rows[:len(before)] == before
-  final = rows[-1]
-  assert (final['step'], final['split']) == (steps, 'eval')
+  final = [r for r in rows if r['split'] == 'eval'][-1]
+  assert final['step'] == steps
   assert max(r['step'] for r in before) == steps // 2
   metric = tasks.make_task(load_config(experiment).task, 0).spec.metric
   assert math.isfinite(final[metric])
+  assert sorted(r['checkpoint'] for r in rows if r['split'] == 'test') == ['best', 'last']
 
 
 # --- The README's schema table --------------------------------------------------------------
