@@ -27,9 +27,9 @@ def _share_compilations():
 
 
 _share_compilations()
-# For a process that may die in the middle of a write (a signal's ``os._exit``, a full
-# disk): jax writes a cache entry in place, and a torn one would cost every later
-# reader a warning on stderr and a compile.
+# The environment of a process that may die in the middle of a write (a signal before
+# training, which ends it by ``os._exit``; a full disk; SIGKILL): jax writes a cache
+# entry in place, and a torn one would cost every later reader a warning and a compile.
 NO_COMPILATION_CACHE = {'JAX_ENABLE_COMPILATION_CACHE': 'false'}
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
@@ -99,14 +99,15 @@ def handles_signals(pid: int) -> bool:
 
 
 def signal_when(module: str, args, ready, timeout=HANG_S, sig=signal.SIGTERM,
-                handled=False):
+                handled=False, env=None):
   """Starts ``python -m <module> args`` from the repo root, sends it ``sig`` once
   ``ready()`` is true (and, with ``handled``, once it ``handles_signals``) or
   ``timeout`` s have passed, and returns the CompletedProcess with ``.exit_s``, the
   seconds from the signal to the exit; a process still running ``timeout`` s after
-  the signal is killed, not left behind."""
+  the signal is killed, not left behind. ``env`` adds to the environment (a signal that
+  ends the process before training: ``NO_COMPILATION_CACHE``)."""
   proc = subprocess.Popen([sys.executable, '-m', module, *args], cwd=ROOT,
-                          env=dict(os.environ, **NO_COMPILATION_CACHE), stdout=subprocess.PIPE,
+                          env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   deadline = time.time() + timeout
   while time.time() < deadline and not (ready() and (not handled or handles_signals(proc.pid))):

@@ -22,7 +22,8 @@ from seqlab import run as run_lib
 from seqlab import tasks
 from seqlab import train
 from seqlab import workdir as workdir_lib
-from conftest import HANG_S, ROOT, cpu_env, load_config, run_module, signal_when
+from conftest import (HANG_S, NO_COMPILATION_CACHE, ROOT, cpu_env, load_config, run_module,
+                      signal_when)
 
 
 def _final_state(workdir, config):
@@ -306,7 +307,7 @@ def test_a_signal_before_training_ends_the_run_at_once_in_one_line(tmp_path, mom
            lambda: time.time() - t0 >= moment)
   proc = signal_when('seqlab.run', ['--config', 'experiments/adding.py:quick',
                                     '--config.train.steps=100000', '--workdir', str(workdir)],
-                     ready, sig=sig, handled=True)
+                     ready, sig=sig, handled=True, env=NO_COMPILATION_CACHE)
   name = signal.Signals(sig).name
   assert proc.returncode == 128 + sig, proc.stderr[-3000:]
   assert proc.stderr.splitlines()[-1] == f'seqlab: {name}: stopped{run_lib.STOPPED}'
