@@ -1,14 +1,37 @@
 """Shared test helpers: strict promotion for every test, experiment configs, the CLI in
 a subprocess, pytree comparison."""
+import atexit
 import importlib.util
 import os
+import shutil
 import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
-import jax
+
+def _share_compilations():
+  """One persistent JAX compilation cache for this pytest run, its xdist workers and
+  every ``seqlab`` tool they start (set before jax imports; the workers and the tools
+  inherit the environment): the many runs of one ``:quick`` experiment compile its
+  steps once. A fresh directory a run, removed at its end, so no run reads another's
+  programs; a ``JAX_COMPILATION_CACHE_DIR`` already set is kept (a developer's own)."""
+  if 'JAX_COMPILATION_CACHE_DIR' in os.environ:
+    return
+  directory = tempfile.mkdtemp(prefix='seqlab-tests-jax-cache-')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = directory
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  atexit.register(shutil.rmtree, directory, ignore_errors=True)
+
+
+_share_compilations()
+# The environment of a process that may die in the middle of a write (a signal before
+# training, which ends it by ``os._exit``; a full disk; SIGKILL): jax writes a cache
+# entry in place, and a torn one would cost every later reader a warning and a compile.
+NO_COMPILATION_CACHE = {'JAX_ENABLE_COMPILATION_CACHE': 'false'}
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 import pytest
 
@@ -52,6 +75,7 @@ def run_module(module: str, *args, env=None, timeout=HANG_S, file_limit_kib=None
   full_env = dict(os.environ, **(env or {}))
   command = [sys.executable, '-m', module, *args]
   if file_limit_kib is not None:
+    full_env.update(NO_COMPILATION_CACHE)
     command = ['bash', '-c', f"trap '' XFSZ; ulimit -f {int(file_limit_kib)}; "
                f'exec {shlex.join(command)}']
   return subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True,
@@ -75,14 +99,16 @@ def handles_signals(pid: int) -> bool:
 
 
 def signal_when(module: str, args, ready, timeout=HANG_S, sig=signal.SIGTERM,
-                handled=False):
+                handled=False, env=None):
   """Starts ``python -m <module> args`` from the repo root, sends it ``sig`` once
   ``ready()`` is true (and, with ``handled``, once it ``handles_signals``) or
   ``timeout`` s have passed, and returns the CompletedProcess with ``.exit_s``, the
   seconds from the signal to the exit; a process still running ``timeout`` s after
-  the signal is killed, not left behind."""
+  the signal is killed, not left behind. ``env`` adds to the environment (a signal that
+  ends the process before training: ``NO_COMPILATION_CACHE``)."""
   proc = subprocess.Popen([sys.executable, '-m', module, *args], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
   deadline = time.time() + timeout
   while time.time() < deadline and not (ready() and (not handled or handles_signals(proc.pid))):
     time.sleep(0.01)

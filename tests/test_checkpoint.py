@@ -22,7 +22,7 @@ from seqlab import train
 from seqlab import workdir as workdir_lib
 from conftest import HANG_S
 from seqlab.checkpoint import Checkpointer
-from conftest import load_config, run_module
+from conftest import NO_COMPILATION_CACHE, load_config, run_module
 
 TX = optax.chain(optax.clip_by_global_norm(1.0),
                  optax.adamw(optax.cosine_decay_schedule(1e-2, 10), weight_decay=1e-2))
@@ -365,7 +365,8 @@ def test_a_killed_save_leaves_older_steps_intact(tmp_path):
   """SIGKILL a writer in the middle of a save: the finished steps still restore, the
   unfinished one is invisible and its tmp directory is removed on the next start."""
   root = tmp_path / 'checkpoints'
-  env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1]))
+  env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1]),
+             **NO_COMPILATION_CACHE)
   writer = subprocess.Popen([sys.executable, '-c', _WRITER, str(tmp_path)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + HANG_S

@@ -17,7 +17,7 @@ from seqlab import sample
 from seqlab import tasks
 from seqlab import train
 from seqlab import workdir as workdir_lib
-from conftest import load_config, run_module, signal_when
+from conftest import NO_COMPILATION_CACHE, load_config, run_module, signal_when
 
 
 @pytest.fixture(scope='module')
@@ -233,7 +233,8 @@ def test_ctrl_c_while_a_tool_imports_jax_stops_it_in_one_line(tmp_path, tool, ar
   run that goes on (jax's gc callback swallowed one)."""
   t0 = time.time()
   proc = signal_when(tool, [a.format(w=tmp_path / 'w') for a in args],
-                     lambda: time.time() - t0 >= 0.2, sig=signal.SIGINT, handled=True)
+                     lambda: time.time() - t0 >= 0.2, sig=signal.SIGINT, handled=True,
+                     env=NO_COMPILATION_CACHE)
   assert proc.returncode == 130, proc.stderr[-3000:]
   assert proc.stderr.splitlines()[-1].startswith('seqlab: SIGINT: stopped')
   assert 'Traceback' not in proc.stderr

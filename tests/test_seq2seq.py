@@ -16,7 +16,6 @@ from seqlab.models import decode
 from seqlab.tasks import base
 from seqlab.tasks import g2p
 from seqlab.tasks import reverse
-from conftest import run_module
 
 ATTENTIONS = ('none', 'bahdanau', 'luong_dot', 'luong_general')
 # Shared tiny models (hidden 8, source vocab 7, target vocab 6 unless set): built and
@@ -330,13 +329,6 @@ def test_g2p_split_is_deterministic_and_disjoint():
     assert trim(row) in choices
   hello = np.append(a._phone_ids(('HH', 'AH', 'L', 'OW')), EOS)  # pylint: disable=protected-access
   assert a.decode_text(hello) == 'HH AH L OW'
-
-
-def test_reverse_quick_experiment_runs_end_to_end(tmp_path):
-  result = run_module('seqlab.run', '--config', 'experiments/reverse.py:quick',
-                      '--workdir', str(tmp_path / 'run'))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert 'final eval' in result.stdout
 
 
 def test_decoded_metrics_score_every_decoded_eval_batch():
