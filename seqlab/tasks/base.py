@@ -18,6 +18,7 @@ Batch keys (see ``Task.batch``):
   reset        stateful tasks only: bool [], start the streams again from zeros.
 """
 import dataclasses
+import os
 import typing
 
 import numpy as np
@@ -164,3 +165,12 @@ def num_batches(examples: int, batch_size: int) -> int:
   """
   check_int('batch_size', batch_size)
   return -(-examples // batch_size)
+
+
+def cache_dir(configured: str = '') -> str:
+  """Where tasks keep data they make on first use: ``configured`` (a task's
+  ``task.cache_dir``) if set, else ``$XDG_CACHE_HOME/seqlab``, else ``~/.cache/seqlab``."""
+  if configured:
+    return configured
+  root = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(root, 'seqlab')
