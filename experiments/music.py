@@ -31,11 +31,11 @@ def get_config(arg=None):
   c.optim.lr = 3e-3
   c.optim.schedule = 'cosine'
   c.optim.clip_norm = 1.0
-  c.train.steps = 1500
-  c.train.batch_size = 16
-  c.train.eval_every = 250
+  c.train.steps = 600
+  c.train.batch_size = 32
+  c.train.eval_every = 150
   c.train.log_every = 50
-  c.train.checkpoint_every = 500
+  c.train.checkpoint_every = 300
   if arg in (None, '', 'lstm'):
     pass
   elif arg == 'gru':

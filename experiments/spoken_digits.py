@@ -31,11 +31,11 @@ def get_config(arg=None):
   c.optim.lr = 3e-3
   c.optim.schedule = 'cosine'
   c.optim.clip_norm = 1.0
-  c.train.steps = 1000
+  c.train.steps = 400
   c.train.batch_size = 32
-  c.train.eval_every = 250
+  c.train.eval_every = 100
   c.train.log_every = 50
-  c.train.checkpoint_every = 500
+  c.train.checkpoint_every = 200
   if arg in (None, '', 'gru'):
     pass
   elif arg == 'quick':
