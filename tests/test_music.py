@@ -16,7 +16,7 @@ from seqlab import sample
 from seqlab import train
 from seqlab import tasks
 from seqlab.tasks import music
-from conftest import load_config
+from conftest import cpu_env, load_config, run_module
 
 needs_music21 = pytest.mark.skipif(importlib.util.find_spec('music21') is None,
                                    reason='needs music21 (seqlab[data])')
@@ -141,8 +141,9 @@ def test_chorales_are_parsed_once_split_and_cached(tmp_path, monkeypatch):
 
 
 def test_sample_frames_equal_the_full_sequence_forward_pass(tmp_path):
-  """A run trained on the small pickle; ``sample_midi`` writes files; the logits each
-  sampled frame was drawn from equal those of one forward pass over the frames."""
+  """A run trained on the small pickle; ``python -m seqlab.sample`` writes MIDI files
+  and says where; the logits each sampled frame was drawn from equal those of one
+  forward pass over the frames."""
   config = load_config('music', 'quick')
   config.task.path = write_pickle(tmp_path / 'p.pickle', PIECES)
   config.task.pieces = 0
@@ -152,6 +153,11 @@ def test_sample_frames_equal_the_full_sequence_forward_pass(tmp_path):
   paths = sample.sample_midi(str(tmp_path / 'run'), length=6, seed=3, num_samples=2)
   assert [os.path.basename(p) for p in paths] == ['music_seed3_0.mid', 'music_seed3_1.mid']
   assert all(open(p, 'rb').read(4) == b'MThd' for p in paths)
+  proc = run_module('seqlab.sample', '--workdir', str(tmp_path / 'run'), '--length', '4',
+                    '--seed', '5', env=cpu_env())
+  out = tmp_path / 'run' / 'samples' / 'music_seed5_0.mid'
+  assert proc.returncode == 0 and proc.stdout.strip() == f'wrote {out}', proc.stderr[-2000:]
+  assert out.read_bytes()[:4] == b'MThd'
   _, task, model, state, _ = train.load_run(str(tmp_path / 'run'))
   prompt = jnp.asarray(roll(PIECES['valid'][0][:1])[None].repeat(2, 0))
   frames, logits = models.sample_frames(model, state['params'], prompt, jax.random.key(3), 6)
