@@ -15,6 +15,7 @@ from seqlab import train
 from seqlab import tasks
 from seqlab.tasks import audio
 from seqlab.tasks import digits
+from seqlab.tasks import wav
 from conftest import load_config
 
 needs_espeak = pytest.mark.skipif(shutil.which('espeak-ng') is None,
@@ -33,9 +34,9 @@ def write(path, samples, rate=16000, channels=1, width=2):
 
 def test_wav_round_trip_and_scaling(tmp_path):
   path = write(tmp_path / 'a.wav', [0, 16384, -32768, 32767])
-  np.testing.assert_array_equal(audio.read_wav(path), [0.0, 0.5, -1.0, 32767 / 32768])
-  audio.write_wav(str(tmp_path / 'b.wav'), np.array([0.0, 0.5, -1.0, 2.0]))
-  np.testing.assert_array_equal(audio.read_wav(str(tmp_path / 'b.wav')),
+  np.testing.assert_array_equal(wav.read_wav(path), [0.0, 0.5, -1.0, 32767 / 32768])
+  wav.write_wav(str(tmp_path / 'b.wav'), np.array([0.0, 0.5, -1.0, 2.0]))
+  np.testing.assert_array_equal(wav.read_wav(str(tmp_path / 'b.wav')),
                                 np.array([0, 16384, -32767, 32767]) / 32768)
 
 
@@ -51,7 +52,7 @@ def test_bad_wav_files_give_one_line_naming_the_file(tmp_path, make, message):
   path = str(tmp_path / 'clip.wav')
   make(path)
   with pytest.raises(ValueError, match=message) as e:
-    audio.read_wav(path)
+    wav.read_wav(path)
   assert str(e.value).startswith(path + ': ') and '\n' not in str(e.value)
   # through a run's start-up: the same line, as a config error (seqlab.run prints one line)
   data = tmp_path / 'data'
@@ -115,7 +116,7 @@ def test_folder_lists_and_training_statistics(tmp_path):
       {'name': 'audio', 'data_dir': str(tmp_path)}), seed=0)
   assert task.labels == ['no', 'yes'] and task.spec.num_outputs == 2
   assert [len(task.splits[s]) for s in ('train', 'eval', 'test')] == [3, 1, 2]
-  raw = {s: [audio.log_mel(audio.read_wav(str(tmp_path / c))) for c in clips]
+  raw = {s: [audio.log_mel(wav.read_wav(str(tmp_path / c))) for c in clips]
          for s, clips in (('train', ['no/s0_nohash_0.wav', 'no/s1_nohash_0.wav',
                                      'yes/s0_nohash_0.wav']),
                           ('test', ['no/s2_nohash_0.wav', 'yes/s2_nohash_0.wav']))}
@@ -150,5 +151,5 @@ def test_quick_digits_hold_the_test_voices_out(tmp_path):
   assert voices == {s: {v.replace('+', '-') for v in names}
                     for s, names in digits.QUICK_VOICES.items()}
   assert sum(len(rows) for rows in clips.values()) == 40
-  x = audio.read_wav(clips['test'][0][0])
-  assert 0.1 < len(x) / audio.SAMPLE_RATE < 2 and np.abs(x).max() <= 1
+  x = wav.read_wav(clips['test'][0][0])
+  assert 0.1 < len(x) / wav.SAMPLE_RATE < 2 and np.abs(x).max() <= 1

@@ -26,67 +26,19 @@ import functools
 import hashlib
 import os
 import re
-import wave
 
 import numpy as np
 
 from seqlab.tasks import arrays
 from seqlab.tasks import base
+from seqlab.tasks import wav
 
-SAMPLE_RATE = 16000  # Hz, of every clip read
 WINDOW = 400         # samples: 25 ms
 HOP = 160            # samples: 10 ms
 N_FFT = 512
 BANDS = 40
 LOG_FLOOR = 1e-6     # log(mel power + LOG_FLOOR): silence stays finite
-LISTS = {'eval': 'validation_list.txt', 'test': 'testing_list.txt'}
 MAX_NUM_WAVS_PER_CLASS = 2**27 - 1  # Speech Commands' which_set constant
-
-
-# --- Reading clips ------------------------------------------------------------------------
-def read_pcm(path: str) -> tuple[int, int, int, bytes]:
-  """(sample rate, channels, bytes per sample, raw frames) of a WAV file; ValueError in
-  one line naming ``path`` when it is empty or not a WAV file."""
-  if os.path.getsize(path) == 0:
-    raise ValueError(f'{path}: the file is empty; expected a 16 kHz mono 16-bit WAV clip')
-  try:
-    with wave.open(path, 'rb') as f:
-      params = f.getparams()
-      raw = f.readframes(params.nframes)
-  except (wave.Error, EOFError) as e:
-    raise ValueError(f'{path}: not a readable WAV file ({e}); expected a 16 kHz mono '
-                     '16-bit PCM clip') from None
-  return params.framerate, params.nchannels, params.sampwidth, raw
-
-
-def read_wav(path: str) -> np.ndarray:
-  """A 16 kHz mono 16-bit PCM WAV clip -> float32 [samples] in [-1, 1).
-
-  Any other file (empty, not a WAV, stereo, another rate or sample width, no
-  samples) raises ValueError in one line naming ``path`` and what to change."""
-  rate, channels, width, raw = read_pcm(path)
-  if channels != 1:
-    raise ValueError(f'{path}: has {channels} channels; seqlab reads mono clips (mix them '
-                     'down, e.g. sox in.wav -c 1 out.wav)')
-  if rate != SAMPLE_RATE:
-    raise ValueError(f'{path}: sample rate {rate} Hz; seqlab reads {SAMPLE_RATE} Hz clips '
-                     f'(resample, e.g. sox in.wav -r {SAMPLE_RATE} out.wav)')
-  if width != 2:
-    raise ValueError(f'{path}: {8 * width}-bit samples; seqlab reads 16-bit PCM')
-  samples = np.frombuffer(raw, '<i2')
-  if samples.size == 0:
-    raise ValueError(f'{path}: holds no samples')
-  return samples.astype(np.float32) / 32768.0
-
-
-def write_wav(path: str, signal: np.ndarray, rate: int = SAMPLE_RATE) -> None:
-  """float [samples] in [-1, 1] -> a mono 16-bit PCM WAV file (clipped to the range)."""
-  pcm = np.clip(np.round(np.asarray(signal) * 32767.0), -32768, 32767).astype('<i2')
-  with wave.open(path, 'wb') as f:
-    f.setnchannels(1)
-    f.setsampwidth(2)
-    f.setframerate(rate)
-    f.writeframes(pcm.tobytes())
 
 
 # --- Features -----------------------------------------------------------------------------
@@ -98,7 +50,7 @@ def mel_to_hz(m):
   return 700.0 * (10.0 ** (np.asarray(m, np.float64) / 2595.0) - 1.0)
 
 
-def mel_filterbank(bands: int = BANDS, n_fft: int = N_FFT, rate: int = SAMPLE_RATE
+def mel_filterbank(bands: int = BANDS, n_fft: int = N_FFT, rate: int = wav.SAMPLE_RATE
                    ) -> np.ndarray:
   """float64 [bands, n_fft // 2 + 1]: triangles over the FFT bins' frequencies
   f_k = k rate / n_fft, band b rising from edge b to its peak at edge b + 1 and falling
@@ -148,10 +100,10 @@ def list_clips(data_dir: str) -> tuple[list[str], dict[str, list[tuple[str, int]
                               and os.path.isdir(os.path.join(data_dir, d)))
   clips = [f'{label}/{name}' for label in labels
            for name in sorted(os.listdir(os.path.join(data_dir, label))) if name.endswith('.wav')]
-  lists = {s: os.path.join(data_dir, name) for s, name in LISTS.items()}
+  lists = {s: os.path.join(data_dir, name) for s, name in wav.LISTS.items()}
   if any(os.path.exists(p) for p in lists.values()):
     named = {s: set(_read_list(p)) for s, p in lists.items()}
-    split_of = {c: next((s for s in LISTS if c in named[s]), 'train') for c in clips}
+    split_of = {c: next((s for s in wav.LISTS if c in named[s]), 'train') for c in clips}
   else:
     split_of = {c: which_set(c) for c in clips}
   out = {s: [(os.path.join(data_dir, c), labels.index(c.split('/')[0])) for c in clips
@@ -160,7 +112,7 @@ def list_clips(data_dir: str) -> tuple[list[str], dict[str, list[tuple[str, int]
   if empty:
     raise ValueError(f'{data_dir}: the {empty[0]!r} split has no clip ({len(clips)} clips in '
                      f'{len(labels)} label folders); add clips or list some in '
-                     f'{", ".join(LISTS.values())}')
+                     f'{", ".join(wav.LISTS.values())}')
   return labels, out
 
 
@@ -176,7 +128,7 @@ def load(data_dir: str) -> tuple[list[str], dict[str, arrays.Examples]]:
   """(labels, split -> Examples): log-mels normalised per band by the training frames'
   mean and std, zero-padded to the longest clip of any split."""
   labels, clips = list_clips(data_dir)
-  feats = {s: [log_mel(read_wav(p)) for p, _ in rows] for s, rows in clips.items()}
+  feats = {s: [log_mel(wav.read_wav(p)) for p, _ in rows] for s, rows in clips.items()}
   train = np.concatenate(feats['train'])
   mean, std = train.mean(0), train.std(0)
   std = np.where(std > 0, std, 1.0)

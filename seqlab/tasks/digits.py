@@ -19,7 +19,7 @@ import tempfile
 
 import numpy as np
 
-from seqlab.tasks import audio
+from seqlab.tasks import wav
 
 DIGITS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
 VOICES = {  # espeak-ng voices: accent + variant; the test variants (m6, f5) are nowhere else
@@ -43,12 +43,12 @@ def synthesize(word: str, voice: str, speed: int, pitch: int, rng: np.random.Gen
     path = os.path.join(tmp, 'word.wav')
     subprocess.run(['espeak-ng', '-v', voice, '-s', str(speed), '-p', str(pitch), '-w', path,
                     word], check=True, capture_output=True)
-    rate, _, _, raw = audio.read_pcm(path)
+    rate, _, _, raw = wav.read_pcm(path)
   x = np.frombuffer(raw, '<i2').astype(np.float64) / 32768.0
-  x = np.interp(np.arange(0, len(x) * audio.SAMPLE_RATE / rate) * rate / audio.SAMPLE_RATE,
+  x = np.interp(np.arange(0, len(x) * wav.SAMPLE_RATE / rate) * rate / wav.SAMPLE_RATE,
                 np.arange(len(x)), x)  # linear resampling to 16 kHz
   loud = np.flatnonzero(np.abs(x) > 0.02 * np.abs(x).max())
-  margin = audio.SAMPLE_RATE // 50
+  margin = wav.SAMPLE_RATE // 50
   x = x[max(0, loud[0] - margin):loud[-1] + margin] / np.abs(x).max() * 0.5
   snr = rng.uniform(*SNR_DB)
   noise = rng.standard_normal(len(x)) * np.sqrt(np.mean(x ** 2) / 10 ** (snr / 10))
@@ -68,7 +68,7 @@ def make_digits(out_dir: str, digits: str = 'full') -> str:
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix='.digits-', dir=parent)
-  lists = {s: [] for s in audio.LISTS}
+  lists = {s: [] for s in wav.LISTS}
   rng = np.random.default_rng(0)
   for split, names in voices.items():
     for voice in names:
@@ -77,10 +77,10 @@ def make_digits(out_dir: str, digits: str = 'full') -> str:
           for word in DIGITS:
             clip = f'{word}/{voice.replace("+", "-")}_nohash_s{speed}p{pitch}.wav'
             os.makedirs(os.path.join(tmp, word), exist_ok=True)
-            audio.write_wav(os.path.join(tmp, clip), synthesize(word, voice, speed, pitch, rng))
+            wav.write_wav(os.path.join(tmp, clip), synthesize(word, voice, speed, pitch, rng))
             if split in lists:
               lists[split].append(clip)
-  for split, name in audio.LISTS.items():
+  for split, name in wav.LISTS.items():
     with open(os.path.join(tmp, name), 'w') as f:
       f.write(''.join(c + '\n' for c in lists[split]))
   try:
