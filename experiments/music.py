@@ -10,7 +10,7 @@ Default data: the Bach chorales the music21 wheel ships (pip install -e '.[data]
 parsed once at quarter-note resolution into ~/.cache/seqlab (``task.cache_dir``) and
 split by sorted file name. That is NOT the standard JSB split of the published
 figures (RNN 8.71 test NLL per step, Boulanger-Lewandowski et al. 2012; Chung et al.
-2014: tanh 9.10, GRU 8.54, LSTM 8.67 by our reading of their table 2), so our figure
+2014, table 2: GRU 8.54; tanh 9.10 and LSTM 8.67 as recalled), so our figure
 is near, not equal, to theirs; give the standard pickle with task.path to compare
 exactly. The task's baseline (``Spec.baseline``: independent per-pitch frequencies,
 about 12 nats per step on this split) is what a model must beat clearly.
