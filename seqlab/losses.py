@@ -7,6 +7,10 @@ target (a sequence, or a step whose weight is 1) counts once:
                  accuracy = mean_i [argmax logits_i == y_i]
                  bpc = CE / ln 2,  perplexity = exp(CE)
   mse            mse = mean_i mean_d (out_id - y_id)^2,  mae = mean_i mean_d |out_id - y_id|
+  bernoulli      nll = mean_i sum_d -[y_id log s(out_id) + (1 - y_id) log(1 - s(out_id))]
+                 (nats), s the sigmoid: independent binary units (the pitches of a
+                 piano-roll frame), summed per target as in Boulanger-Lewandowski
+                 et al. 2012, so 'nll' is the negative log-likelihood per time step.
 
 For target='steps' the mean is weighted per step by ``target_mask`` if the batch has
 one, else by ``t < lengths`` if it has ``lengths``, else uniformly. An optional
@@ -36,7 +40,7 @@ def check_shapes(spec: Spec, outputs_shape: tuple, targets_shape: tuple):
   """
   rank = 2 if spec.target == 'sequence' else 3
   class_axis = (spec.num_outputs,) if spec.loss == 'cross_entropy' else ()
-  expected = tuple(targets_shape) + class_axis  # what outputs must be
+  expected = tuple(targets_shape) + class_axis  # what outputs must be (mse, bernoulli: equal)
   if len(expected) != rank or expected[-1] != spec.num_outputs or (
       tuple(outputs_shape) != expected):
     want = '[batch, num_outputs]' if rank == 2 else '[batch, time, num_outputs]'
@@ -94,14 +98,15 @@ def loss_and_metrics(spec: Spec, outputs: jax.Array, batch: dict
 
   Args:
     spec: the task's ``Spec`` (static).
-    outputs: logits (cross_entropy) or predictions (mse), [batch, num_outputs]
-      for target='sequence', [batch, time, num_outputs] for 'steps'.
+    outputs: logits (cross_entropy, bernoulli) or predictions (mse), [batch,
+      num_outputs] for target='sequence', [batch, time, num_outputs] for 'steps'.
     batch: 'targets' (int [batch] / [batch, time] for cross_entropy, float
-      [batch, num_outputs] / [batch, time, num_outputs] for mse), optional
+      [batch, num_outputs] / [batch, time, num_outputs] for mse and bernoulli), optional
       'target_mask' [batch, time], 'lengths' [batch] and 'example_weight' [batch].
   Returns:
     (loss, metrics): metrics has 'loss', 'count' and, for cross_entropy,
-    'cross_entropy', 'accuracy', 'bpc', 'perplexity'; for mse, 'mse', 'mae'.
+    'cross_entropy', 'accuracy', 'bpc', 'perplexity'; for mse, 'mse', 'mae'; for
+    bernoulli, 'nll'.
     Class targets outside [0, num_outputs) give a NaN loss.
   """
   outputs = jnp.asarray(outputs).astype(jnp.float32)
@@ -118,12 +123,21 @@ def loss_and_metrics(spec: Spec, outputs: jax.Array, batch: dict
     ce = weighted_mean(nll, weights, count)
     metrics = {'cross_entropy': ce, 'accuracy': weighted_mean(correct, weights, count),
                'bpc': ce / math.log(2), 'perplexity': jnp.exp(ce)}
+  elif spec.loss == 'bernoulli':
+    metrics = {'nll': weighted_mean(bernoulli_nll(outputs, targets), weights, count)}
   else:
     err = outputs - targets.astype(jnp.float32)
     mse = weighted_mean(jnp.mean(err * err, axis=-1), weights, count)
     metrics = {'mse': mse, 'mae': weighted_mean(jnp.mean(jnp.abs(err), axis=-1), weights, count)}
-  loss = metrics[spec.loss]
+  loss = metrics['nll' if spec.loss == 'bernoulli' else spec.loss]
   return loss, {'loss': loss, 'count': count, **metrics}
+
+
+def bernoulli_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Summed Bernoulli NLL of binary ``targets`` under ``sigmoid(logits)``, both
+  [..., d] -> [...]: sum_d softplus(x_d) - y_d x_d, which is -[y log s(x) + (1 - y)
+  log(1 - s(x))] computed without forming s(x) (finite for any logit)."""
+  return jnp.sum(jax.nn.softplus(logits) - targets.astype(jnp.float32) * logits, axis=-1)
 
 
 def eval_metrics(spec: Spec) -> list[str]:

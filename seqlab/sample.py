@@ -1,15 +1,20 @@
-"""Generates from a trained run: text from a language model, outputs from a seq2seq model.
+"""Generates from a trained run: text from a language model, outputs from a seq2seq
+model, MIDI files from a music model.
 
   python -m seqlab.sample --workdir runs/charlm --prompt "ROMEO:" --length 300 \\
       [--temperature 0.8 --top_k 0 --seed 0 --num_samples 1]
   python -m seqlab.sample --workdir runs/g2p --prompt "seqlab recurrent" \\
       [--method beam --beam_width 4 --length_penalty 0.6]
   python -m seqlab.sample --exported runs/charlm/export --prompt "ROMEO:" --length 300
+  python -m seqlab.sample --workdir runs/music --length 64 [--temperature 1 --seed 0]
 
 Language models read the prompt once and take one recurrent step per new token from
 the carried state. Seq2seq runs decode each whitespace-separated item of the prompt
 (a word for G2P, letters for the reverse task) in one batch, and print
-``item -> output  (score)``. ``--exported`` samples a language model from its export
+``item -> output  (score)``. Music runs (task 'music') start from the first frame of
+the first validation piece, draw ``--length`` frames (each pitch on with its sigmoid
+probability), and write each sample to ``<workdir>/samples/music_seed<seed>_<i>.mid``,
+printing the paths. ``--exported`` samples a language model from its export
 (``python -m seqlab.export``) instead of a workdir: the same text for the same flags.
 """
 if __name__ == '__main__':  # first, before jax imports: a Ctrl-C at any moment stops it
@@ -30,6 +35,7 @@ from seqlab import models
 from seqlab import train
 from seqlab.models import decode
 from seqlab.models import lm
+from seqlab.tasks import music
 from seqlab import workdir as workdir_lib
 
 FLAGS = flags.FlagValues()  # our own: see seqlab.cli
@@ -135,8 +141,25 @@ def decode_inputs(workdir, items, method='greedy', beam_width=4, length_penalty=
           for item, row, score in zip(items, np.asarray(tokens), np.asarray(scores))]
 
 
-def is_seq2seq(workdir) -> bool:
-  """Whether the run in ``workdir`` (its config.json) trains a seq2seq task."""
+def sample_midi(workdir, length, temperature=1.0, seed=0, num_samples=1, which='best'
+                ) -> list[str]:
+  """Music run: ``num_samples`` pieces of 1 + ``length`` frames (the prompt frame, then
+  the sampled ones) written as MIDI files; returns their paths."""
+  _, task, model, state, _ = train.load_run(workdir, which)
+  prompt = np.tile(task.splits['eval'].inputs[:1, :1], (num_samples, 1, 1))
+  run = jax.jit(lambda p, x, k: models.sample_frames(model, p, x, k, length, temperature))
+  frames, _ = run(state['params'], prompt, jax.random.key(seed))
+  out = os.path.join(workdir, 'samples')
+  os.makedirs(out, exist_ok=True)
+  paths = []
+  for i, piece in enumerate(np.concatenate([prompt, np.asarray(frames)], axis=1)):
+    paths.append(os.path.join(out, f'music_seed{seed}_{i}.mid'))
+    music.write_midi(paths[-1], piece)
+  return paths
+
+
+def run_task(workdir):
+  """The task of the run in ``workdir``, built from its config.json."""
   from seqlab import tasks  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
@@ -144,7 +167,7 @@ def is_seq2seq(workdir) -> bool:
                             'of a python -m seqlab.run')
   with open(path) as f:
     config = json.load(f)
-  return tasks.make_task(config['task'], config['seed']).spec.decodes
+  return tasks.make_task(config['task'], config['seed'])
 
 
 def main(argv):
@@ -165,7 +188,13 @@ def main(argv):
                                          _TEMPERATURE.value, _TOP_K.value, _SEED.value,
                                          _NUM.value)))
       return 0
-    if is_seq2seq(_WORKDIR.value):
+    task = run_task(_WORKDIR.value)
+    if isinstance(task, music.Music):
+      for path in sample_midi(_WORKDIR.value, _LENGTH.value, _TEMPERATURE.value, _SEED.value,
+                              _NUM.value, _CHECKPOINT.value):
+        print(f'wrote {path}')
+      return 0
+    if task.spec.decodes:
       for item, out, score in decode_inputs(_WORKDIR.value, _PROMPT.value.split(),
                                             _METHOD.value, _BEAM.value, _PENALTY.value,
                                             _CHECKPOINT.value):

@@ -14,7 +14,7 @@ B, T, K = 5, 6, 4
 
 
 def make_spec(target, loss, num_outputs=K):
-  metric = 'accuracy' if loss == 'cross_entropy' else 'mse'
+  metric = {'cross_entropy': 'accuracy', 'mse': 'mse', 'bernoulli': 'nll'}[loss]
   return Spec(input_vocab=0, input_features=3, target=target, num_outputs=num_outputs,
               loss=loss, metric=metric)
 
@@ -25,6 +25,8 @@ def make_data(rng, target, loss, masking, batch=B):
   outputs = (3 * rng.standard_normal(lead + (K,))).astype(np.float32)
   if loss == 'cross_entropy':
     targets = rng.integers(0, K, size=lead).astype(np.int32)
+  elif loss == 'bernoulli':
+    targets = (rng.random(lead + (K,)) < 0.3).astype(np.float32)
   else:
     targets = rng.standard_normal(lead + (K,)).astype(np.float32)
   data = {'targets': targets}
@@ -60,6 +62,11 @@ def reference(loss, outputs, targets, weights):
     return {'loss': ce, 'count': total, 'cross_entropy': ce, 'accuracy': correct / total,
             'bpc': ce / math.log(2), 'perplexity': math.exp(ce)}
   targets = targets.astype(np.float64).reshape(-1, K)
+  if loss == 'bernoulli':  # -log p(y) of each unit, from the sigmoid's definition
+    prob = lambda x, y: 1 / (1 + math.exp(-x)) if y else 1 / (1 + math.exp(x))
+    nll = sum(w * sum(-math.log(prob(o, t)) for o, t in zip(x, y))
+              for x, y, w in zip(outputs, targets, weights))
+    return {'loss': nll / total, 'count': total, 'nll': nll / total}
   sq = sum(w * sum((o - t) ** 2 for o, t in zip(x, y)) / K
            for x, y, w in zip(outputs, targets, weights))
   ab = sum(w * sum(abs(o - t) for o, t in zip(x, y)) / K
@@ -68,7 +75,7 @@ def reference(loss, outputs, targets, weights):
 
 
 CASES = [('sequence', 'cross_entropy', None), ('sequence', 'mse', None)] + [
-    ('steps', loss, masking) for loss in ('cross_entropy', 'mse')
+    ('steps', loss, masking) for loss in ('cross_entropy', 'mse', 'bernoulli')
     for masking in (None, 'lengths', 'target_mask')]
 
 
@@ -118,6 +125,19 @@ def test_gradient_matches_softmax_minus_onehot():
   p /= p.sum(-1, keepdims=True)
   want = (p - np.eye(K)[data['targets']]) * weights[..., None] / weights.sum()
   np.testing.assert_allclose(np.asarray(grad), want, rtol=1e-4, atol=1e-7)
+
+
+def test_bernoulli_gradient_is_sigmoid_minus_target_and_large_logits_stay_finite():
+  spec = make_spec('steps', 'bernoulli')
+  outputs, data, weights = make_data(np.random.default_rng(3), 'steps', 'bernoulli', 'lengths')
+  outputs[0, 0] = [80.0, -80.0, 80.0, -80.0]  # exp(80) overflows float32
+  data['targets'][0, 0] = [0.0, 1.0, 1.0, 0.0]
+  grad, metrics = jax.grad(lambda o: losses.loss_and_metrics(spec, o, data), has_aux=True)(
+      jnp.asarray(outputs))
+  x = outputs.astype(np.float64)
+  want = (1 / (1 + np.exp(-x)) - data['targets']) * weights[..., None] / weights.sum()
+  np.testing.assert_allclose(np.asarray(grad), want, rtol=1e-4, atol=1e-7)
+  assert np.isfinite(float(metrics['nll'])) and float(metrics['nll']) > 160 / weights.sum()
 
 
 @pytest.mark.parametrize('target,loss,masking', [

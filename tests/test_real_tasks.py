@@ -608,10 +608,11 @@ def test_experiment_quick_runs_end_to_end(tmp_path, name):
   """README: every experiment has a ``:quick`` variant that finishes in seconds after
   ``pip install -e ".[test]"``: with no override, no download and no data path (the
   UEA and sentiment ones read the samples in experiments/data; they once needed aeon's
-  files or task.path)."""
+  files or task.path). Data a task makes on first use (music's parsed chorales, the
+  synthetic spoken digits) goes to a cache under tmp_path."""
   workdir = tmp_path / 'run'
   proc = run_module('seqlab.run', '--config', f'experiments/{name}.py:quick', '--workdir',
-                    str(workdir), env=cpu_env())
+                    str(workdir), env=dict(cpu_env(), XDG_CACHE_HOME=str(tmp_path / 'cache')))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'final eval:' in proc.stdout
   with open(workdir / 'metrics.jsonl') as f:

@@ -26,7 +26,7 @@ CONFIGS = {
 
 def test_tasks_registry_lists_every_task_module():
   expected = {'adding', 'copy', 'charlm', 'mnist1d', 'uea', 'forecast', 'sentiment', 'reverse',
-              'g2p'}
+              'g2p', 'music', 'audio'}
   assert set(tasks.TASKS) == expected
   assert all(callable(f) for f in tasks.TASKS.values())
 

@@ -11,6 +11,7 @@ from seqlab import seq2seq_metrics
 from seqlab.models import decode
 from seqlab.models import seq2seq
 from seqlab.models.lm import sample
+from seqlab.models.lm import sample_frames
 from seqlab.models.sequence import POOLS, SequenceModel
 
 # Config keys passed to a cell when its dataclass has a field of that name.

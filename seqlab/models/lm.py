@@ -45,3 +45,35 @@ def sample(model, params, prompt, key, num_steps: int, temperature: float = 1.0,
   keys = jax.random.split(key, num_steps)
   _, (tokens, logits) = jax.lax.scan(step, (carry, first), keys)
   return tokens.T, jnp.swapaxes(logits, 0, 1)
+
+
+def sample_frames(model, params, prompt, key, num_steps: int, temperature: float = 1.0):
+  """Continues ``prompt`` [batch, prompt_len, units] of binary frames by ``num_steps``
+  frames, each unit drawn on independently with probability sigmoid(logit / temperature)
+  (temperature 0: on where the logit is positive).
+
+  ``model`` is a unidirectional ``SequenceModel`` with feature inputs, target='steps'
+  and one sigmoid output per input unit (a piano roll's pitches). Returns ``(frames
+  float32 [batch, num_steps, units], logits [batch, num_steps, units])``, logits[:, i]
+  those frame i was drawn from. Deterministic for a fixed key.
+  """
+  if prompt.ndim != 3 or prompt.shape[1] < 1 or prompt.shape[2] != model.num_outputs:
+    raise ValueError(f'prompt must be frames [batch, length >= 1, {model.num_outputs}], got '
+                     f'shape {tuple(prompt.shape)}')
+  if model.encoder.bidirectional or model.target != 'steps' or model.vocab_size > 0:
+    raise ValueError("sampling frames needs a unidirectional feature model with target='steps'")
+  logits, carry = model.apply(params, prompt)
+
+  def step(state, key_t):
+    carry, logits_t = state
+    if temperature == 0:
+      frame = (logits_t > 0).astype(jnp.float32)
+    else:
+      frame = jax.random.bernoulli(key_t, jax.nn.sigmoid(logits_t / temperature)).astype(
+          jnp.float32)
+    new_logits, carry = model.apply(params, frame[:, None], initial_carry=carry)
+    return (carry, new_logits[:, 0]), (frame, logits_t)
+
+  keys = jax.random.split(key, num_steps)
+  _, (frames, logits) = jax.lax.scan(step, (carry, logits[:, -1]), keys)
+  return jnp.swapaxes(frames, 0, 1), jnp.swapaxes(logits, 0, 1)

@@ -4,11 +4,13 @@ A new task is one module with a ``from_config(task_cfg, seed) -> Task`` and one 
 in ``TASKS``.
 """
 from seqlab.tasks import adding
+from seqlab.tasks import audio
 from seqlab.tasks import charlm
 from seqlab.tasks import copy
 from seqlab.tasks import forecast
 from seqlab.tasks import g2p
 from seqlab.tasks import mnist1d
+from seqlab.tasks import music
 from seqlab.tasks import reverse
 from seqlab.tasks import sentiment
 from seqlab.tasks import uea
@@ -24,6 +26,8 @@ TASKS = {
     'sentiment': sentiment.from_config,
     'reverse': reverse.from_config,
     'g2p': g2p.from_config,
+    'music': music.from_config,
+    'audio': audio.from_config,
 }
 
 

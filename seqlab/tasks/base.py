@@ -12,12 +12,13 @@ Batch keys (see ``Task.batch``):
                float32 [batch, time, input_features] (``input_vocab == 0``).
   targets      target='sequence': int32 [batch] (cross_entropy) or float32
                [batch, num_outputs] (mse); target='steps': int32 [batch, time] or
-               float32 [batch, time, num_outputs].
+               float32 [batch, time, num_outputs] (mse; bernoulli: 0 or 1).
   lengths      optional int32 [batch]: valid steps, padding after them.
   target_mask  optional float32 [batch, time]: 1 where a step's target counts.
   reset        stateful tasks only: bool [], start the streams again from zeros.
 """
 import dataclasses
+import os
 import typing
 
 import numpy as np
@@ -30,11 +31,12 @@ TARGETS = ('sequence', 'steps')
 LOSS_METRICS = {  # loss -> the metrics ``losses.loss_and_metrics`` returns for it
     'cross_entropy': ('loss', 'count', 'cross_entropy', 'accuracy', 'bpc', 'perplexity'),
     'mse': ('loss', 'count', 'mse', 'mae'),
+    'bernoulli': ('loss', 'count', 'nll'),
 }
 # Which way each eval metric is better: those above, and the decoded ones seq2seq runs
 # add (``seqlab.models.decoded_metrics``).
 METRIC_MODES = {'loss': 'min', 'cross_entropy': 'min', 'accuracy': 'max', 'bpc': 'min',
-                'perplexity': 'min', 'mse': 'min', 'mae': 'min',
+                'perplexity': 'min', 'mse': 'min', 'mae': 'min', 'nll': 'min',
                 **seq2seq_metrics.METRIC_MODES}
 MODELS = ('sequence', 'seq2seq')
 
@@ -47,8 +49,9 @@ class Spec:
     [batch, time, input_features].
   input_features: feature count when ``input_vocab == 0``, else 0.
   target: 'sequence' (one target per sequence) or 'steps' (one per step).
-  num_outputs: classes for 'cross_entropy', output dims for 'mse'.
-  loss: 'cross_entropy' or 'mse'.
+  num_outputs: classes for 'cross_entropy', output dims for 'mse', independent binary
+    units for 'bernoulli' (e.g. the 88 pitches of a piano-roll frame).
+  loss: 'cross_entropy', 'mse' or 'bernoulli'.
   metric: the main eval metric, a key of ``losses.loss_and_metrics``'s metrics;
     ``metric_mode`` says which way it is better ('min' or 'max').
   baseline: the published trivial-baseline value of ``metric``, if any.
@@ -169,3 +172,12 @@ def num_batches(examples: int, batch_size: int) -> int:
   """
   check_int('batch_size', batch_size)
   return -(-examples // batch_size)
+
+
+def cache_dir(configured: str = '') -> str:
+  """Where tasks keep data they make on first use: ``configured`` (a task's
+  ``task.cache_dir``) if set, else ``$XDG_CACHE_HOME/seqlab``, else ``~/.cache/seqlab``."""
+  if configured:
+    return configured
+  root = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(root, 'seqlab')
