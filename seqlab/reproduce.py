@@ -9,7 +9,7 @@ stopped and skips finished seeds) in ``<workdir>/<name>/seed<k>``. The table
 ours as mean ± sample std over every finished seed (and how many), wall time and
 device. Ours is the test split at each run's best-on-validation checkpoint (``best/``,
 chosen on the 'eval' rows alone), with the test figure of the last step apart: the
-test rows each run logs once at its end (``train.test_points``). ``--quick`` shrinks
+test rows each run logs once at its end (``train.final_test``). ``--quick`` shrinks
 each entry's own config (variant and overrides) by its
 experiment's ``:quick`` variant (seconds; for the tests), so its figures mean nothing
 and its rows say what trained; they go to runs/reproduce_quick by default, and a

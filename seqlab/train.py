@@ -573,7 +573,7 @@ def _loop(points, states, run, interrupt, cleanup) -> list:
   if finished and active:
     untested = [i for i in active if len(workdir_lib.logged_test(workdirs[i], tc.steps)) < 2]
     if untested:
-      test_points(points, states, run, p_eval, eval_carry, untested, writers)
+      final_test(points, states, run, p_eval, eval_carry, untested, writers)
   for p, writer in zip(points, writers):
     p.ckpt.wait()
     p.ckpt.close()
@@ -586,7 +586,7 @@ def _loop(points, states, run, interrupt, cleanup) -> list:
   return [p.failed or (eval_metrics[i] if finished else None) for i, p in enumerate(points)]
 
 
-def test_points(points, states, run, eval_fn, carry, which, writers) -> None:
+def final_test(points, states, run, eval_fn, carry, which, writers) -> None:
   """The one look at the test split: for each point in ``which``, its metrics on 'test'
   for the last weights (``states``) and for its best-on-validation checkpoint (``best/``;
   the latest when it has none), logged as rows of split 'test' at the final step with

@@ -311,7 +311,7 @@ def read_metrics(workdir: str) -> list[dict]:
 
 def logged_test(workdir: str, step: int | None = None) -> dict[str, dict]:
   """The test rows a run logged at its final ``step`` (None: at any step, the latest) by
-  checkpoint ('last', 'best'; ``train.test_points``): a finished run has both, and a
+  checkpoint ('last', 'best'; ``train.final_test``): a finished run has both, and a
   rerun reads them rather than looking at the test set again."""
   return {r['checkpoint']: r for r in read_metrics(workdir)
           if r['split'] == 'test' and step in (None, r['step']) and 'checkpoint' in r}

@@ -54,8 +54,8 @@ class _SignalAt:
       os.kill(os.getpid(), self.signum)
     return self.task.batch(split, step, batch_size)
 
-  def num_eval_batches(self, batch_size):
-    return self.task.num_eval_batches(batch_size)
+  def num_eval_batches(self, batch_size, split='eval'):
+    return self.task.num_eval_batches(batch_size, split)
 
 
 class _NanAt(_SignalAt):
