@@ -47,8 +47,9 @@ def build(config):
     optimizer = optim.make_optimizer(config.optim, config.train.steps)
     # Data too small for a batch fails here, not after training.
     task.batch('train', 0, config.train.batch_size)
-    for split in tasks.base.HELD_OUT:  # the test split too, read only at the end
-      task.batch(split, 0, config.train.eval_batch_size or config.train.batch_size)
+    eval_batch_size = config.train.eval_batch_size or config.train.batch_size
+    task.batch('eval', 0, eval_batch_size)
+    task.num_eval_batches(eval_batch_size, 'test')  # sized, not read: test is read at the end
   except (ValueError, FileNotFoundError) as e:
     raise config_lib.ConfigError(str(e)) from None
   return task, model, optimizer
