@@ -130,7 +130,7 @@ def test_unknown_sections_and_seq2seq_keys_are_named():
 
 @pytest.mark.parametrize('override,message', [
     ('--config.model.engine=parallel',
-     "model.engine='parallel' is not valid; choose one of: sequential, associative, auto"),
+     "model.engine='parallel' is not valid; choose one of: sequential, associative, newton, auto"),
     ('--config.model.engine=associative', "engine='associative' needs a diagonal linear"),
     ('--config.model.remat=-1', 'model.remat must be a non-negative integer'),
     ('--config.model.hoist=yes', "model.hoist='yes' is not valid; choose one of: auto, on, off"),

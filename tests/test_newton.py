@@ -1,0 +1,151 @@
+"""seqlab.newton: the Newton engine against the sequential one (outputs, final carries,
+gradients), its fallback on a chaotic cell, its iteration count on a contractive one,
+and its counts reaching the training metrics."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+from seqlab import cells
+from seqlab import layers
+from seqlab import newton
+from seqlab import scan
+from seqlab import train
+
+CELLS = ('rnn', 'irnn', 'lstm', 'gru', 'gru_reset_before')
+LENGTHS = jnp.array([48, 9, 30], jnp.int32)  # batch 3, time 48: two sequences padded
+FORMS = [dict(newton_jacobian='dense'), dict(newton_jacobian='diagonal', newton_guess='carry')]
+
+
+def setup(name, hidden=6, features=3, perturb=0.0):
+  """A cell, its parameters (at init, or ``perturb``-scaled noise added to every weight
+  and bias: larger, less contractive weights, as training leaves them), inputs and a
+  random initial carry."""
+  cell = cells.make_cell(name, hidden)
+  params = cell.init(jax.random.key(0), features)
+  noise = jax.tree.map(lambda p, k: perturb * jax.random.normal(k, p.shape),
+                       params, dict(zip(params, jax.random.split(jax.random.key(1), len(params)))))
+  params = jax.tree.map(jnp.add, params, noise)
+  xs = jax.random.normal(jax.random.key(2), (3, int(LENGTHS[0]), features))
+  carry = jax.tree.map(lambda c: 0.5 * jax.random.normal(jax.random.key(3), c.shape),
+                       cell.initial_carry((3,)))
+  return cell, params, xs, carry
+
+
+def max_diff(a, b):
+  """max |a - b| over the leaves, in units of max(1, |b|): float32's spacing grows with
+  the values (the perturbed IRNN's reach 1e6)."""
+  return max(float(jnp.max(jnp.abs(x - y)) / jnp.maximum(1.0, jnp.max(jnp.abs(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize('name', CELLS)
+@pytest.mark.parametrize('perturb, form, reverse', [
+    (0.0, dict(newton_jacobian='dense'), False),
+    (0.3, dict(newton_jacobian='diagonal', newton_guess='carry'), True)],
+    ids=['init-dense', 'perturbed-diagonal-reverse'])
+def test_outputs_and_carries_equal_the_sequential_engine(name, perturb, form, reverse):
+  """Padded lengths and a random initial carry: max |difference| <= 1e-4, and Newton
+  itself got there (no fallback) -- but for the perturbed IRNN, whose relu states grow
+  to ~1e6 by T = 48, where float32 cannot meet an absolute tol of 1e-5: it falls back,
+  and is still the sequential result (within 1e-4 of its largest value)."""
+  cell, params, xs, carry = setup(name, perturb=perturb)
+  run = lambda **kw: jax.jit(lambda p, x, c: scan.run(
+      cell, p, x, lengths=LENGTHS, initial_carry=c, reverse=reverse, with_stats=True,
+      **kw))(params, xs, carry)
+  *expected, _ = run(engine='sequential')
+  *got, stats = run(engine='newton', **form)
+  assert max_diff(got, expected) <= 1e-4
+  assert float(stats['newton_fallbacks']) == float(name == 'irnn' and perturb > 0), stats
+
+
+@pytest.mark.parametrize('name', CELLS)
+def test_gradients_equal_the_sequential_engines(name):
+  """d loss / d (params, inputs, initial carry) within 1e-3 relative (to the largest
+  entry of each), for both adjoints, on padded lengths."""
+  cell, params, xs, carry = setup(name, perturb=0.3)
+  weights = jax.random.normal(jax.random.key(4), (3, int(LENGTHS[0]), 6))
+
+  def grads(**kw):
+    def loss(p, x, c):
+      final, ys = scan.run(cell, p, x, lengths=LENGTHS, initial_carry=c, **kw)
+      return jnp.sum(weights * ys) + sum(jnp.sum(leaf ** 2) for leaf in jax.tree.leaves(final))
+    return jax.jit(jax.grad(loss, (0, 1, 2)))(params, xs, carry)
+
+  expected = grads(engine='sequential')
+  for adjoint in newton.ADJOINTS:
+    got = grads(engine='newton', newton_jacobian='diagonal', newton_adjoint=adjoint)
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+      assert float(jnp.max(jnp.abs(g - e))) <= 1e-3 * float(jnp.max(jnp.abs(e))), adjoint
+
+
+def test_bidirectional_stacked_layers_equal_the_sequential_engine():
+  """``StackedRNN`` (2 bidirectional LSTM layers) with engine='newton': same outputs and
+  carries as 'sequential'; each of its 4 scans sows its counts, which ``step_stats``
+  turns into the step's mean iterations and fallback count."""
+  xs = jax.random.normal(jax.random.key(0), (3, int(LENGTHS[0]), 3))
+  make = lambda engine: layers.StackedRNN(
+      cell='lstm', hidden_size=5, num_layers=2, bidirectional=True,
+      scan=scan.ScanOptions(engine=engine, newton_jacobian='dense'))
+  variables = make('sequential').init(jax.random.key(1), xs, LENGTHS)
+  expected = make('sequential').apply(variables, xs, LENGTHS)
+  got, sown = make('newton').apply(variables, xs, LENGTHS, mutable=[newton.COLLECTION])
+  assert max_diff(got, expected) <= 1e-4
+  assert len(jax.tree.leaves(sown)) == 8  # 2 layers x 2 directions x 2 counts
+  stats = newton.step_stats(sown)
+  assert set(stats) == {'newton_iterations', 'newton_fallbacks'}
+  assert 1 <= float(stats['newton_iterations']) <= 32 and float(stats['newton_fallbacks']) == 0
+  assert newton.step_stats({}) == {}
+
+
+def test_a_chaotic_cell_falls_back_to_the_sequential_result():
+  """A tanh RNN with recurrent weights x 4 (chaotic: nearby trajectories separate) does
+  not converge in 6 iterations; the batch is recomputed sequentially, so the result is
+  the sequential one all the same."""
+  cell, params, xs, carry = setup('rnn')
+  params = dict(params, recurrent_kernel=4.0 * params['recurrent_kernel'])
+  run = lambda **kw: jax.jit(lambda p: scan.run(cell, p, xs, lengths=LENGTHS, initial_carry=carry,
+                                                with_stats=True, **kw))(params)
+  *expected, _ = run(engine='sequential')
+  *got, stats = run(engine='newton', newton_jacobian='diagonal', newton_max_iters=6)
+  assert float(stats['newton_fallbacks']) == 1.0 and float(stats['newton_iterations']) == 6.0
+  assert max_diff(got, expected) <= 1e-4  # chaotic: float rounding grows, yet stays small
+
+
+@pytest.mark.parametrize('form, most', [('dense', 8), ('diagonal', 24)])
+def test_iterations_stay_few_on_a_contractive_cell(form, most):
+  """A GRU at its initialisation (contractive), T = 48: dense Newton converges in 5
+  iterations here and the diagonal form in 13 (quadratic against linear convergence);
+  both far below T."""
+  cell, params, xs, carry = setup('gru')
+  _, _, stats = scan.run(cell, params, xs, lengths=LENGTHS, engine='newton',
+                         newton_jacobian=form, with_stats=True)
+  assert 2 <= float(stats['newton_iterations']) <= most
+  assert float(stats['newton_fallbacks']) == 0.0
+
+
+@pytest.mark.parametrize('options, message', [
+    (dict(engine='newton', newton_jacobian='full'), "newton_jacobian='full' is not valid; choose one of: dense, diagonal"),
+    (dict(engine='newton', newton_tol=0.0), 'newton_tol must be a positive number'),
+    (dict(engine='newton', newton_max_iters=0), 'newton_max_iters must be a positive integer'),
+    (dict(engine='newton', remat=4), "remat=4 cannot bound its memory; set remat=0"),
+])
+def test_bad_newton_options_name_the_fix(options, message):
+  cell, params, xs, _ = setup('gru')
+  with pytest.raises(ValueError, match=message):
+    scan.run(cell, params, xs, **options)
+
+
+def test_newton_refuses_a_linear_cell():
+  cell = cells.make_cell('mingru', 4)
+  with pytest.raises(ValueError, match="use engine='associative'"):
+    scan.ScanOptions(engine='newton').check(cell)
+
+
+def test_window_metrics_average_iterations_and_sum_fallbacks():
+  """The train log row: iterations the mean over the window's steps, fallbacks summed."""
+  rows = [dict(loss=1.0, count=2.0, grad_norm=1.0, newton_iterations=4.0, newton_fallbacks=1.0),
+          dict(loss=2.0, count=6.0, grad_norm=3.0, newton_iterations=8.0, newton_fallbacks=0.0),
+          dict(loss=3.0, count=2.0, grad_norm=2.0, newton_iterations=6.0, newton_fallbacks=1.0)]
+  row = train.window_metrics(rows)
+  assert row['newton_iterations'] == 6.0 and row['newton_fallbacks'] == 2.0
+  assert row['loss'] == pytest.approx((2 + 12 + 6) / 10) and row['grad_norm'] == 2.0
