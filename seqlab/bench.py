@@ -32,7 +32,7 @@ implementation is as fast as this machine's matmuls allow, whatever it does.
 ``--memory`` reports XLA's compiled memory analysis (temp buffers) of the
 step against sequence length, for a plain scan (remat k = 0) and for chunks of
 k = sqrt(T) steps under ``jax.checkpoint`` (``scan.run(..., remat=k)``). ``--crossover``
-times every engine of ``scan.run`` (``scan.Engine``) per cell and shape; ``--engines``
+times every engine of ``scan.run`` (``scan.Engine``) but Newton per cell and shape; ``--engines``
 times the sequential and Newton engines (``seqlab.newton``: dense, diagonal, and the
 associative adjoint) against length and hidden size, with Newton's iteration counts. The load
 average before and after goes with the results: on a shared machine other processes
@@ -525,14 +525,15 @@ class EngineModel(nn.Module):
 
 
 def run_crossover(cells_, shapes, input_size, steps, rounds) -> list[dict]:
-  """Every ``scan.Engine`` on every (cell, shape), interleaved; n/a where it fails."""
+  """Every ``scan.Engine`` on every (cell, shape), interleaved; n/a where it fails.
+  The Newton engine is ``run_engines``' (``--engines``), with its settings."""
   rows = []
   for cell_name in cells_:
     for shape in shapes:
       hidden = shape.hidden
       xs, targets = data(shape, input_size)
       impls = []
-      for engine in scan.Engine:
+      for engine in (e for e in scan.Engine if e is not scan.Engine.NEWTON):
         model = EngineModel(cells.make_cell(cell_name, hidden), engine)
         try:
           impls.append(flax_module_impl(engine.value, model, xs, targets))

@@ -284,7 +284,10 @@ def choose_engine(cell, engine: Engine, width: int) -> Engine:
   ``width`` is the float32 words of one timestep's state (batch * N, complex twice).
   'auto' is associative for cells with ``coefficients``: on CPU while ``width <=
   ASSOCIATIVE_MAX_WIDTH_CPU``, on accelerators always (not measured here; S5 and the
-  LRU paper scan this way on GPU/TPU); classic cells are always sequential.
+  LRU paper scan this way on GPU/TPU); classic cells are always sequential: 'auto'
+  never picks NEWTON, which ran slower than the sequential engine at every measured
+  shape on a 2-core CPU (GRU and LSTM, T = 1k..100k, hidden 4..256;
+  records/2026-12-07_intel-xeon-2core_newton.md) and is not measured on accelerators.
   """
   if engine is not Engine.AUTO:
     return engine
