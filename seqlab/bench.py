@@ -5,6 +5,7 @@
   python -m seqlab.bench --quick --json /tmp/b.json  # tiny shapes, a few seconds a cell
   python -m seqlab.bench --memory                    # temp memory of the step vs sequence length
   python -m seqlab.bench --crossover --cells mingru,lru  # scan.run's engines, narrow to wide
+  python -m seqlab.bench --engines --cells gru,lstm   # sequential vs Newton vs T and hidden
 
 A training step is forward, backward and an Adam update of a recurrent layer under a
 linear head with an MSE loss, on inputs [batch, time, input] (shapes are given as
@@ -31,7 +32,9 @@ implementation is as fast as this machine's matmuls allow, whatever it does.
 ``--memory`` reports XLA's compiled memory analysis (temp buffers) of the
 step against sequence length, for a plain scan (remat k = 0) and for chunks of
 k = sqrt(T) steps under ``jax.checkpoint`` (``scan.run(..., remat=k)``). ``--crossover``
-times every engine of ``scan.run`` (``scan.Engine``) per cell and shape. The load
+times every engine of ``scan.run`` (``scan.Engine``) but Newton per cell and shape; ``--engines``
+times the sequential and Newton engines (``seqlab.newton``: dense, diagonal, and the
+associative adjoint) against length and hidden size, with Newton's iteration counts. The load
 average before and after goes with the results: on a shared machine other processes
 slow multi-threaded work most.
 """
@@ -70,6 +73,8 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 SHAPES = ['32x128x256', '128x64x512', '8x1024x256']
 ACCELERATOR_SHAPES = ['64x512x1024']  # added to SHAPES on a GPU/TPU: cuDNN's home ground
 CROSSOVER_SHAPES = ['1x64x64', '1x1024x64', '8x64x256', '8x1024x256']  # narrow and wide steps
+ENGINES_SHAPES = ['4x1000x4', '4x1000x32', '4x1000x256', '4x10000x4', '4x10000x32',
+                  '4x100000x4']
 QUICK = dict(shapes=['4x16x32'], input=16, steps=2, rounds=2, lengths=[64, 256])
 
 FLAGS = flags.FlagValues()  # our own: see seqlab.cli
@@ -99,6 +104,11 @@ _LENGTHS = flags.DEFINE_list('lengths', ['1000', '4000', '10000'],
                              flag_values=FLAGS)
 _CROSSOVER = flags.DEFINE_bool('crossover', False, "Compare scan.run's engines vs length.",
                                flag_values=FLAGS)
+_ENGINES = flags.DEFINE_bool('engines', False, 'Training-step time of the sequential and '
+                             'Newton engines (and associative, for cells that have it) vs '
+                             'length and hidden size, with Newton\'s iteration counts '
+                             f'(default shapes {",".join(ENGINES_SHAPES)}).',
+                             flag_values=FLAGS)
 
 GATES = {'lstm': 4, 'gru': 3, 'rnn': 1}  # [B, H] x [H, GATES * H] per matmul
 DENSE_N = 1024  # the reference: one jitted [N, N] x [N, N] matmul, interleaved with the rest
@@ -505,23 +515,25 @@ class EngineModel(nn.Module):
   """One cell through ``scan.run(..., engine=engine)`` under a linear head."""
   cell: Any
   engine: Any
+  options: scan.ScanOptions = scan.ScanOptions()  # the rest (the Newton engine's settings)
 
   @nn.compact
   def __call__(self, xs):
     params = self.param('cell', self.cell.init, xs.shape[-1])
-    _, ys = scan.run(self.cell, params, xs, engine=self.engine)
+    _, ys = scan.run(self.cell, params, xs, engine=self.engine, options=self.options)
     return nn.Dense(1)(ys)
 
 
 def run_crossover(cells_, shapes, input_size, steps, rounds) -> list[dict]:
-  """Every ``scan.Engine`` on every (cell, shape), interleaved; n/a where it fails."""
+  """Every ``scan.Engine`` on every (cell, shape), interleaved; n/a where it fails.
+  The Newton engine is ``run_engines``' (``--engines``), with its settings."""
   rows = []
   for cell_name in cells_:
     for shape in shapes:
       hidden = shape.hidden
       xs, targets = data(shape, input_size)
       impls = []
-      for engine in scan.Engine:
+      for engine in (e for e in scan.Engine if e is not scan.Engine.NEWTON):
         model = EngineModel(cells.make_cell(cell_name, hidden), engine)
         try:
           impls.append(flax_module_impl(engine.value, model, xs, targets))
@@ -533,6 +545,67 @@ def run_crossover(cells_, shapes, input_size, steps, rounds) -> list[dict]:
         rows.append({k: row[k] for k in ('cell', 'shape', 'time', 'impl', 'tokens_per_sec',
                                          'compile_s')} | {'fastest': row['impl'] == best})
       log(format_table(rows[-len(impls):], CROSSOVER_COLUMNS, header=False))
+  return rows
+
+
+# --- Engines for the nonlinear cells ----------------------------------------------------
+
+# --engines: (name, ScanOptions fields) of each row; 'associative' is n/a for the
+# nonlinear cells and kept so that a cell with coefficients() gets its row.
+ENGINE_VARIANTS = [
+    ('sequential', dict(engine='sequential')),
+    ('associative', dict(engine='associative')),
+    ('newton dense', dict(engine='newton', newton_jacobian='dense')),
+    ('newton diagonal', dict(engine='newton', newton_jacobian='diagonal')),
+    ('newton diagonal, assoc. adjoint', dict(engine='newton', newton_jacobian='diagonal',
+                                             newton_adjoint='associative')),
+]
+# Rows whose [time, batch, D, D] Jacobians (dense Newton, or the associative adjoint)
+# would hold more float32 words than this are skipped: 256 MiB, what one of several
+# processes on a small machine can hold.
+MAX_JACOBIAN_WORDS = 2**26
+
+
+def newton_counts(cell, options: scan.ScanOptions, xs) -> dict:
+  """The Newton engine's iterations and fallbacks on ``xs`` at the cell's initial
+  parameters (those every timed step starts from), or {} for the other engines."""
+  params = cell.init(jax.random.key(0), xs.shape[-1])
+  run = jax.jit(lambda p, x: scan.run(cell, p, x, options=options, with_stats=True)[2])
+  return {k: float(v) for k, v in run(params, jnp.asarray(xs)).items()}
+
+
+def run_engines(cells_, shapes, input_size, steps, rounds) -> list[dict]:
+  """Training-step time of every ``ENGINE_VARIANTS`` row per (cell, shape), interleaved,
+  with the Newton rows' iteration counts; n/a where the engine cannot run the cell or
+  the Jacobians would not fit (``MAX_JACOBIAN_WORDS``)."""
+  rows = []
+  for cell_name in cells_:
+    for shape in shapes:
+      the_cell = cells.make_cell(cell_name, shape.hidden)
+      state = sum(c.size for c in jax.tree.leaves(the_cell.initial_carry((1,))))
+      xs, targets = data(shape, input_size)
+      impls, counts = [], {}
+      for name, fields in ENGINE_VARIANTS:
+        options = scan.ScanOptions(**fields)
+        dense = fields.get('newton_jacobian') == 'dense' or 'newton_adjoint' in fields
+        if dense and shape.time * shape.batch * state ** 2 > MAX_JACOBIAN_WORDS:
+          log(f'{cell_name} {shape} {name}: n/a (Jacobians over {MAX_JACOBIAN_WORDS} words)')
+          continue
+        try:
+          options.check(the_cell)
+          impls.append(flax_module_impl(name, EngineModel(the_cell, options.engine, options),
+                                        xs, targets))
+          counts[name] = newton_counts(the_cell, options, xs)
+        except ValueError as e:
+          log(f'{cell_name} {shape} {name}: n/a ({e})')
+      measure(impls, steps, rounds)
+      seconds = {i.name: statistics.median(i.times) for i in impls}
+      for impl in impls:
+        rows.append({'cell': cell_name, 'shape': str(shape), 'time': shape.time,
+                     'hidden': shape.hidden, 'impl': impl.name, 'step_s': seconds[impl.name],
+                     'vs_sequential': seconds.get('sequential', math.nan) / seconds[impl.name],
+                     'compile_s': impl.compile_s, **counts[impl.name]})
+      log(format_table(rows[-len(impls):], ENGINES_COLUMNS, header=False))
   return rows
 
 
@@ -550,6 +623,10 @@ MEMORY_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('remat', 
                   ('hoist', 'hoist', ''), ('temp_bytes', 'temp MiB', 'mib'),
                   ('peak_bytes', 'peak MiB', 'mib'), ('workspace_bytes', 'matmul scratch MiB', 'mib'),
                   ('temp_bytes_per_step', 'temp KiB/step', 'kib')]
+ENGINES_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('impl', 'engine', 's'),
+                   ('step_s', 'step s', '.4f'), ('vs_sequential', 'speed vs sequential', '.2f'),
+                   ('newton_iterations', 'iterations', '.0f'), ('newton_fallbacks', 'fell back', '.0f'),
+                   ('compile_s', 'compile s', '.1f')]
 CROSSOVER_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('impl', 'engine', 's'),
                      ('tokens_per_sec', 'tokens/s', ',.0f'), ('compile_s', 'compile s', '.1f'),
                      ('fastest', 'fastest', '')]
@@ -631,6 +708,8 @@ def _main(argv):
     shapes = shapes + ACCELERATOR_SHAPES
   if _CROSSOVER.value and not (_SHAPES.present or _QUICK.value):
     shapes = CROSSOVER_SHAPES
+  if _ENGINES.value and not (_SHAPES.present or _QUICK.value):
+    shapes = ENGINES_SHAPES
   try:
     shapes = [Shape.parse(s) for s in shapes]
   except ValueError as e:
@@ -661,7 +740,7 @@ def _main(argv):
     print(f'accelerator: {result["machine"]["accelerator"]}\n')
 
   settings['shapes'] = [str(s) for s in shapes]
-  if not (_MEMORY.value or _CROSSOVER.value):
+  if not (_MEMORY.value or _CROSSOVER.value or _ENGINES.value):
     result['speed'] = run_speed(_CELLS.value, shapes, input_size, steps, rounds,
                                 _PEERS.value, _DTYPE.value, torch)
     print(f'training step, {_DTYPE.value}, input {input_size}, median of '
@@ -679,6 +758,11 @@ def _main(argv):
   if _CROSSOVER.value:
     result['crossover'] = run_crossover(_CELLS.value, shapes, input_size, steps, rounds)
     print(format_table(result['crossover'], CROSSOVER_COLUMNS))
+  if _ENGINES.value:
+    result['engines'] = run_engines(_CELLS.value, shapes, input_size, steps, rounds)
+    print('training step (forward, backward, Adam) per engine; iterations and fallbacks: '
+          'the Newton engine\'s on the first step\'s parameters\n')
+    print(format_table(result['engines'], ENGINES_COLUMNS))
   result['machine']['load_average_after'] = os.getloadavg()
   print(f'\nload average (1, 5, 15 min): before {fmt_load(result["machine"]["load_average"])}, '
         f'after {fmt_load(result["machine"]["load_average_after"])} on '

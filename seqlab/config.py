@@ -30,7 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
       cell='lstm', hidden_size=128, num_layers=1, bidirectional=False, merge='concat',
       dropout=0.0, residual=False, embed_dim=32, pool='last', forget_bias=1.0,
       kernel_init='glorot_uniform', recurrent_init='auto', hoist='auto', unroll=0,
-      dtype='float32', engine='auto', remat=0))
+      dtype='float32', engine='auto', remat=0, newton_jacobian='diagonal', newton_tol=1e-5,
+      newton_max_iters=32, newton_guess='zeros', newton_adjoint='sequential',
+      newton_damping=0.0))
   c.optim = ml_collections.ConfigDict(dict(
       name='adam', lr=1e-3, schedule='constant', warmup_steps=0, weight_decay=0.0,
       clip_norm=1.0, clip_kind='global_norm', momentum=0.0, nesterov=False, b1=0.9,

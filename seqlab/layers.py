@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from seqlab import cells
+from seqlab import newton
 from seqlab import scan as scan_lib
 
 MERGES = ('concat', 'sum')
@@ -30,9 +31,12 @@ class RNN(nn.Module):
   def __call__(self, xs, lengths=None, initial_carry=None):
     scan_lib.check_inputs(xs, lengths)
     params = self.param('cell', self.cell.init, xs.shape[-1])
-    carry, ys = scan_lib.run(self.cell, params, xs, lengths=lengths,
-                             initial_carry=initial_carry, reverse=self.reverse,
-                             options=self.scan)
+    carry, ys, stats = scan_lib.run(self.cell, params, xs, lengths=lengths,
+                                    initial_carry=initial_carry, reverse=self.reverse,
+                                    options=self.scan, with_stats=True)
+    if not self.is_initializing():  # a training step collects them (newton.step_stats)
+      for name, value in stats.items():
+        self.sow(newton.COLLECTION, name, value)
     return ys, carry
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from seqlab import newton
 from seqlab.cells import base
 
 
@@ -40,6 +41,7 @@ class Engine(enum.Enum):
   """How ``run`` loops over time (``choose_engine`` resolves AUTO)."""
   SEQUENTIAL = 'sequential'  # jax.lax.scan, one step after another
   ASSOCIATIVE = 'associative'  # jax.lax.associative_scan; cells with coefficients() only
+  NEWTON = 'newton'  # Newton over the whole trajectory (seqlab.newton); nonlinear cells
   AUTO = 'auto'  # picked per cell, width and backend, as measured
 
 
@@ -129,6 +131,11 @@ HOIST = {'auto': None, 'on': True, 'off': False}
 DTYPES = {'float32': None, 'bfloat16': jnp.bfloat16}
 
 
+# The ``model`` config keys that are ``ScanOptions`` fields of the same name.
+NEWTON_KEYS = ('newton_jacobian', 'newton_tol', 'newton_max_iters', 'newton_guess',
+               'newton_adjoint', 'newton_damping')
+
+
 def _nonnegative_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
@@ -151,6 +158,14 @@ class ScanOptions:
       backward pass, about one more forward pass of compute.
     fuse: run a ``fusable`` cell through ``fused`` (sequential engine): True, False
       (autodiff of the plain scan), or None: ``default_fuse``.
+    newton_jacobian, newton_tol, newton_max_iters, newton_guess, newton_adjoint,
+      newton_damping: the
+      Newton engine's ``newton.Settings`` (``seqlab.newton``): the Jacobian form
+      ('dense': DEER, 'diagonal': quasi-DEER), the convergence tolerance on
+      max |s^{k+1} - s^k|, the iterations before it falls back to the sequential loop,
+      the first iterate ('zeros', or 'carry': the initial carry at every step), the
+      backward pass ('sequential' or 'associative' adjoint) and the damping lambda of
+      the ELK (Levenberg-Marquardt) step (0: plain Newton).
 
   Construction checks what does not depend on the cell; ``check(cell)`` the rest.
   """
@@ -160,6 +175,12 @@ class ScanOptions:
   engine: Engine = Engine.AUTO
   remat: int = 0
   fuse: bool | None = None
+  newton_jacobian: str = newton.Settings().jacobian
+  newton_tol: float = newton.Settings().tol
+  newton_max_iters: int = newton.Settings().max_iters
+  newton_guess: str = newton.Settings().guess
+  newton_adjoint: str = newton.Settings().adjoint
+  newton_damping: float = newton.Settings().damping
 
   def __post_init__(self):
     if not isinstance(self.engine, Engine):
@@ -172,6 +193,21 @@ class ScanOptions:
     if not _nonnegative_int(self.remat):
       raise ValueError(f'remat must be a non-negative integer (0 = off, k = steps per '
                        f'checkpointed chunk), got {self.remat!r}')
+    for key, table in (('newton_jacobian', newton.JACOBIANS), ('newton_guess', newton.GUESSES),
+                       ('newton_adjoint', newton.ADJOINTS)):
+      if getattr(self, key) not in table:
+        raise ValueError(f'{key}={getattr(self, key)!r} is not valid; choose one of: '
+                         f'{choices(table)}')
+    if not (isinstance(self.newton_tol, (int, float)) and self.newton_tol > 0):
+      raise ValueError(f'newton_tol must be a positive number (the largest change of an '
+                       f'iterate that counts as converged), got {self.newton_tol!r}')
+    if not (isinstance(self.newton_damping, (int, float)) and not isinstance(
+        self.newton_damping, bool) and self.newton_damping >= 0):
+      raise ValueError(f'newton_damping must be a number >= 0 (0: Newton; lambda > 0: the '
+                       f'damped ELK step), got {self.newton_damping!r}')
+    if not (_nonnegative_int(self.newton_max_iters) and self.newton_max_iters > 0):
+      raise ValueError(f'newton_max_iters must be a positive integer (Newton iterations '
+                       f'before the sequential fallback), got {self.newton_max_iters!r}')
 
   def check(self, cell) -> None:
     """Raises a ValueError, naming the choices, when these options cannot run ``cell``."""
@@ -180,11 +216,24 @@ class ScanOptions:
       raise ValueError(f"engine='associative' needs a diagonal linear recurrence (a cell with "
                        f"coefficients(), e.g. lru, mingru, minlstm), not {type(cell).__name__}; "
                        f"choose one of: {', '.join(repr(e.value) for e in others)}")
+    if self.engine is Engine.NEWTON and hasattr(cell, 'coefficients'):
+      raise ValueError(f"engine='newton' solves a nonlinear recurrence; {type(cell).__name__} "
+                       f"is linear in its carry: use engine='associative' (or 'auto')")
+    if self.engine is Engine.NEWTON and self.remat:
+      raise ValueError(f"engine='newton' keeps every step's state to solve for them all at "
+                       f"once, so remat={self.remat} cannot bound its memory; set remat=0 or "
+                       f"engine='sequential'")
     if self.fuse and not fusable(cell):
       raise ValueError(f'fuse=True needs a cell built from combine() and gates() (lstm, gru, '
                        f'rnn, irnn), not {type(cell).__name__}'
                        f'{" with reset_after=False" if hasattr(cell, "gates") else ""}; '
                        f'use fuse=None or False')
+
+  def newton_settings(self) -> newton.Settings:
+    """The Newton engine's options as ``newton.Settings``."""
+    return newton.Settings(jacobian=self.newton_jacobian, tol=float(self.newton_tol),
+                           max_iters=self.newton_max_iters, guess=self.newton_guess,
+                           adjoint=self.newton_adjoint, damping=float(self.newton_damping))
 
   def fuse_for(self, cell) -> bool:
     """``fuse`` resolved for ``cell`` (None -> ``default_fuse``)."""
@@ -193,15 +242,17 @@ class ScanOptions:
   @classmethod
   def from_config(cls, model) -> 'ScanOptions':
     """The ``model`` config section's ``hoist`` ('auto', 'on', 'off'), ``unroll`` (0:
-    the default), ``dtype`` ('float32', 'bfloat16'), ``engine`` and ``remat``; a
-    ValueError naming the ``model.`` key and its choices."""
+    the default), ``dtype`` ('float32', 'bfloat16'), ``engine``, ``remat`` and the
+    ``newton_*`` keys (the fields of the same names); a ValueError naming the
+    ``model.`` key and its choices."""
     for key, table in (('hoist', HOIST), ('dtype', DTYPES)):
       if model[key] not in table:
         raise ValueError(f'model.{key}={model[key]!r} is not valid; choose one of: '
                          f'{choices(table)}')
     try:
       return cls(hoist=HOIST[model.hoist], unroll=model.unroll or None,
-                 dtype=DTYPES[model.dtype], engine=model.engine, remat=model.remat)
+                 dtype=DTYPES[model.dtype], engine=model.engine, remat=model.remat,
+                 **{k: model[k] for k in NEWTON_KEYS})
     except ValueError as e:
       raise ValueError(f'model.{e}') from None
 
@@ -240,7 +291,10 @@ def choose_engine(cell, engine: Engine, width: int) -> Engine:
   ``width`` is the float32 words of one timestep's state (batch * N, complex twice).
   'auto' is associative for cells with ``coefficients``: on CPU while ``width <=
   ASSOCIATIVE_MAX_WIDTH_CPU``, on accelerators always (not measured here; S5 and the
-  LRU paper scan this way on GPU/TPU); classic cells are always sequential.
+  LRU paper scan this way on GPU/TPU); classic cells are always sequential: 'auto'
+  never picks NEWTON, which ran slower than the sequential engine at every measured
+  shape on a 2-core CPU (GRU and LSTM, T = 1k..10k and more, hidden 4..256: 0.03-0.42x;
+  records/2026-12-07_intel-xeon-2core_newton.md) and is not measured on accelerators.
   """
   if engine is not Engine.AUTO:
     return engine
@@ -256,7 +310,7 @@ def state_width(carry) -> int:
 
 
 def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
-        options: ScanOptions | None = None, **overrides):
+        options: ScanOptions | None = None, with_stats=False, **overrides):
   """Runs ``cell`` over ``xs`` [batch, time, features].
 
   Args:
@@ -271,11 +325,15 @@ def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
       returned in the original time order.
     options: a ``ScanOptions`` (hoist, unroll, dtype, engine, remat, fuse); None:
       the defaults.
+    with_stats: also return the engine's counts, a dict of float32 scalars:
+      ``{'newton_iterations', 'newton_fallbacks'}`` from the Newton engine, {} from
+      the others.
     **overrides: ``ScanOptions`` fields set on top of ``options``, e.g.
       ``engine='associative'``, ``remat=8``.
 
   Returns:
-    ``(final_carry, ys)`` with ys [batch, time, hidden] in float32.
+    ``(final_carry, ys)`` with ys [batch, time, hidden] in float32; with
+    ``with_stats``, ``(final_carry, ys, stats)``.
   """
   options = dataclasses.replace(options or ScanOptions(), **overrides)
   options.check(cell)
@@ -293,15 +351,19 @@ def run(cell, params, xs, *, lengths=None, initial_carry=None, reverse=False,
   carry = cell.initial_carry((batch,)) if initial_carry is None else initial_carry
   mask = None if lengths is None else valid_mask(lengths, time)
 
-  if choose_engine(cell, options.engine, state_width(carry)) is Engine.ASSOCIATIVE:
-    loop = lambda xs, carry, mask: associative(cell, params, xs, carry, mask)
+  engine, stats = choose_engine(cell, options.engine, state_width(carry)), {}
+  if engine is Engine.NEWTON:
+    carry, ys, stats = newton.run(cell, params, xs, carry, mask, options.newton_settings())
   else:
-    loop = lambda xs, carry, mask: sequential(cell, params, xs, carry, mask, hoist, unroll, fuse)
-  remat = options.remat
-  carry, ys = chunked(loop, xs, carry, mask, remat) if remat else loop(xs, carry, mask)
+    if engine is Engine.ASSOCIATIVE:
+      loop = lambda xs, carry, mask: associative(cell, params, xs, carry, mask)
+    else:
+      loop = lambda xs, carry, mask: sequential(cell, params, xs, carry, mask, hoist, unroll, fuse)
+    remat = options.remat
+    carry, ys = chunked(loop, xs, carry, mask, remat) if remat else loop(xs, carry, mask)
   if reverse:
     ys = ys[:, ::-1] if lengths is None else reverse_valid(ys, lengths)
-  return carry, ys
+  return (carry, ys, stats) if with_stats else (carry, ys)
 
 
 def cast_params(cell, params, dtype):

@@ -28,6 +28,7 @@ from seqlab import config as config_lib
 from seqlab import losses
 from seqlab import memory
 from seqlab import models
+from seqlab import newton
 from seqlab import optim
 from seqlab import tasks
 from seqlab import workdir as workdir_lib
@@ -96,12 +97,15 @@ def create_state(model, optimizer, batch, seed: int, stateful: bool = False):
 def window_metrics(rows: list[dict]) -> dict[str, float]:
   """One train log row from the metrics of the steps since the last: the loss and the
   task's metrics weighted by each step's 'count' (the window's metrics as if one batch;
-  'bpc' and 'perplexity' from its cross-entropy, 'count' summed), 'grad_norm' the mean
-  over steps."""
+  'bpc' and 'perplexity' from its cross-entropy, 'count' summed), 'grad_norm' (and
+  the Newton engine's 'newton_iterations') the mean over steps, 'newton_fallbacks' summed."""
+  by_step = {'grad_norm': np.mean, 'newton_iterations': np.mean, 'newton_fallbacks': np.sum}
   counts = [float(r['count']) for r in rows]
-  steps = [{k: v for k, v in r.items() if k != 'grad_norm'} for r in rows]
+  steps = [{k: v for k, v in r.items() if k not in by_step} for r in rows]
   row = losses.aggregate(steps, counts if sum(counts) > 0 else [1.0] * len(rows))
-  row['grad_norm'] = float(np.mean([r['grad_norm'] for r in rows]))
+  for key, reduce in by_step.items():
+    if key in rows[0]:
+      row[key] = float(reduce([r[key] for r in rows]))
   return row
 
 
@@ -116,10 +120,10 @@ def train_step(state, batch, *, model, optimizer, spec):
   carry = state.get('carry')
 
   def loss_fn(params):
-    outputs, aux = apply_model(model, params, batch, carry, deterministic=False,
-                               rngs={'dropout': rng})
+    (outputs, aux), sown = apply_model(model, params, batch, carry, deterministic=False,
+                                       rngs={'dropout': rng}, mutable=[newton.COLLECTION])
     loss, metrics = losses.loss_and_metrics(spec, outputs, batch)
-    return loss, (metrics, aux)
+    return loss, (dict(metrics, **newton.step_stats(sown)), aux)
 
   (loss, (metrics, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
   grad_norm = optax.tree.norm(grads)

@@ -147,7 +147,7 @@ def test_unknown_sections_and_seq2seq_keys_are_named():
 
 @pytest.mark.parametrize('key,value,message', [
     ('engine', 'parallel',
-     "model.engine='parallel' is not valid; choose one of: sequential, associative, auto"),
+     "model.engine='parallel' is not valid; choose one of: sequential, associative, newton, auto"),
     ('engine', 'associative', "engine='associative' needs a diagonal linear"),
     ('remat', -1, 'model.remat must be a non-negative integer'),
     ('hoist', 'yes', "model.hoist='yes' is not valid; choose one of: auto, on, off"),

@@ -50,8 +50,18 @@ def test_keyword_options_override_the_options_object():
     scan.run(cell, params, xs, nope=1)
 
 
+NEWTON_DEFAULTS = dict(newton_jacobian='diagonal', newton_tol=1e-5, newton_max_iters=32,
+                       newton_guess='zeros', newton_adjoint='sequential', newton_damping=0.0)
+
+
 @pytest.mark.parametrize('values, expected', [
     (dict(hoist='auto', unroll=0, dtype='float32', engine='auto', remat=0), scan.ScanOptions()),
+    (dict(hoist='auto', unroll=0, dtype='float32', engine='newton', remat=0,
+          newton_jacobian='dense', newton_tol=1e-4, newton_max_iters=9, newton_guess='carry',
+          newton_adjoint='associative', newton_damping=0.5),
+     scan.ScanOptions(engine=scan.Engine.NEWTON, newton_jacobian='dense', newton_tol=1e-4,
+                      newton_max_iters=9, newton_guess='carry', newton_adjoint='associative',
+                      newton_damping=0.5)),
     (dict(hoist='on', unroll=4, dtype='bfloat16', engine='associative', remat=9),
      scan.ScanOptions(hoist=True, unroll=4, dtype=jnp.bfloat16, engine=scan.Engine.ASSOCIATIVE,
                       remat=9)),
@@ -59,19 +69,22 @@ def test_keyword_options_override_the_options_object():
      scan.ScanOptions(hoist=False, engine=scan.Engine.SEQUENTIAL)),
 ])
 def test_from_config_maps_the_models_keys(values, expected):
+  values = NEWTON_DEFAULTS | values
   assert scan.ScanOptions.from_config(ml_collections.ConfigDict(values)) == expected
 
 
 @pytest.mark.parametrize('key, value, message', [
     ('hoist', 'yes', "model.hoist='yes' is not valid; choose one of: auto, on, off"),
     ('dtype', 'float16', "model.dtype='float16' is not valid; choose one of: float32, bfloat16"),
-    ('engine', 'newton', "model.engine='newton' is not valid; choose one of: sequential, "
-     'associative, auto'),
+    ('engine', 'parallel', "model.engine='parallel' is not valid; choose one of: sequential, "
+     'associative, newton, auto'),
+    ('newton_guess', 'previous', "model.newton_guess='previous' is not valid; choose one of: "
+     'zeros, carry'),
     ('unroll', -1, 'model.unroll must be a positive integer'),
     ('remat', 1.5, 'model.remat must be a non-negative integer'),
 ])
 def test_from_config_names_the_config_key(key, value, message):
-  values = dict(hoist='auto', unroll=0, dtype='float32', engine='auto', remat=0)
+  values = NEWTON_DEFAULTS | dict(hoist='auto', unroll=0, dtype='float32', engine='auto', remat=0)
   values[key] = value
   with pytest.raises(ValueError) as info:
     scan.ScanOptions.from_config(ml_collections.ConfigDict(values))
@@ -94,7 +107,7 @@ def test_options_are_hashable_and_checked_against_the_cell():
 def test_associative_on_lstm_names_the_choices():
   cell = cells.make_cell('lstm', 8)
   params = {'kernel': jnp.zeros((5, 4 * 8))}  # refused before any step runs
-  with pytest.raises(ValueError, match="associative.*LSTM.*choose one of: 'sequential', 'auto'"):
+  with pytest.raises(ValueError, match="associative.*LSTM.*choose one of: 'sequential', 'newton', 'auto'"):
     scan.run(cell, params, jnp.zeros((3, 12, 5)), engine='associative')
   with pytest.raises(ValueError, match='choose one of'):
     layers.StackedRNN(cell='lstm', hidden_size=8, scan=scan.ScanOptions(engine='associative'))
@@ -103,7 +116,7 @@ def test_associative_on_lstm_names_the_choices():
 def test_unknown_engine_lists_the_choices():
   cell = cells.make_cell('mingru', 8)
   params = cell.init(jax.random.key(0), 5)
-  with pytest.raises(ValueError, match='choose one of: sequential, associative, auto'):
+  with pytest.raises(ValueError, match='choose one of: sequential, associative, newton, auto'):
     scan.run(cell, params, jnp.zeros((3, 12, 5)), engine='parallel')
 
 
