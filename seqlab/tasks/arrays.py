@@ -10,8 +10,13 @@ Eval batch ``s`` holds examples ``s B .. (s + 1) B - 1`` of the held-out split; 
 positions past its end repeat examples from its start with ``example_weight`` 0, so
 shapes stay fixed and the weighted count over ``num_batches`` batches is the split
 size exactly (``losses.loss_and_metrics`` weights each sequence by ``example_weight``).
+
+Under length buckets (``train.length_buckets = N``, ``Bucketed``) train batches come
+from examples of similar length, each padded only to its bucket's bound; see
+``bucket_indices``. Held-out batches do not change.
 """
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -72,6 +77,89 @@ def batch(examples: Examples, seed: int, split: str, step: int, batch_size: int
   if examples.lengths is not None:
     out['lengths'] = examples.lengths[rows]
   return out
+
+
+# The generator of the bucket order of epoch e is default_rng([SCHEDULE_SEED, e]): no seed
+# (at most 2**31 - 1, config.MAX_SEED) shares it, and it does not depend on the seed.
+SCHEDULE_SEED = 2**31
+
+
+def bucket_bounds(lengths: np.ndarray, n: int) -> np.ndarray:
+  """The at most ``n`` padded lengths of the buckets, int32 ascending: the lengths at the
+  quantiles 1/n, 2/n, ..., 1 of ``lengths`` [examples] (buckets of about equal counts;
+  repeated values merge), the last the longest. Each bound is some example's length,
+  so no bucket is empty."""
+  base.check_int('train.length_buckets', n)
+  return np.unique(np.quantile(lengths, np.arange(1, n + 1) / n, method='higher')).astype(np.int32)
+
+
+def bucket_batches(lengths: np.ndarray, bounds: np.ndarray, batch_size: int) -> np.ndarray:
+  """(bucket of each example int64 [examples], batches of each bucket per epoch
+  int64 [buckets]): example i is in the first bucket whose bound is >= its length, and a
+  bucket of n_b examples makes ceil(n_b / B) batches."""
+  bucket = np.searchsorted(bounds, lengths)
+  return bucket, -(-np.bincount(bucket, minlength=len(bounds)) // batch_size)
+
+
+def bucket_indices(seed: int, step: int, batch_size: int, lengths: np.ndarray,
+                   bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+  """(example indices int64 [B], example weights float32 [B], padded length) of train
+  batch ``step`` under length buckets.
+
+  An epoch is C = sum_b ceil(n_b / B) batches (``bucket_batches``); batch ``step`` is
+  batch ``step mod C`` of epoch ``e = step // C``. Epoch e lists each bucket's examples
+  in the order of the permutation ``base.rng(seed, 'train', e)`` and cuts the list into
+  batches of B; a bucket's last batch is filled up with its first examples at weight 0,
+  so every example counts once per epoch. The C batches run in the order of a
+  permutation drawn from ``default_rng([SCHEDULE_SEED, e])``: shuffled, so no length
+  comes last, and independent of the seed, so the padded length of every step is the
+  same for every point of a population (seeds differ, shapes must not).
+  """
+  base.check_int('step', step, minimum=0)
+  base.check_int('batch_size', batch_size)
+  bucket, chunks = bucket_batches(lengths, bounds, batch_size)
+  epoch, slot = divmod(step, int(chunks.sum()))
+  which = np.random.default_rng([SCHEDULE_SEED, epoch]).permutation(int(chunks.sum()))[slot]
+  b = int(np.searchsorted(np.cumsum(chunks), which, side='right'))
+  first = (which - int(np.sum(chunks[:b]))) * batch_size  # this batch's place in bucket b
+  order = base.rng(seed, 'train', epoch).permutation(len(lengths))
+  members = order[bucket[order] == b]
+  positions = np.arange(first, first + batch_size)
+  return members[positions % len(members)], (positions < len(members)).astype(np.float32), int(
+      bounds[b])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Bucketed:
+  """A fixed data set's task (``padded``) whose train batches come from length buckets.
+
+  Train batch ``s`` is ``bucket_indices``' batch: inputs [B, bound, ...] with bound the
+  bucket's, so a train step compiles once per bound (at most ``train.length_buckets``
+  times). Held-out batches, the spec and every other attribute are ``padded``'s.
+  """
+  padded: Any  # its ``train`` Examples carry lengths; its ``seed`` orders the examples
+  bounds: np.ndarray  # int32 [buckets], ``bucket_bounds`` of the training lengths
+
+  @property
+  def spec(self):
+    return self.padded.spec
+
+  def __getattr__(self, name):
+    if name == 'padded':  # not set yet (copy, pickle): no recursion
+      raise AttributeError(name)
+    return getattr(self.padded, name)
+
+  def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
+    if split != 'train':
+      return self.padded.batch(split, step, batch_size)
+    train = self.padded.train
+    rows, weights, bound = bucket_indices(self.padded.seed, step, batch_size, train.lengths,
+                                          self.bounds)
+    return {'inputs': train.inputs[rows, :bound], 'targets': train.targets[rows],
+            'example_weight': weights, 'lengths': train.lengths[rows]}
+
+  def num_eval_batches(self, *args) -> int:
+    return self.padded.num_eval_batches(*args)
 
 
 def pad_sequences(sequences: list[np.ndarray], length: int | None = None
