@@ -579,7 +579,8 @@ def masked_mse_step(apply_fn, optimizer):
   """``(params, opt_state, xs, lengths, targets, weights) -> (params, opt_state, loss)``:
   the per-step MSE over valid steps (t < length) of rows of weight 1, grad, Adam."""
   def loss_fn(params, xs, lengths, targets, weights):
-    mask = (jnp.arange(xs.shape[1])[None, :] < lengths[:, None]) * weights[:, None]
+    mask = (jnp.arange(xs.shape[1])[None, :] < lengths[:, None]).astype(jnp.float32)
+    mask = mask * weights[:, None]
     err = (apply_fn(params, xs, lengths) - targets)[..., 0]
     return jnp.sum(mask * err * err) / jnp.sum(mask)
 

@@ -33,6 +33,8 @@ from conftest import ROOT, load_config, run_module
     ('--config.optim.lr=-1.0', 'optim.lr must be positive'),
     ('--config.model.unroll=-1', 'model.unroll must be a positive integer'),
     ('--config.train.best_metric=acuracy', "train.best_metric='acuracy' is not an eval metric"),
+    ('--config.train.length_buckets=-1', 'train.length_buckets must be a non-negative integer'),
+    ('--config.train.length_buckets=2', 'train.length_buckets=2 needs a fixed data set'),
 ])
 def test_bad_config_fails_before_compiling_without_traceback(tmp_path, override, message):
   workdir = tmp_path / 'run'
