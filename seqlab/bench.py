@@ -570,7 +570,7 @@ def varlen_batches(lengths, batch: int, buckets: int) -> list[tuple[np.ndarray, 
     longest = int(lengths.max())
     return [(np.arange(i, i + batch) % len(lengths), (np.arange(i, i + batch) < len(lengths))
              .astype(np.float32), longest) for i in range(0, len(lengths), batch)]
-  bounds = arrays.bucket_bounds(lengths, buckets)
+  bounds = arrays.bucket_bounds(lengths, buckets, batch)
   count = int(arrays.bucket_batches(lengths, bounds, batch)[1].sum())
   return [arrays.bucket_indices(0, s, batch, lengths, bounds) for s in range(count)]
 
@@ -627,29 +627,35 @@ def varlen_jax_impl(name: str, model: nn.Module, data) -> Impl:
 
 
 def varlen_torch_impl(torch, cell: str, hidden: int, data, packed: bool) -> Impl:
-  """``torch_impl``'s layer and head on CPU over one epoch of ``data``: with ``packed``
-  through ``pack_padded_sequence(enforce_sorted=False)`` (only valid steps), else over
-  the padded batch (every step, oneDNN's fused kernel); the masked MSE either way."""
+  """``torch_impl``'s layer and head over one epoch of ``data``: with ``packed`` through
+  ``pack_padded_sequence(enforce_sorted=False)`` (only valid steps), else over the
+  padded batch (every step: oneDNN's fused kernel on CPU); the masked MSE either way.
+  On the device ``torch_device`` picks (cuDNN's packed kernels on a GPU)."""
+  device = torch_device(torch)
   torch.manual_seed(0)
   rnn = getattr(torch.nn, TORCH_CELLS[cell])(data[0][0].shape[-1], hidden, batch_first=True)
   head = torch.nn.Linear(hidden, 1)
+  rnn, head = rnn.to(device), head.to(device)
   optimizer = torch.optim.Adam(list(rnn.parameters()) + list(head.parameters()), lr=1e-3)
   utils = torch.nn.utils.rnn
-  data = [tuple(torch.from_numpy(np.asarray(a)) for a in batch) for batch in data]
+  data = [tuple(torch.from_numpy(np.asarray(a)).to(device) for a in batch) for batch in data]
 
   def step():
     for xs, lengths, targets, weights in data:
       optimizer.zero_grad(set_to_none=True)
       if packed:
-        ys, _ = rnn(utils.pack_padded_sequence(xs, lengths.long(), batch_first=True,
+        ys, _ = rnn(utils.pack_padded_sequence(xs, lengths.long().cpu(), batch_first=True,
                                                enforce_sorted=False))
         ys, _ = utils.pad_packed_sequence(ys, batch_first=True, total_length=xs.shape[1])
       else:
         ys, _ = rnn(xs)
-      mask = (torch.arange(xs.shape[1])[None, :] < lengths[:, None]) * weights[:, None]
+      steps = torch.arange(xs.shape[1], device=device)
+      mask = (steps[None, :] < lengths[:, None]) * weights[:, None]
       loss = (mask * (head(ys)[..., 0] - targets[..., 0]) ** 2).sum() / mask.sum()
       loss.backward()
       optimizer.step()
+    if device == 'cuda':
+      torch.cuda.synchronize()
   return Impl('torch packed' if packed else 'torch padded', step, None)
 
 

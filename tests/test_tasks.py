@@ -1,4 +1,5 @@
 """seqlab.tasks: purity of batches, and each task against its paper, built in plain Python."""
+import itertools
 import math
 import os
 
@@ -257,7 +258,7 @@ def test_length_buckets_see_every_example_once_per_epoch_padded_to_its_bucket():
   task = tasks.make_task(JV_QUICK, seed=3)
   lengths, n = task.train.lengths, len(task.train)
   bucketed = tasks.length_buckets(task, 3)
-  bounds = bucketed.bounds
+  bounds = bucketed.bounds(4)
   assert len(bounds) <= 3 and bounds[-1] == lengths.max() and set(bounds) <= set(lengths)
   assert np.all(np.diff(bounds) > 0)
   per_epoch = int(arrays.bucket_batches(lengths, bounds, 4)[1].sum())
@@ -296,3 +297,21 @@ def test_length_buckets_leave_held_out_batches_and_refuse_tasks_without_lengths(
   assert tasks.longest_train_batch(bucketed, 4)['inputs'].shape == task.train.inputs[:4].shape
   with pytest.raises(ValueError, match='train.length_buckets=2 needs a fixed data set'):
     tasks.length_buckets(tasks.make_task(CONFIGS['adding'], seed=0), 2)
+
+
+@pytest.mark.parametrize('n,batch_size', [(1, 4), (2, 4), (3, 3), (4, 8)])
+def test_bucket_bounds_scan_the_fewest_steps_of_any_choice(n, batch_size):
+  """Against every choice of at most n bounds among the lengths (the longest among them):
+  none makes an epoch scan fewer steps, sum_b ceil(n_b / B) B bound_b."""
+  lengths = np.random.default_rng(n).integers(1, 30, 40).astype(np.int32)
+
+  def scanned(bounds):
+    _, batches = arrays.bucket_batches(lengths, np.asarray(bounds), batch_size)
+    return int(np.sum(batches * batch_size * np.asarray(bounds)))
+
+  values = sorted(set(lengths.tolist()))[:-1]
+  best = min(scanned([*c, max(lengths)]) for k in range(n)
+             for c in itertools.combinations(values, k))
+  bounds = arrays.bucket_bounds(lengths, n, batch_size)
+  assert len(bounds) <= n and bounds[-1] == lengths.max() and set(bounds) <= set(lengths)
+  assert scanned(bounds) == best

@@ -7,6 +7,7 @@ import numpy as np
 
 from seqlab.tasks import adding
 from seqlab.tasks import arrays
+from seqlab.tasks import base
 from seqlab.tasks import charlm
 from seqlab.tasks import copy
 from seqlab.tasks import forecast
@@ -57,7 +58,8 @@ def length_buckets(task: Task, n: int) -> Task:
     raise ValueError(f'train.length_buckets={n} needs a fixed data set of variable-length '
                      'sequences (task uea or sentiment); this task has no lengths to bucket: '
                      'set train.length_buckets=0')
-  return arrays.Bucketed(task, arrays.bucket_bounds(train.lengths, n))
+  base.check_int('train.length_buckets', n)
+  return arrays.Bucketed(task, n)
 
 
 def longest_train_batch(task: Task, batch_size: int) -> dict[str, np.ndarray]:

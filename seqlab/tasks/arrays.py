@@ -84,13 +84,38 @@ def batch(examples: Examples, seed: int, split: str, step: int, batch_size: int
 SCHEDULE_SEED = 2**31
 
 
-def bucket_bounds(lengths: np.ndarray, n: int) -> np.ndarray:
-  """The at most ``n`` padded lengths of the buckets, int32 ascending: the lengths at the
-  quantiles 1/n, 2/n, ..., 1 of ``lengths`` [examples] (buckets of about equal counts;
-  repeated values merge), the last the longest. Each bound is some example's length,
-  so no bucket is empty."""
+def bucket_bounds(lengths: np.ndarray, n: int, batch_size: int) -> np.ndarray:
+  """The at most ``n`` padded lengths of the buckets, int32 ascending, that make an epoch
+  scan the fewest steps: sum over buckets b of ceil(n_b / B) B bound_b, where bucket b
+  holds the n_b examples of ``lengths`` [examples] in (bound_{b-1}, bound_b] and its
+  last batch is filled up to B. Each bound is some example's length (no bucket is
+  empty), the last the longest; fewer than ``n`` where more would not scan less.
+
+  A dynamic programme over the U distinct lengths, O(n U^2): ``best[j]``, the fewest
+  steps that cover the j shortest distinct lengths with the buckets so far.
+  """
   base.check_int('train.length_buckets', n)
-  return np.unique(np.quantile(lengths, np.arange(1, n + 1) / n, method='higher')).astype(np.int32)
+  values, counts = np.unique(lengths, return_counts=True)
+  below = np.concatenate([[0], np.cumsum(counts)])  # examples shorter than values[j]
+  best = np.concatenate([[0.0], np.full(len(values), np.inf)])
+  cuts = []  # per bucket added: cut[j] = where the last bucket covering j starts (j: none)
+  for _ in range(n):
+    new, cut = best.copy(), np.arange(len(values) + 1)
+    for j in range(1, len(values) + 1):
+      starts = np.arange(j)
+      batches = -(-(below[j] - below[starts]) // batch_size)
+      cost = best[starts] + batches * batch_size * values[j - 1]
+      i = int(np.argmin(cost))
+      if cost[i] < new[j]:
+        new[j], cut[j] = cost[i], i
+    cuts.append(cut)
+    best = new
+  bounds, j = [], len(values)
+  for cut in reversed(cuts):
+    if cut[j] != j:
+      bounds.append(values[j - 1])
+      j = cut[j]
+  return np.array(bounds[::-1], np.int32)
 
 
 def bucket_batches(lengths: np.ndarray, bounds: np.ndarray, batch_size: int) -> np.ndarray:
@@ -134,18 +159,25 @@ class Bucketed:
   """A fixed data set's task (``padded``) whose train batches come from length buckets.
 
   Train batch ``s`` is ``bucket_indices``' batch: inputs [B, bound, ...] with bound the
-  bucket's, so a train step compiles once per bound (at most ``train.length_buckets``
+  bucket's (``bounds(B)``), so a train step compiles once per bound (at most ``n``
   times). Held-out batches, the spec and every other attribute are ``padded``'s.
   """
   padded: Any  # its ``train`` Examples carry lengths; its ``seed`` orders the examples
-  bounds: np.ndarray  # int32 [buckets], ``bucket_bounds`` of the training lengths
+  n: int  # train.length_buckets
+  _bounds: dict = dataclasses.field(default_factory=dict)  # batch size -> bounds
+
+  def bounds(self, batch_size: int) -> np.ndarray:
+    """int32 [buckets]: ``bucket_bounds`` of the training lengths for batches of B."""
+    if batch_size not in self._bounds:
+      self._bounds[batch_size] = bucket_bounds(self.padded.train.lengths, self.n, batch_size)
+    return self._bounds[batch_size]
 
   @property
   def spec(self):
     return self.padded.spec
 
   def __getattr__(self, name):
-    if name == 'padded':  # not set yet (copy, pickle): no recursion
+    if name in ('padded', '_bounds'):  # not set yet (copy, pickle): no recursion
       raise AttributeError(name)
     return getattr(self.padded, name)
 
@@ -154,7 +186,7 @@ class Bucketed:
       return self.padded.batch(split, step, batch_size)
     train = self.padded.train
     rows, weights, bound = bucket_indices(self.padded.seed, step, batch_size, train.lengths,
-                                          self.bounds)
+                                          self.bounds(batch_size))
     return {'inputs': train.inputs[rows, :bound], 'targets': train.targets[rows],
             'example_weight': weights, 'lengths': train.lengths[rows]}
 
