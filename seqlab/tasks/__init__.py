@@ -63,7 +63,8 @@ def length_buckets(task: Task, n: int) -> Task:
 
 
 def longest_train_batch(task: Task, batch_size: int) -> dict[str, np.ndarray]:
-  """A train batch of the longest shape ``task``'s train batches take: batch 0, or under
-  length buckets the padded task's batch 0 (what the step's memory must fit)."""
-  return (task.padded if isinstance(task, arrays.Bucketed) else task).batch('train', 0,
-                                                                          batch_size)
+  """A train batch of the longest shape ``task``'s train batches take (what the step's
+  memory must fit): batch 0, or under length buckets one of the longest bucket's shape."""
+  if isinstance(task, arrays.Bucketed):
+    return task.longest_batch(batch_size)
+  return task.batch('train', 0, batch_size)

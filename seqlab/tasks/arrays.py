@@ -193,6 +193,12 @@ class Bucketed:
   def num_eval_batches(self, *args) -> int:
     return self.padded.num_eval_batches(*args)
 
+  def longest_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    """A train batch of the longest bucket's shape: ``padded``'s batch 0 cut to the top
+    bound (no training example is longer)."""
+    batch = self.padded.batch('train', 0, batch_size)
+    return dict(batch, inputs=batch['inputs'][:, :self.bounds(batch_size)[-1]])
+
 
 def pad_sequences(sequences: list[np.ndarray], length: int | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
