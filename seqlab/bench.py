@@ -66,6 +66,7 @@ from seqlab import cells
 from seqlab import layers
 from seqlab import scan
 from seqlab import workdir as workdir_lib
+from seqlab.tasks import arrays
 
 CELLS = ('lstm', 'gru', 'rnn')  # the cells with peers; any of seqlab.cells.CELLS runs
 PEERS = ('flax', 'torch')
@@ -75,7 +76,11 @@ ACCELERATOR_SHAPES = ['64x512x1024']  # added to SHAPES on a GPU/TPU: cuDNN's ho
 CROSSOVER_SHAPES = ['1x64x64', '1x1024x64', '8x64x256', '8x1024x256']  # narrow and wide steps
 ENGINES_SHAPES = ['4x1000x4', '4x1000x32', '4x1000x256', '4x10000x4', '4x10000x32',
                   '4x100000x4']
-QUICK = dict(shapes=['4x16x32'], input=16, steps=2, rounds=2, lengths=[64, 256])
+QUICK = dict(shapes=['4x16x32'], input=16, steps=2, rounds=2, lengths=[64, 256], buckets=['2'])
+VARLEN_SHAPES = ['32x128x256']  # --varlen: batch x longest (lognormal only) x hidden
+VARLEN_SOURCES = ('lognormal', 'JapaneseVowels', 'PickupGestureWiimoteZ')
+VARLEN_BATCHES = 8  # --varlen: an epoch is 8 x batch examples
+LOGNORMAL_SIGMA = 0.45  # 256 draws of lognormal(0, 0.45) have longest / mean about 3
 
 FLAGS = flags.FlagValues()  # our own: see seqlab.cli
 _CELLS = flags.DEFINE_list('cells', list(CELLS), 'Cells to measure (seqlab.cells.CELLS; '
@@ -109,6 +114,11 @@ _ENGINES = flags.DEFINE_bool('engines', False, 'Training-step time of the sequen
                              'length and hidden size, with Newton\'s iteration counts '
                              f'(default shapes {",".join(ENGINES_SHAPES)}).',
                              flag_values=FLAGS)
+_VARLEN = flags.DEFINE_list('varlen', [], 'Variable-length mode: valid tokens/s with lengths '
+                            f'from these sources ({", ".join(VARLEN_SOURCES)}, or a UEA/UCR '
+                            'data set name): padded, length buckets, packed.', flag_values=FLAGS)
+_BUCKETS = flags.DEFINE_list('buckets', ['4'], '--varlen: length bucket counts of the seqlab '
+                             'buckets rows (train.length_buckets).', flag_values=FLAGS)
 
 GATES = {'lstm': 4, 'gru': 3, 'rnn': 1}  # [B, H] x [H, GATES * H] per matmul
 DENSE_N = 1024  # the reference: one jitted [N, N] x [N, N] matmul, interleaved with the rest
@@ -239,21 +249,22 @@ class SeqlabModel(nn.Module):
   options: scan.ScanOptions = scan.ScanOptions()
 
   @nn.compact
-  def __call__(self, xs):
-    ys, _ = layers.StackedRNN(self.cell, self.hidden, scan=self.options)(xs)
+  def __call__(self, xs, lengths=None):
+    ys, _ = layers.StackedRNN(self.cell, self.hidden, scan=self.options)(xs, lengths)
     return nn.Dense(1)(ys)
 
 
 class FlaxModel(nn.Module):
-  """Flax's ``nn.RNN`` over its own cell under a linear head: [B, T, I] -> [B, T, 1]."""
+  """Flax's ``nn.RNN`` over its own cell under a linear head: [B, T, I] -> [B, T, 1];
+  ``seq_lengths`` [B] stops each sequence's carry at its length."""
   cell: str
   hidden: int
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, xs):
+  def __call__(self, xs, seq_lengths=None):
     cell = FLAX_CELLS[self.cell](self.hidden, dtype=self.dtype, param_dtype=jnp.float32)
-    return nn.Dense(1)(nn.RNN(cell)(xs).astype(jnp.float32))
+    return nn.Dense(1)(nn.RNN(cell)(xs, seq_lengths=seq_lengths).astype(jnp.float32))
 
 
 def mse_train_step(apply_fn, optimizer):
@@ -606,6 +617,161 @@ def run_engines(cells_, shapes, input_size, steps, rounds) -> list[dict]:
                      'vs_sequential': seconds.get('sequential', math.nan) / seconds[impl.name],
                      'compile_s': impl.compile_s, **counts[impl.name]})
       log(format_table(rows[-len(impls):], ENGINES_COLUMNS, header=False))
+
+
+# --- Variable lengths -----------------------------------------------------------------
+
+def varlen_lengths(source: str, shape: Shape, n: int) -> np.ndarray:
+  """``n`` sequence lengths int32: drawn (fixed seed) from the training lengths of the
+  UEA/UCR data set ``source`` (``tasks.uea``: the files aeon bundles or a --data_dir),
+  or for 'lognormal' ``ceil(time * x / max x)``, x ~ lognormal(0, ``LOGNORMAL_SIGMA``)."""
+  rng = np.random.default_rng(0)
+  if source == 'lognormal':
+    x = rng.lognormal(0.0, LOGNORMAL_SIGMA, n)
+    return np.maximum(1, np.ceil(shape.time * x / x.max())).astype(np.int32)
+  from seqlab.tasks import uea  # pylint: disable=g-import-not-at-top
+  _, train, _ = uea.load(source, missing='ffill')
+  return rng.choice(train.lengths, n).astype(np.int32)
+
+
+def varlen_batches(lengths, batch: int, buckets: int) -> list[tuple[np.ndarray, np.ndarray]]:
+  """One epoch over the examples ``lengths`` [n] as (example indices [B], weights [B])
+  and padded length: in order, padded to the longest (``buckets`` 0), or the batches of
+  epoch 0 of ``arrays.bucket_indices`` (each padded to its bucket's bound)."""
+  if buckets == 0:
+    longest = int(lengths.max())
+    return [(np.arange(i, i + batch) % len(lengths), (np.arange(i, i + batch) < len(lengths))
+             .astype(np.float32), longest) for i in range(0, len(lengths), batch)]
+  bounds = arrays.bucket_bounds(lengths, buckets, batch)
+  count = int(arrays.bucket_batches(lengths, bounds, batch)[1].sum())
+  return [arrays.bucket_indices(0, s, batch, lengths, bounds) for s in range(count)]
+
+
+def masked_mse_step(apply_fn, optimizer):
+  """``(params, opt_state, xs, lengths, targets, weights) -> (params, opt_state, loss)``:
+  the per-step MSE over valid steps (t < length) of rows of weight 1, grad, Adam."""
+  def loss_fn(params, xs, lengths, targets, weights):
+    mask = (jnp.arange(xs.shape[1])[None, :] < lengths[:, None]).astype(jnp.float32)
+    mask = mask * weights[:, None]
+    err = (apply_fn(params, xs, lengths) - targets)[..., 0]
+    return jnp.sum(mask * err * err) / jnp.sum(mask)
+
+  def train_step(params, opt_state, *data):
+    loss, grads = jax.value_and_grad(loss_fn)(params, *data)
+    with jax.numpy_dtype_promotion('standard'):  # optax's adam: b1 ** its int32 count
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+  return train_step
+
+
+def varlen_data(lengths, epoch, input_size: int) -> list[tuple]:
+  """Host arrays (xs [B, T, I], lengths [B], targets [B, T, 1], weights [B]) of every
+  batch of ``epoch`` (``varlen_batches``): random values, zero past each length."""
+  rng = np.random.default_rng(1)
+  out = []
+  for rows, weights, t in epoch:
+    valid = (np.arange(t)[None, :] < lengths[rows][:, None])[..., None]
+    xs = rng.standard_normal((len(rows), t, input_size), np.float32) * valid
+    targets = rng.standard_normal((len(rows), t, 1), np.float32) * valid
+    out.append((xs, lengths[rows], targets, weights))
+  return out
+
+
+def varlen_jax_impl(name: str, model: nn.Module, data) -> Impl:
+  """``masked_mse_step`` of ``model`` ((xs, lengths) -> [B, T, 1]) compiled once per
+  distinct padded length (compile time summed); ``step()`` trains one epoch."""
+  optimizer = optax.adam(1e-3)
+  params = model.init(jax.random.key(0), jnp.asarray(data[0][0][:1]), jnp.asarray(data[0][1][:1]))
+  state = [params, optimizer.init(params)]
+  data = [tuple(jnp.asarray(a) for a in batch) for batch in data]
+  jitted = jax.jit(masked_mse_step(model.apply, optimizer), donate_argnums=(0, 1))
+  compiled, compile_s = {}, 0.0
+  for batch in data:
+    if batch[0].shape not in compiled:
+      compiled[batch[0].shape], seconds = compile_timed(jitted, *state, *batch)
+      compile_s += seconds
+
+  def step():
+    for batch in data:
+      state[0], state[1], loss = compiled[batch[0].shape](*state, *batch)
+    jax.block_until_ready((state, loss))
+  return Impl(name, step, compile_s)
+
+
+def varlen_torch_impl(torch, cell: str, hidden: int, data, packed: bool) -> Impl:
+  """``torch_impl``'s layer and head over one epoch of ``data``: with ``packed`` through
+  ``pack_padded_sequence(enforce_sorted=False)`` (only valid steps), else over the
+  padded batch (every step: oneDNN's fused kernel on CPU); the masked MSE either way.
+  On the device ``torch_device`` picks (cuDNN's packed kernels on a GPU)."""
+  device = torch_device(torch)
+  torch.manual_seed(0)
+  rnn = getattr(torch.nn, TORCH_CELLS[cell])(data[0][0].shape[-1], hidden, batch_first=True)
+  head = torch.nn.Linear(hidden, 1)
+  rnn, head = rnn.to(device), head.to(device)
+  optimizer = torch.optim.Adam(list(rnn.parameters()) + list(head.parameters()), lr=1e-3)
+  utils = torch.nn.utils.rnn
+  data = [tuple(torch.from_numpy(np.asarray(a)).to(device) for a in batch) for batch in data]
+
+  def step():
+    for xs, lengths, targets, weights in data:
+      optimizer.zero_grad(set_to_none=True)
+      if packed:
+        ys, _ = rnn(utils.pack_padded_sequence(xs, lengths.long().cpu(), batch_first=True,
+                                               enforce_sorted=False))
+        ys, _ = utils.pad_packed_sequence(ys, batch_first=True, total_length=xs.shape[1])
+      else:
+        ys, _ = rnn(xs)
+      steps = torch.arange(xs.shape[1], device=device)
+      mask = (steps[None, :] < lengths[:, None]) * weights[:, None]
+      loss = (mask * (head(ys)[..., 0] - targets[..., 0]) ** 2).sum() / mask.sum()
+      loss.backward()
+      optimizer.step()
+    if device == 'cuda':
+      torch.cuda.synchronize()
+  return Impl('torch packed' if packed else 'torch padded', step, None)
+
+
+def run_varlen(sources, cells_, shapes, input_size, steps, rounds, buckets, peers, torch
+               ) -> list[dict]:
+  """Valid tokens/s of a training epoch over variable-length examples (``varlen_lengths``,
+  ``VARLEN_BATCHES`` x batch of them), every implementation on the same examples,
+  interleaved (``measure``; one step = one epoch): seqlab padded to the longest and with
+  each count of length ``buckets``, Flax ``nn.RNN`` with ``seq_lengths`` and PyTorch
+  packed and padded (both padded to the longest)."""
+  rows = []
+  for source in sources:
+    for shape in shapes:
+      lengths = varlen_lengths(source, shape, VARLEN_BATCHES * shape.batch)
+      epochs = {n: varlen_batches(lengths, shape.batch, n) for n in [0, *buckets]}
+      data = {n: varlen_data(lengths, e, input_size) for n, e in epochs.items()}
+      for cell in cells_:
+        model = SeqlabModel(cell, shape.hidden)
+        buckets_of = {'seqlab padded' if n == 0 else f'seqlab buckets={n}': n for n in epochs}
+        impls = [varlen_jax_impl(name, model, data[n]) for name, n in buckets_of.items()]
+        if 'flax' in peers and cell in FLAX_CELLS:
+          impls.append(varlen_jax_impl('flax seq_lengths', FlaxModel(cell, shape.hidden),
+                                       data[0]))
+        if 'torch' in peers and torch is not None and cell in TORCH_CELLS:
+          impls += [varlen_torch_impl(torch, cell, shape.hidden, data[0], packed)
+                    for packed in (True, False)]
+        log(f'{source} {cell} {shape}: ' + ', '.join(f'{i.name} {i.compile_s or 0:.1f}s'
+                                                     for i in impls))
+        measure(impls, steps, rounds)
+        valid = int(lengths.sum())
+        epoch = lambda name: epochs[buckets_of.get(name, 0)]
+        tps = {i.name: valid / statistics.median(i.times) for i in impls}
+        new = [{'source': source, 'cell': cell, 'shape': str(shape),
+                'longest_over_mean': float(lengths.max() / lengths.mean()), 'impl': i.name,
+                'valid_tokens_per_sec': tps[i.name],
+                'padding': 0.0 if i.name == 'torch packed' else
+                           1 - valid / sum(len(r) * t for r, _, t in epoch(i.name)),
+                'batches': len(epoch(i.name)), 'compile_s': i.compile_s,
+                'epoch_times_s': i.times,
+                'vs_padded': tps[i.name] / tps['seqlab padded'],
+                'vs_torch_packed': tps[i.name] / tps['torch packed'] if 'torch packed' in tps
+                                   else None} for i in impls]
+        rows += new
+        log(format_table(new, VARLEN_COLUMNS, header=False))
   return rows
 
 
@@ -619,6 +785,12 @@ SPEED_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('impl', 'i
                  ('tokens_per_sec', 'tokens/s', ',.0f'), ('compile_s', 'compile s', '.1f'),
                  ('ratio_vs_torch', 'vs torch', '.2f'), ('ratio_vs_flax', 'vs flax', '.2f'),
                  ('matmul_flops_per_sec', 'GFLOP/s', 'gflop'), ('of_dense', 'of dense', '.2f')]
+VARLEN_COLUMNS = [('source', 'lengths from', 's'), ('cell', 'cell', 's'),
+                  ('shape', 'B x T x H', 's'), ('longest_over_mean', 'longest/mean', '.2f'),
+                  ('impl', 'impl', 's'), ('batches', 'batches', 'd'), ('padding', 'padding', '.0%'),
+                  ('valid_tokens_per_sec', 'valid tokens/s', ',.0f'),
+                  ('compile_s', 'compile s', '.1f'), ('vs_padded', 'vs padded', '.2f'),
+                  ('vs_torch_packed', 'vs torch packed', '.2f')]
 MEMORY_COLUMNS = [('cell', 'cell', 's'), ('shape', 'B x T x H', 's'), ('remat', 'remat k', 'd'),
                   ('hoist', 'hoist', ''), ('temp_bytes', 'temp MiB', 'mib'),
                   ('peak_bytes', 'peak MiB', 'mib'), ('workspace_bytes', 'matmul scratch MiB', 'mib'),
@@ -678,6 +850,18 @@ def parse_lengths(values) -> list[int]:
   return lengths
 
 
+def parse_buckets(values) -> list[int]:
+  """--buckets' strings -> positive ints; app.UsageError naming a bad one."""
+  try:
+    counts = [int(v) for v in values]
+  except ValueError:
+    counts = [0]
+  if not counts or min(counts) < 1:
+    raise app.UsageError(f'--buckets: {",".join(values)!r} is not a list of positive integers; '
+                         'give length bucket counts separated by commas, e.g. --buckets 2,4')
+  return counts
+
+
 def check_choices(name, values, choices):
   bad = [v for v in values if v not in choices]
   if bad:
@@ -700,9 +884,10 @@ def _main(argv):
   workdir_lib.quiet_logging()
   check_choices('cells', _CELLS.value, tuple(cells.CELLS))
   check_choices('peers', _PEERS.value, PEERS)
-  if _DTYPE.value != 'float32' and (_MEMORY.value or _CROSSOVER.value):
-    raise app.UsageError('--dtype applies to the speed table only; --memory and --crossover '
-                         'measure float32: leave --dtype out')
+  if _DTYPE.value != 'float32' and (_MEMORY.value or _CROSSOVER.value or _ENGINES.value
+                                    or _VARLEN.value):
+    raise app.UsageError('--dtype applies to the speed table only; --memory, --crossover, '
+                         '--engines and --varlen measure float32: leave --dtype out')
   shapes = flag_or_quick(_SHAPES, 'shapes')
   if not (_SHAPES.present or _QUICK.value) and jax.default_backend() != 'cpu':
     shapes = shapes + ACCELERATOR_SHAPES
@@ -710,6 +895,9 @@ def _main(argv):
     shapes = CROSSOVER_SHAPES
   if _ENGINES.value and not (_SHAPES.present or _QUICK.value):
     shapes = ENGINES_SHAPES
+  if _VARLEN.value and not (_SHAPES.present or _QUICK.value):
+    shapes = VARLEN_SHAPES
+  buckets = parse_buckets(flag_or_quick(_BUCKETS, 'buckets'))
   try:
     shapes = [Shape.parse(s) for s in shapes]
   except ValueError as e:
@@ -740,7 +928,7 @@ def _main(argv):
     print(f'accelerator: {result["machine"]["accelerator"]}\n')
 
   settings['shapes'] = [str(s) for s in shapes]
-  if not (_MEMORY.value or _CROSSOVER.value or _ENGINES.value):
+  if not (_MEMORY.value or _CROSSOVER.value or _ENGINES.value or _VARLEN.value):
     result['speed'] = run_speed(_CELLS.value, shapes, input_size, steps, rounds,
                                 _PEERS.value, _DTYPE.value, torch)
     print(f'training step, {_DTYPE.value}, input {input_size}, median of '
@@ -763,6 +951,15 @@ def _main(argv):
     print('training step (forward, backward, Adam) per engine; iterations and fallbacks: '
           'the Newton engine\'s on the first step\'s parameters\n')
     print(format_table(result['engines'], ENGINES_COLUMNS))
+  if _VARLEN.value:
+    settings.update(varlen=_VARLEN.value, buckets=buckets, varlen_batches=VARLEN_BATCHES)
+    result['varlen'] = run_varlen(_VARLEN.value, _CELLS.value, shapes, input_size, steps,
+                                  rounds, buckets, _PEERS.value, torch)
+    print(f'training epoch of {VARLEN_BATCHES} x batch variable-length examples, float32, '
+          f'input {input_size}, per-step masked MSE; valid tokens/s = the real tokens / median '
+          f'epoch time over {steps * (rounds - 1)} epochs in {rounds - 1} interleaved rounds; '
+          'padding = scanned steps that are padding\n')
+    print(format_table(result['varlen'], VARLEN_COLUMNS))
   result['machine']['load_average_after'] = os.getloadavg()
   print(f'\nload average (1, 5, 15 min): before {fmt_load(result["machine"]["load_average"])}, '
         f'after {fmt_load(result["machine"]["load_average_after"])} on '

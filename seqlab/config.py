@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
       end_lr_factor=0.0))
   c.train = ml_collections.ConfigDict(dict(
       steps=1000, batch_size=32, eval_every=500, log_every=50, checkpoint_every=500,
-      keep_checkpoints=3, eval_batch_size=0, best_metric=''))
+      keep_checkpoints=3, eval_batch_size=0, best_metric='', length_buckets=0))
   for section in (c.model, c.optim, c.train):
     section.lock()
   return c
@@ -173,6 +173,7 @@ def validate(config) -> None:
               'keep_checkpoints'):
     _positive_int(t, key, 'train')
   _positive_int(t, 'eval_batch_size', 'train', allow_zero=True)
+  _positive_int(t, 'length_buckets', 'train', allow_zero=True)
   _require(o.warmup_steps < t.steps or o.warmup_steps == 0, 'optim.warmup_steps',
            f'({o.warmup_steps}) must be smaller than train.steps ({t.steps})')
 

@@ -42,7 +42,8 @@ def build(config):
   """Validated config -> (task, model, optimizer); fails before any compile."""
   config_lib.validate(config)
   try:
-    task = tasks.make_task(config.task, config.seed)
+    task = tasks.length_buckets(tasks.make_task(config.task, config.seed),
+                                config.train.length_buckets)
     losses.best_metric(task.spec, config.train.best_metric)
     model = models.build_model(config.model, task.spec, config.get('seq2seq'))
     optimizer = optim.make_optimizer(config.optim, config.train.steps)
@@ -416,7 +417,7 @@ def _open(configs, workdirs, cleanup: contextlib.ExitStack):
   best_metric, best_mode = losses.best_metric(spec, tc.best_metric)
   mesh = make_mesh()
   inits = {}  # one compiled init per distinct model config: the seed is an argument
-  example = first.task.batch('train', 0, tc.batch_size)
+  example = tasks.longest_train_batch(first.task, tc.batch_size)  # what memory must fit
   abstract = restore_target(jax.eval_shape(functools.partial(
       create_state, first.model, first.optimizer, stateful=spec.stateful), example,
                                            np.int32(first.config.seed)), mesh)
@@ -494,13 +495,22 @@ def _loop(points, states, run, interrupt, cleanup) -> list:
                 if spec.stateful else None)
   hparams = axis.put_tree(run.hparams)
   batch_at = lambda split, i, size: axis.stack([p.task.batch(split, i, size) for p in points])
-  example = batch_at('train', 0, tc.batch_size)
-  tokens_per_step = int(np.prod(axis.take(example, 0)['inputs'].shape[:2]))
-  t0 = time.perf_counter()
-  p_train = run.p_train.lower(states, axis.put(example), hparams).compile()  # compile time apart
-  logging.info('Compiled the %s step in %.1f s on %d device(s)',
-               'train' if k == 1 else 'population', time.perf_counter() - t0,
-               jax.device_count())
+  compiled = {}  # batch shapes -> the train step compiled for them: one per length bucket
+
+  def compile_for(batch) -> float:
+    """Compiles the train step for ``batch``'s shapes unless it is already; the seconds
+    that took (kept out of step time)."""
+    key = _shapes(batch)
+    if key in compiled:
+      return 0.0
+    t0 = time.perf_counter()
+    compiled[key] = run.p_train.lower(states, batch, hparams).compile()
+    logging.info('Compiled the %s step for inputs %s in %.1f s on %d device(s)',
+                 'train' if k == 1 else 'population', batch['inputs'].shape,
+                 time.perf_counter() - t0, jax.device_count())
+    return time.perf_counter() - t0
+
+  compile_for(axis.put(batch_at('train', start, tc.batch_size)))  # before the first step
 
   def check_finite(states) -> list[int]:
     """The points still training; a point whose update was not finite stops here."""
@@ -530,10 +540,13 @@ def _loop(points, states, run, interrupt, cleanup) -> list:
   interrupt.training_started()  # a signal now saves the next step (before: a prompt exit)
   progress = workdir_lib.Progress(tc.steps, start)
   pending, t_log, eval_metrics, stop = [], time.perf_counter(), None, None
-  active = list(range(k))
+  active, tokens = list(range(k)), 0
   for step in range(start + 1, tc.steps + 1):
-    states, metrics = p_train(states, axis.put(batch_at('train', step - 1, tc.batch_size)),
-                              hparams)
+    host = batch_at('train', step - 1, tc.batch_size)
+    tokens += int(np.prod(axis.take(host, 0)['inputs'].shape[:2]))  # scanned, padding too
+    batch = axis.put(host)
+    t_log += compile_for(batch)
+    states, metrics = compiled[_shapes(batch)](states, batch, hparams)
     pending.append(metrics)
     stop = any_process(interrupt.signal)  # read once: it may arrive at any moment
     if step % tc.log_every == 0 or step == tc.steps:
@@ -543,11 +556,11 @@ def _loop(points, states, run, interrupt, cleanup) -> list:
       rows = {i: window_metrics([axis.take(r, i) for r in window]) for i in active}
       for i, row in rows.items():
         row.update(learning_rate=float(schedules[i](step - 1)), step_time=elapsed / len(window),
-                   tokens_per_sec=tokens_per_step * len(window) / elapsed)
+                   tokens_per_sec=tokens / elapsed)
         writers[i].write(step, 'train', row)
       if rows:
         progress.update(step, float(np.median([r['loss'] for r in rows.values()])))
-      pending, t_log = [], time.perf_counter()
+      pending, t_log, tokens = [], time.perf_counter(), 0
     if (step % tc.eval_every == 0 or step == tc.steps) and (active := check_finite(states)):
       eval_metrics = run_eval(states, step, active)
       t_log = time.perf_counter()  # evaluation time is not step time
@@ -589,6 +602,11 @@ def _loop(points, states, run, interrupt, cleanup) -> list:
   # An interrupted run returns None even after a periodic eval, so that callers
   # (reproduce, sweeps) do not take it for finished.
   return [p.failed or (eval_metrics[i] if finished else None) for i, p in enumerate(points)]
+
+
+def _shapes(batch) -> tuple:
+  """(key, shape) of every array of ``batch``: what a compiled step is specific to."""
+  return tuple((key, tuple(np.shape(v))) for key, v in sorted(batch.items()))
 
 
 def final_test(points, states, run, eval_fn, carry, which, writers) -> None:

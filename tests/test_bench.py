@@ -4,6 +4,7 @@ import math
 
 import jax
 from jax.extend import core as jax_core
+import numpy as np
 import optax
 import pytest
 
@@ -167,3 +168,29 @@ def test_step_matmul_flops_counts_the_dots_of_the_training_step(cell):
 @pytest.mark.parametrize('time, k', [(1, 1), (99, 9), (100, 10), (10_000, 100)])
 def test_remat_chunk_is_about_sqrt_time(time, k):
   assert bench.remat_chunk(time) == k
+
+
+def test_varlen_rows_count_valid_tokens_of_the_same_examples():
+  """--varlen: every row trains on the same examples (each once per epoch, padded or in
+  buckets), buckets scan less padding, and packed PyTorch scans none."""
+  torch = bench.torch_module()
+  shape = bench.Shape(4, 16, 8)
+  lengths = bench.varlen_lengths('lognormal', shape, 8 * shape.batch)
+  assert lengths.max() == 16 and lengths.min() >= 1
+  for buckets in (0, 2):
+    epoch = bench.varlen_batches(lengths, shape.batch, buckets)
+    seen = np.zeros(len(lengths))
+    for rows, weights, t in epoch:
+      np.add.at(seen, rows, weights)
+      assert lengths[rows].max() <= t
+    np.testing.assert_array_equal(seen, np.ones(len(lengths)))
+  rows = bench.run_varlen(['lognormal'], ['lstm'], [shape], 3, 1, 2, [2], ['flax', 'torch'],
+                          torch)
+  by_impl = {r['impl']: r for r in rows}
+  want = {'seqlab padded', 'seqlab buckets=2', 'flax seq_lengths'}
+  assert set(by_impl) == want | ({'torch packed', 'torch padded'} if torch else set())
+  assert by_impl['seqlab buckets=2']['padding'] < by_impl['seqlab padded']['padding']
+  assert by_impl['flax seq_lengths']['padding'] == by_impl['seqlab padded']['padding'] > 0
+  assert all(r['valid_tokens_per_sec'] > 0 for r in rows)
+  if torch:
+    assert by_impl['torch packed']['padding'] == 0

@@ -48,6 +48,8 @@ def test_bad_config_fails_before_compiling_without_traceback(tmp_path, override,
     ('optim.lr', -1.0, 'optim.lr must be positive'),
     ('model.unroll', -1, 'model.unroll must be a positive integer'),
     ('train.best_metric', 'acuracy', "train.best_metric='acuracy' is not an eval metric"),
+    ('train.length_buckets', -1, 'train.length_buckets must be a non-negative integer'),
+    ('train.length_buckets', 2, 'train.length_buckets=2 needs a fixed data set'),
 ])
 def test_bad_config_values_are_refused_before_compiling(tmp_path, key, value, message):
   """What ``seqlab.run`` prints as its one line (``seqlab: bad config: <message>``, exit

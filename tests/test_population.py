@@ -245,3 +245,21 @@ def test_an_unwritable_checkpoint_directory_fails_before_training_in_both_paths(
     population.train_population([_config(), _config(seed=1)], dirs)
   for d in dirs:
     assert not os.path.exists(os.path.join(d, 'metrics.jsonl'))
+
+
+def test_a_population_with_length_buckets_equals_separate_runs(tmp_path):
+  """Under train.length_buckets every step's padded length is the same for any seed, so
+  points of different seeds stack, each reading its own examples as its run does."""
+  configs = []
+  for seed in (0, 1):
+    config = load_config('japanese_vowels')
+    config.seed, config.model.bidirectional, config.model.hidden_size = seed, False, 4
+    config.train.length_buckets, config.train.steps = 2, 8
+    configs.append(config)
+  pop_dirs = [str(tmp_path / f'pop{i}') for i in range(2)]
+  results = population.train_population(configs, pop_dirs)
+  for i, config in enumerate(configs):
+    separate = train.train_and_evaluate(config, str(tmp_path / f'sep{i}'))
+    for key, value in separate.items():
+      assert results[i][key] == pytest.approx(value, rel=1e-4), key
+    _assert_rows_close(pop_dirs[i], str(tmp_path / f'sep{i}'))

@@ -1,5 +1,7 @@
 """seqlab.tasks: purity of batches, and each task against its paper, built in plain Python."""
+import itertools
 import math
+import os
 
 import jax
 import ml_collections
@@ -9,9 +11,11 @@ import pytest
 from seqlab import losses
 from seqlab import tasks
 from seqlab.tasks import adding
+from seqlab.tasks import arrays
 from seqlab.tasks import base
 from seqlab.tasks import charlm
 from seqlab.tasks import copy
+from conftest import ROOT
 
 
 def cfg(**kw):
@@ -251,3 +255,74 @@ def test_charlm_eval_scores_every_held_out_character(batch, split):
     assert scored[i] == held[i * length + 1:(i + 1) * length + 1].tolist()
   assert len(held) - 1 - batch * length < batch
   assert 'target_mask' not in task.batch('train', 0, batch)
+
+
+JV_QUICK = cfg(name='uea', dataset='JapaneseVowels', missing='error',
+               data_dir=os.path.join(ROOT, 'experiments', 'data'))  # 18 train / 9 test cases
+
+
+def test_length_buckets_see_every_example_once_per_epoch_padded_to_its_bucket():
+  """Each epoch's batches hold every training example once at weight 1, each batch from
+  one bucket (lengths in (previous bound, bound]) padded to that bound with nothing cut;
+  the order of the buckets changes between epochs and does not depend on the seed."""
+  task = tasks.make_task(JV_QUICK, seed=3)
+  lengths, n = task.train.lengths, len(task.train)
+  bucketed = tasks.length_buckets(task, 3)
+  bounds = bucketed.bounds(4)
+  assert len(bounds) <= 3 and bounds[-1] == lengths.max() and set(bounds) <= set(lengths)
+  assert np.all(np.diff(bounds) > 0)
+  per_epoch = int(arrays.bucket_batches(lengths, bounds, 4)[1].sum())
+  lasts = set()
+  for epoch in range(12):
+    seen = np.zeros(n)
+    for s in range(epoch * per_epoch, (epoch + 1) * per_epoch):
+      rows, weights, bound = arrays.bucket_indices(3, s, 4, lengths, bounds)
+      np.add.at(seen, rows, weights)
+      below = bounds[np.searchsorted(bounds, bound) - 1] if bound > bounds[0] else 0
+      assert np.all((lengths[rows] <= bound) & (lengths[rows] > below))
+      assert not task.train.inputs[rows, bound:].any()  # only padding is left out
+      b = bucketed.batch('train', s, 4)
+      np.testing.assert_array_equal(b['inputs'], task.train.inputs[rows, :bound])
+      np.testing.assert_array_equal(b['example_weight'], weights)
+      other = arrays.bucket_indices(4, s, 4, lengths, bounds)  # another seed
+      assert other[2] == bound
+    np.testing.assert_array_equal(seen, np.ones(n))
+    lasts.add(bound)
+  assert len(lasts) > 1  # no bucket always comes last
+  assert not all(np.array_equal(arrays.bucket_indices(3, s, 4, lengths, bounds)[0],
+                                arrays.bucket_indices(4, s, 4, lengths, bounds)[0])
+                 for s in range(per_epoch))
+
+
+def test_length_buckets_leave_held_out_batches_and_refuse_tasks_without_lengths():
+  task = tasks.make_task(JV_QUICK, seed=0)
+  bucketed = tasks.length_buckets(task, 2)
+  assert tasks.length_buckets(task, 0) is task
+  assert bucketed.num_eval_batches(4) == task.num_eval_batches(4)
+  for s in range(task.num_eval_batches(4)):
+    a, b = task.batch('eval', s, 4), bucketed.batch('eval', s, 4)
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  longest = tasks.longest_train_batch(bucketed, 4)
+  assert longest['inputs'].shape == (4, task.train.lengths.max(), task.train.inputs.shape[2])
+  with pytest.raises(ValueError, match='train.length_buckets=2 needs a fixed data set'):
+    tasks.length_buckets(tasks.make_task(CONFIGS['adding'], seed=0), 2)
+
+
+@pytest.mark.parametrize('n,batch_size', [(1, 4), (2, 4), (3, 3), (4, 8)])
+def test_bucket_bounds_scan_the_fewest_steps_of_any_choice(n, batch_size):
+  """Against every choice of at most n bounds among the lengths (the longest among them):
+  none makes an epoch scan fewer steps, sum_b ceil(n_b / B) B bound_b."""
+  lengths = np.random.default_rng(n).integers(1, 30, 40).astype(np.int32)
+
+  def scanned(bounds):
+    _, batches = arrays.bucket_batches(lengths, np.asarray(bounds), batch_size)
+    return int(np.sum(batches * batch_size * np.asarray(bounds)))
+
+  values = sorted(set(lengths.tolist()))[:-1]
+  best = min(scanned([*c, max(lengths)]) for k in range(n)
+             for c in itertools.combinations(values, k))
+  bounds = arrays.bucket_bounds(lengths, n, batch_size)
+  assert len(bounds) <= n and bounds[-1] == lengths.max() and set(bounds) <= set(lengths)
+  assert scanned(bounds) == best

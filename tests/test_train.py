@@ -96,6 +96,53 @@ def test_interrupted_and_resumed_run_is_bitwise_equal(tmp_path, monkeypatch, exp
   assert train_steps == sorted(set(train_steps))  # no duplicated rows after the resume
 
 
+class _CountingStep:
+  """A jitted train step that records the input shape of every ``lower`` (compile)."""
+
+  def __init__(self, jitted):
+    self.jitted, self.shapes = jitted, []
+
+  def lower(self, states, batch, hparams):
+    self.shapes.append(batch['inputs'].shape)
+    return self.jitted.lower(states, batch, hparams)
+
+
+def test_length_buckets_compile_once_per_bound_resume_bitwise_and_evaluate_as_padded(
+    tmp_path, monkeypatch):
+  """Two epochs under train.length_buckets=2: the step is compiled for each bucket's
+  bound once (the memory check's compile is the longest bucket's); a run stopped by SIGTERM
+  and resumed ends bitwise equal; the eval metrics count every test case once, as
+  without buckets."""
+  config = load_config('japanese_vowels')
+  config.model.bidirectional, config.model.hidden_size = False, 4
+  config.train.length_buckets, config.train.steps = 2, 12
+  config.train.eval_every = config.train.checkpoint_every = 14
+  steps = []
+  program = train._step_program
+  monkeypatch.setattr(train, '_step_program', lambda *a: steps.append(
+      _CountingStep(program(*a))) or steps[-1])
+  full = str(tmp_path / 'full')
+  metrics = train.train_and_evaluate(config, full)
+  _, task, model, state, _ = train.load_run(full, 'latest')
+  bounds = task.bounds(config.train.batch_size)
+  assert sorted({t for _, t, _ in steps[0].shapes}) == sorted(bounds)
+  assert len(steps[0].shapes) == len(bounds) + 1  # the memory check's is the longest's
+
+  parts = str(tmp_path / 'parts')
+  make = tasks.length_buckets
+  with monkeypatch.context() as m:
+    m.setattr(tasks, 'length_buckets', lambda task, n: _SignalAt(make(task, n), 8))
+    train.train_and_evaluate(config, parts)
+  train.train_and_evaluate(config, parts)
+  (a, _), (b, _) = _final_state(full, config), _final_state(parts, config)
+  _assert_trees_bitwise_equal(a, b)
+
+  p_eval = jax.jit(lambda p, batch, c: train.eval_step(p, batch, c, model=model, spec=task.spec))
+  padded = train.evaluate(p_eval, model, state['params'], task.padded, 4)
+  assert padded == train.evaluate(p_eval, model, state['params'], task, 4) == metrics
+  assert padded['count'] == len(task.test)
+
+
 def test_run_interrupted_after_an_eval_returns_no_metrics(tmp_path, monkeypatch):
   """Interrupted past a periodic eval (step 20 of 40), the run returns {}: callers such
   as reproduce and sweeps must not record it as finished. Resumed, it returns the final

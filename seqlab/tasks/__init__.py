@@ -3,8 +3,12 @@
 A new task is one module with a ``from_config(task_cfg, seed) -> Task`` and one line
 in ``TASKS``.
 """
+import numpy as np
+
 from seqlab.tasks import adding
+from seqlab.tasks import arrays
 from seqlab.tasks import audio
+from seqlab.tasks import base
 from seqlab.tasks import charlm
 from seqlab.tasks import copy
 from seqlab.tasks import forecast
@@ -42,3 +46,29 @@ def make_task(task_cfg, seed: int) -> Task:
     raise ValueError(f'task.name={name!r} is not a known task; choose one of: '
                      f'{", ".join(TASKS)}')
   return TASKS[name](task_cfg, seed)
+
+
+def length_buckets(task: Task, n: int) -> Task:
+  """``task`` with its train batches drawn from ``n`` length buckets
+  (``train.length_buckets``; ``arrays.Bucketed``), or ``task`` itself when ``n`` is 0.
+
+  Needs a fixed data set of variable-length sequences (a ``train`` of ``arrays.Examples``
+  with lengths, as uea and sentiment have); raises ValueError naming the key otherwise.
+  """
+  if n == 0:
+    return task
+  train = getattr(task, 'train', None)
+  if not isinstance(train, arrays.Examples) or train.lengths is None or task.spec.stateful:
+    raise ValueError(f'train.length_buckets={n} needs a fixed data set of variable-length '
+                     'sequences (task uea or sentiment); this task has no lengths to bucket: '
+                     'set train.length_buckets=0')
+  base.check_int('train.length_buckets', n)
+  return arrays.Bucketed(task, n)
+
+
+def longest_train_batch(task: Task, batch_size: int) -> dict[str, np.ndarray]:
+  """A train batch of the longest shape ``task``'s train batches take (what the step's
+  memory must fit): batch 0, or under length buckets one of the longest bucket's shape."""
+  if isinstance(task, arrays.Bucketed):
+    return task.longest_batch(batch_size)
+  return task.batch('train', 0, batch_size)

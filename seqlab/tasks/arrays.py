@@ -17,8 +17,13 @@ Eval batch ``s`` holds examples ``s B .. (s + 1) B - 1`` of the held-out split; 
 positions past its end repeat examples from its start with ``example_weight`` 0, so
 shapes stay fixed and the weighted count over ``num_batches`` batches is the split
 size exactly (``losses.loss_and_metrics`` weights each sequence by ``example_weight``).
+
+Under length buckets (``train.length_buckets = N``, ``Bucketed``) train batches come
+from examples of similar length, each padded only to its bucket's bound; see
+``bucket_indices``. Held-out batches do not change.
 """
 import dataclasses
+from typing import Any
 
 from absl import logging
 import numpy as np
@@ -83,6 +88,127 @@ def batch(examples: Examples, seed: int, split: str, step: int, batch_size: int
   if examples.lengths is not None:
     out['lengths'] = examples.lengths[rows]
   return out
+
+
+# The generator of the bucket order of epoch e is default_rng([SCHEDULE_SEED, e]): no seed
+# (at most 2**31 - 1, config.MAX_SEED) shares it, and it does not depend on the seed.
+SCHEDULE_SEED = 2**31
+
+
+def bucket_bounds(lengths: np.ndarray, n: int, batch_size: int) -> np.ndarray:
+  """The at most ``n`` padded lengths of the buckets, int32 ascending, that make an epoch
+  scan the fewest steps: sum over buckets b of ceil(n_b / B) B bound_b, where bucket b
+  holds the n_b examples of ``lengths`` [examples] in (bound_{b-1}, bound_b] and its
+  last batch is filled up to B. Each bound is some example's length (no bucket is
+  empty), the last the longest; fewer than ``n`` where more would not scan less.
+
+  A dynamic programme over the U distinct lengths, O(n U^2): ``best[j]``, the fewest
+  steps that cover the j shortest distinct lengths with the buckets so far.
+  """
+  base.check_int('train.length_buckets', n)
+  values, counts = np.unique(lengths, return_counts=True)
+  below = np.concatenate([[0], np.cumsum(counts)])  # examples shorter than values[j]
+  best = np.concatenate([[0.0], np.full(len(values), np.inf)])
+  cuts = []  # per bucket added: cut[j] = where the last bucket covering j starts (j: none)
+  for _ in range(n):
+    new, cut = best.copy(), np.arange(len(values) + 1)
+    for j in range(1, len(values) + 1):
+      starts = np.arange(j)
+      batches = -(-(below[j] - below[starts]) // batch_size)
+      cost = best[starts] + batches * batch_size * values[j - 1]
+      i = int(np.argmin(cost))
+      if cost[i] < new[j]:
+        new[j], cut[j] = cost[i], i
+    cuts.append(cut)
+    best = new
+  bounds, j = [], len(values)
+  for cut in reversed(cuts):
+    if cut[j] != j:
+      bounds.append(values[j - 1])
+      j = cut[j]
+  return np.array(bounds[::-1], np.int32)
+
+
+def bucket_batches(lengths: np.ndarray, bounds: np.ndarray, batch_size: int) -> np.ndarray:
+  """(bucket of each example int64 [examples], batches of each bucket per epoch
+  int64 [buckets]): example i is in the first bucket whose bound is >= its length, and a
+  bucket of n_b examples makes ceil(n_b / B) batches."""
+  bucket = np.searchsorted(bounds, lengths)
+  return bucket, -(-np.bincount(bucket, minlength=len(bounds)) // batch_size)
+
+
+def bucket_indices(seed: int, step: int, batch_size: int, lengths: np.ndarray,
+                   bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+  """(example indices int64 [B], example weights float32 [B], padded length) of train
+  batch ``step`` under length buckets.
+
+  An epoch is C = sum_b ceil(n_b / B) batches (``bucket_batches``); batch ``step`` is
+  batch ``step mod C`` of epoch ``e = step // C``. Epoch e lists each bucket's examples
+  in the order of the permutation ``base.rng(seed, 'train', e)`` and cuts the list into
+  batches of B; a bucket's last batch is filled up with its first examples at weight 0,
+  so every example counts once per epoch. The C batches run in the order of a
+  permutation drawn from ``default_rng([SCHEDULE_SEED, e])``: shuffled, so no length
+  comes last, and independent of the seed, so the padded length of every step is the
+  same for every point of a population (seeds differ, shapes must not).
+  """
+  base.check_int('step', step, minimum=0)
+  base.check_int('batch_size', batch_size)
+  bucket, chunks = bucket_batches(lengths, bounds, batch_size)
+  epoch, slot = divmod(step, int(chunks.sum()))
+  which = np.random.default_rng([SCHEDULE_SEED, epoch]).permutation(int(chunks.sum()))[slot]
+  b = int(np.searchsorted(np.cumsum(chunks), which, side='right'))
+  first = (which - int(np.sum(chunks[:b]))) * batch_size  # this batch's place in bucket b
+  order = base.rng(seed, 'train', epoch).permutation(len(lengths))
+  members = order[bucket[order] == b]
+  positions = np.arange(first, first + batch_size)
+  return members[positions % len(members)], (positions < len(members)).astype(np.float32), int(
+      bounds[b])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Bucketed:
+  """A fixed data set's task (``padded``) whose train batches come from length buckets.
+
+  Train batch ``s`` is ``bucket_indices``' batch: inputs [B, bound, ...] with bound the
+  bucket's (``bounds(B)``), so a train step compiles once per bound (at most ``n``
+  times). Held-out batches, the spec and every other attribute are ``padded``'s.
+  """
+  padded: Any  # its ``train`` Examples carry lengths; its ``seed`` orders the examples
+  n: int  # train.length_buckets
+  _bounds: dict = dataclasses.field(default_factory=dict)  # batch size -> bounds
+
+  def bounds(self, batch_size: int) -> np.ndarray:
+    """int32 [buckets]: ``bucket_bounds`` of the training lengths for batches of B."""
+    if batch_size not in self._bounds:
+      self._bounds[batch_size] = bucket_bounds(self.padded.train.lengths, self.n, batch_size)
+    return self._bounds[batch_size]
+
+  @property
+  def spec(self):
+    return self.padded.spec
+
+  def __getattr__(self, name):
+    if name in ('padded', '_bounds'):  # not set yet (copy, pickle): no recursion
+      raise AttributeError(name)
+    return getattr(self.padded, name)
+
+  def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
+    if split != 'train':
+      return self.padded.batch(split, step, batch_size)
+    train = self.padded.train
+    rows, weights, bound = bucket_indices(self.padded.seed, step, batch_size, train.lengths,
+                                          self.bounds(batch_size))
+    return {'inputs': train.inputs[rows, :bound], 'targets': train.targets[rows],
+            'example_weight': weights, 'lengths': train.lengths[rows]}
+
+  def num_eval_batches(self, *args) -> int:
+    return self.padded.num_eval_batches(*args)
+
+  def longest_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    """A train batch of the longest bucket's shape: ``padded``'s batch 0 cut to the top
+    bound (no training example is longer)."""
+    batch = self.padded.batch('train', 0, batch_size)
+    return dict(batch, inputs=batch['inputs'][:, :self.bounds(batch_size)[-1]])
 
 
 def pad_sequences(sequences: list[np.ndarray], length: int | None = None
