@@ -17,8 +17,8 @@ about 12 nats per step on this split) is what a model must beat clearly.
 
 Variants: default LSTM 128; ``:gru`` GRU 128; ``:rnn`` tanh RNN 128; ``:quick`` the
 first 20 chorales, a GRU of 16 units, 10 steps (seconds; its figure means nothing).
-Measured here (loaded 2-core CPU, 3 seeds, records/2026-12-07_intel-xeon-2core_music.md):
-test NLL per step LSTM 9.75 ± 0.05, ``:gru`` 9.41 ± 0.05, ``:rnn`` 9.65 ± 0.06, against
+Measured here (loaded 2-core CPU, 3 seeds; records/2026-12-07_intel-xeon-2core.md,
+"Music and spoken digits"): test NLL per step LSTM 9.75 ± 0.05, ``:gru`` 9.41 ± 0.05, ``:rnn`` 9.65 ± 0.06, against
 the baseline's 11.72; 11-30 minutes a run on that loaded machine.
 """
 from seqlab import config as config_lib

@@ -13,8 +13,8 @@ same task reads real recordings in the Speech Commands layout with task.data_dir
 
 A bidirectional GRU of 64 units reads the normalised log-mels (25 ms windows every
 10 ms); each direction's final state (at the clip's own length) feeds a linear layer.
-Measured here (records/2026-12-07_intel-xeon-2core_music.md): test accuracy on the
-unseen voices 100% (120/120) for seeds 0, 1, 2, validation 95.8-99.2%: the synthetic
+Measured here (records/2026-12-07_intel-xeon-2core.md, "Music and spoken digits"): test
+accuracy on the unseen voices 100% (120/120) for seeds 0, 1, 2, validation 95.8-99.2%: the synthetic
 task is easy, a check of the pipeline more than of a model. ``:quick``: 40 clips
 of 4 voices (``task.digits='quick'``), a GRU of 8 units, 10 steps (seconds; its
 accuracy means nothing).
