@@ -146,7 +146,7 @@ def sample_midi(workdir, length, temperature=1.0, seed=0, num_samples=1, which='
   """Music run: ``num_samples`` pieces of 1 + ``length`` frames (the prompt frame, then
   the sampled ones) written as MIDI files; returns their paths."""
   _, task, model, state, _ = train.load_run(workdir, which)
-  prompt = np.tile(task.splits['eval'].inputs[:1, :1], (num_samples, 1, 1))
+  prompt = np.tile(task.splits.eval.inputs[:1, :1], (num_samples, 1, 1))
   run = jax.jit(lambda p, x, k: models.sample_frames(model, p, x, k, length, temperature))
   frames, _ = run(state['params'], prompt, jax.random.key(seed))
   out = os.path.join(workdir, 'samples')

@@ -115,7 +115,7 @@ def test_folder_lists_and_training_statistics(tmp_path):
   task = tasks.make_task(ml_collections.FrozenConfigDict(
       {'name': 'audio', 'data_dir': str(tmp_path)}), seed=0)
   assert task.labels == ['no', 'yes'] and task.spec.num_outputs == 2
-  assert [len(task.splits[s]) for s in ('train', 'eval', 'test')] == [3, 1, 2]
+  assert [len(task.splits.of(s)) for s in ('train', 'eval', 'test')] == [3, 1, 2]
   raw = {s: [audio.log_mel(wav.read_wav(str(tmp_path / c))) for c in clips]
          for s, clips in (('train', ['no/s0_nohash_0.wav', 'no/s1_nohash_0.wav',
                                      'yes/s0_nohash_0.wav']),

@@ -126,7 +126,7 @@ def test_midi_written_is_read_back_by_music21(tmp_path):
 @needs_music21
 def test_chorales_are_parsed_once_split_and_cached(tmp_path, monkeypatch):
   task = tasks.make_task(cfg(pieces=10, cache_dir=str(tmp_path)), seed=0)
-  assert [len(task.splits[s]) for s in ('train', 'eval', 'test')] == [8, 1, 1]
+  assert [len(task.splits.of(s)) for s in ('train', 'eval', 'test')] == [8, 1, 1]
   assert os.path.exists(tmp_path / 'music21_chorales_first10.pickle')
   with open(tmp_path / 'music21_chorales_first10.pickle', 'rb') as f:
     cached = pickle.load(f)
@@ -137,7 +137,7 @@ def test_chorales_are_parsed_once_split_and_cached(tmp_path, monkeypatch):
   assert 0 < task.spec.baseline < 88 * math.log(2)
   monkeypatch.setattr(music, 'make_chorales', lambda *a: pytest.fail('parsed again'))
   again = tasks.make_task(cfg(pieces=10, cache_dir=str(tmp_path)), seed=0)
-  np.testing.assert_array_equal(again.splits['test'].targets, task.splits['test'].targets)
+  np.testing.assert_array_equal(again.splits.test.targets, task.splits.test.targets)
 
 
 def test_sample_frames_equal_the_full_sequence_forward_pass(tmp_path):
@@ -167,3 +167,25 @@ def test_sample_frames_equal_the_full_sequence_forward_pass(tmp_path):
   greedy, g_logits = models.sample_frames(model, state['params'], prompt, jax.random.key(0), 6,
                                           temperature=0.0)
   np.testing.assert_array_equal(np.asarray(greedy), np.asarray(g_logits > 0, np.float32))
+
+
+def test_length_buckets_cut_inputs_and_per_step_targets_to_the_bound(tmp_path):
+  """``train.length_buckets`` on pieces of 2, 3, 5 and 9 frames (1, 2, 4, 8 steps): each
+  train batch is the padded task's rows cut to its bucket's bound, targets as inputs
+  (one per step), nothing but padding cut; every piece once per epoch."""
+  pieces = dict(PIECES, train=[[(60 + i,)] * n for i, n in enumerate((2, 3, 5, 9))])
+  task = tasks.make_task(cfg(path=write_pickle(tmp_path / 'p.pickle', pieces)), seed=0)
+  bucketed = tasks.length_buckets(task, 2)
+  train_ = task.splits.train
+  assert bucketed.bounds(2).tolist() == [2, 8]
+  seen = np.zeros(len(train_))
+  for step in range(2):  # one epoch: two buckets of two pieces
+    batch = bucketed.batch('train', step, 2)
+    bound = batch['inputs'].shape[1]
+    assert bound in (2, 8) and batch['targets'].shape == (2, bound, 88)
+    rows = [int(np.flatnonzero(train_.lengths == n)[0]) for n in batch['lengths']]
+    np.testing.assert_array_equal(batch['inputs'], train_.inputs[rows, :bound])
+    np.testing.assert_array_equal(batch['targets'], train_.targets[rows, :bound])
+    assert not train_.targets[rows, bound:].any()
+    np.add.at(seen, rows, batch['example_weight'])
+  np.testing.assert_array_equal(seen, np.ones(len(train_)))

@@ -266,7 +266,7 @@ def test_length_buckets_see_every_example_once_per_epoch_padded_to_its_bucket():
   one bucket (lengths in (previous bound, bound]) padded to that bound with nothing cut;
   the order of the buckets changes between epochs and does not depend on the seed."""
   task = tasks.make_task(JV_QUICK, seed=3)
-  lengths, n = task.train.lengths, len(task.train)
+  lengths, n = task.splits.train.lengths, len(task.splits.train)
   bucketed = tasks.length_buckets(task, 3)
   bounds = bucketed.bounds(4)
   assert len(bounds) <= 3 and bounds[-1] == lengths.max() and set(bounds) <= set(lengths)
@@ -280,9 +280,9 @@ def test_length_buckets_see_every_example_once_per_epoch_padded_to_its_bucket():
       np.add.at(seen, rows, weights)
       below = bounds[np.searchsorted(bounds, bound) - 1] if bound > bounds[0] else 0
       assert np.all((lengths[rows] <= bound) & (lengths[rows] > below))
-      assert not task.train.inputs[rows, bound:].any()  # only padding is left out
+      assert not task.splits.train.inputs[rows, bound:].any()  # only padding is left out
       b = bucketed.batch('train', s, 4)
-      np.testing.assert_array_equal(b['inputs'], task.train.inputs[rows, :bound])
+      np.testing.assert_array_equal(b['inputs'], task.splits.train.inputs[rows, :bound])
       np.testing.assert_array_equal(b['example_weight'], weights)
       other = arrays.bucket_indices(4, s, 4, lengths, bounds)  # another seed
       assert other[2] == bound
@@ -305,7 +305,8 @@ def test_length_buckets_leave_held_out_batches_and_refuse_tasks_without_lengths(
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
   longest = tasks.longest_train_batch(bucketed, 4)
-  assert longest['inputs'].shape == (4, task.train.lengths.max(), task.train.inputs.shape[2])
+  train_ = task.splits.train
+  assert longest['inputs'].shape == (4, train_.lengths.max(), train_.inputs.shape[2])
   with pytest.raises(ValueError, match='train.length_buckets=2 needs a fixed data set'):
     tasks.length_buckets(tasks.make_task(CONFIGS['adding'], seed=0), 2)
 

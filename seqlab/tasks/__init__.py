@@ -52,16 +52,18 @@ def length_buckets(task: Task, n: int) -> Task:
   """``task`` with its train batches drawn from ``n`` length buckets
   (``train.length_buckets``; ``arrays.Bucketed``), or ``task`` itself when ``n`` is 0.
 
-  Needs a fixed data set of variable-length sequences (a ``train`` of ``arrays.Examples``
-  with lengths, as uea and sentiment have); raises ValueError naming the key otherwise.
+  Needs a fixed data set of variable-length sequences (``arrays.Splits`` whose train
+  examples have lengths: uea, sentiment, music, audio); raises ValueError naming the key
+  otherwise.
   """
   if n == 0:
     return task
-  train = getattr(task, 'train', None)
-  if not isinstance(train, arrays.Examples) or train.lengths is None or task.spec.stateful:
+  splits = getattr(task, 'splits', None)
+  if (not isinstance(splits, arrays.Splits) or splits.train.lengths is None
+      or task.spec.stateful):
     raise ValueError(f'train.length_buckets={n} needs a fixed data set of variable-length '
-                     'sequences (task uea or sentiment); this task has no lengths to bucket: '
-                     'set train.length_buckets=0')
+                     'sequences (task uea, sentiment, music or audio); this task has no '
+                     'lengths to bucket: set train.length_buckets=0')
   base.check_int('train.length_buckets', n)
   return arrays.Bucketed(task, n)
 

@@ -169,9 +169,10 @@ def bucket_indices(seed: int, step: int, batch_size: int, lengths: np.ndarray,
 class Bucketed:
   """A fixed data set's task (``padded``) whose train batches come from length buckets.
 
-  Train batch ``s`` is ``bucket_indices``' batch: inputs [B, bound, ...] with bound the
-  bucket's (``bounds(B)``), so a train step compiles once per bound (at most ``n``
-  times). Held-out batches, the spec and every other attribute are ``padded``'s.
+  Train batch ``s`` is ``bucket_indices``' batch: inputs [B, bound, ...] (and per-step
+  targets [B, bound, ...]) with bound the bucket's (``bounds(B)``), so a train step
+  compiles once per bound (at most ``n`` times). ``padded.splits`` are ``Splits``;
+  held-out batches, the spec and every other attribute are ``padded``'s.
   """
   padded: Any  # its ``train`` Examples carry lengths; its ``seed`` orders the examples
   n: int  # train.length_buckets
@@ -180,7 +181,8 @@ class Bucketed:
   def bounds(self, batch_size: int) -> np.ndarray:
     """int32 [buckets]: ``bucket_bounds`` of the training lengths for batches of B."""
     if batch_size not in self._bounds:
-      self._bounds[batch_size] = bucket_bounds(self.padded.train.lengths, self.n, batch_size)
+      self._bounds[batch_size] = bucket_bounds(self.padded.splits.train.lengths, self.n,
+                                               batch_size)
     return self._bounds[batch_size]
 
   @property
@@ -195,10 +197,13 @@ class Bucketed:
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
     if split != 'train':
       return self.padded.batch(split, step, batch_size)
-    train = self.padded.train
+    train = self.padded.splits.train
     rows, weights, bound = bucket_indices(self.padded.seed, step, batch_size, train.lengths,
                                           self.bounds(batch_size))
-    return {'inputs': train.inputs[rows, :bound], 'targets': train.targets[rows],
+    targets = train.targets[rows]
+    if self.padded.spec.target == 'steps':  # one target per step: cut to the bound too
+      targets = targets[:, :bound]
+    return {'inputs': train.inputs[rows, :bound], 'targets': targets,
             'example_weight': weights, 'lengths': train.lengths[rows]}
 
   def num_eval_batches(self, *args) -> int:

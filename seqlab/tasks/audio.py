@@ -124,8 +124,8 @@ def _read_list(path: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=4)
-def load(data_dir: str) -> tuple[list[str], dict[str, arrays.Examples]]:
-  """(labels, split -> Examples): log-mels normalised per band by the training frames'
+def load(data_dir: str) -> tuple[list[str], arrays.Splits]:
+  """(labels, the three splits' Examples): log-mels normalised per band by the training frames'
   mean and std, zero-padded to the longest clip of any split."""
   labels, clips = list_clips(data_dir)
   feats = {s: [log_mel(wav.read_wav(p)) for p, _ in rows] for s, rows in clips.items()}
@@ -140,7 +140,7 @@ def load(data_dir: str) -> tuple[list[str], dict[str, arrays.Examples]]:
     inputs *= (np.arange(length)[None, :] < lengths[:, None])[..., None]  # padding stays 0
     splits[s] = arrays.Examples(inputs=inputs, lengths=lengths,
                                 targets=np.array([y for _, y in clips[s]], np.int32))
-  return labels, splits
+  return labels, arrays.Splits(**splits)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -149,7 +149,7 @@ class Audio:
   int32 [batch]; ``labels[i]`` is class i's folder name."""
   seed: int
   labels: list
-  splits: dict
+  splits: arrays.Splits
 
   @property
   def spec(self) -> base.Spec:
@@ -157,12 +157,10 @@ class Audio:
                      num_outputs=len(self.labels), loss='cross_entropy', metric='accuracy')
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
-    if split not in base.SPLITS:
-      raise ValueError(f'split={split!r} is not valid; choose one of: {", ".join(base.SPLITS)}')
-    return arrays.batch(self.splits[split], self.seed, split, step, batch_size)
+    return self.splits.batch(self.seed, split, step, batch_size)
 
   def num_eval_batches(self, batch_size: int, split: str = 'eval') -> int:
-    return base.num_batches(len(self.splits[split]), batch_size)
+    return self.splits.num_batches(batch_size, split)
 
 
 def digits_dir(cache_dir: str, digits: str) -> str:

@@ -146,13 +146,13 @@ def frequency_baseline(train: arrays.Examples, test: arrays.Examples) -> float:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Music:
   """Piano-roll pieces: inputs and targets float32 [batch, time, 88], lengths int32
-  [batch]; ``splits`` maps 'train', 'eval' (validation) and 'test' to Examples."""
+  [batch]; ``splits`` holds 'train', 'eval' (validation) and 'test'."""
   seed: int
-  splits: dict
+  splits: arrays.Splits
 
   @functools.cached_property
   def baseline(self) -> float:
-    return frequency_baseline(self.splits['train'], self.splits['test'])
+    return frequency_baseline(self.splits.train, self.splits.test)
 
   @property
   def spec(self) -> base.Spec:
@@ -161,15 +161,13 @@ class Music:
 
   def batch(self, split: str, step: int, batch_size: int) -> dict[str, np.ndarray]:
     """inputs, targets [B, T, 88], lengths [B], example_weight [B] (see ``arrays``)."""
-    if split not in base.SPLITS:
-      raise ValueError(f'split={split!r} is not valid; choose one of: {", ".join(base.SPLITS)}')
-    return arrays.batch(self.splits[split], self.seed, split, step, batch_size)
+    return self.splits.batch(self.seed, split, step, batch_size)
 
   def num_eval_batches(self, batch_size: int, split: str = 'eval') -> int:
-    return base.num_batches(len(self.splits[split]), batch_size)
+    return self.splits.num_batches(batch_size, split)
 
 
-def load(path: str, cache_dir: str, pieces: int) -> dict[str, arrays.Examples]:
+def load(path: str, cache_dir: str, pieces: int) -> arrays.Splits:
   """The splits of ``task.path``, or of the music21 chorales (made on first use)."""
   if path:
     if pieces:
@@ -181,7 +179,7 @@ def load(path: str, cache_dir: str, pieces: int) -> dict[str, arrays.Examples]:
     data = read_pickle(where) if os.path.exists(where) else make_chorales(where, pieces)
   splits = {s: examples(data[k], f'{where} [{k!r}]') for s, k in SPLIT_KEYS.items()}
   length = max(e.inputs.shape[1] for e in splits.values())
-  return {s: _pad_to(e, length) for s, e in splits.items()}
+  return arrays.Splits(**{s: _pad_to(e, length) for s, e in splits.items()})
 
 
 def _pad_to(e: arrays.Examples, length: int) -> arrays.Examples:
