@@ -111,7 +111,7 @@ def test_length_buckets_compile_once_per_bound_resume_bitwise_and_evaluate_as_pa
     tmp_path, monkeypatch):
   """Two epochs under train.length_buckets=2: the step is compiled for each bucket's
   bound once (the memory check's compile is the longest bucket's); a run stopped by SIGTERM
-  and resumed ends bitwise equal; the eval metrics count every test case once, as
+  and resumed ends bitwise equal; the eval metrics count every validation case once, as
   without buckets."""
   config = load_config('japanese_vowels')
   config.model.bidirectional, config.model.hidden_size = False, 4
@@ -140,7 +140,7 @@ def test_length_buckets_compile_once_per_bound_resume_bitwise_and_evaluate_as_pa
   p_eval = jax.jit(lambda p, batch, c: train.eval_step(p, batch, c, model=model, spec=task.spec))
   padded = train.evaluate(p_eval, model, state['params'], task.padded, 4)
   assert padded == train.evaluate(p_eval, model, state['params'], task, 4) == metrics
-  assert padded['count'] == len(task.test)
+  assert padded['count'] == len(task.splits.eval)
 
 
 def test_run_interrupted_after_an_eval_returns_no_metrics(tmp_path, monkeypatch):
@@ -210,9 +210,12 @@ def test_workdir_outputs(tmp_path):
     assert all(np.isfinite(r[key]) for r in tr), key
   assert ev[-1]['cross_entropy'] == pytest.approx(metrics['cross_entropy'])
   assert tr[-1]['learning_rate'] == pytest.approx(config.optim.lr)
+  group = lambda r: '_'.join([r['split']] + [v for k, v in r.items()  # 'test_best', ...
+                                              if k != 'split' and isinstance(v, str)])
   assert _tensorboard_scalars(os.path.join(workdir, 'tensorboard')) == pytest.approx({
-      (r['split'] + '/' + k, r['step']): v for r in rows for k, v in r.items()
-      if k not in ('step', 'split')}, rel=1e-6)
+      (group(r) + '/' + k, r['step']): v for r in rows for k, v in r.items()
+      if k not in ('step', 'split') and not isinstance(v, str)}, rel=1e-6)
+  assert {group(r) for r in rows} == {'train', 'eval', 'test_last', 'test_best'}
   assert sorted(os.listdir(os.path.join(workdir, 'best'))) == ['40']
 
 
