@@ -617,6 +617,7 @@ def run_engines(cells_, shapes, input_size, steps, rounds) -> list[dict]:
                      'vs_sequential': seconds.get('sequential', math.nan) / seconds[impl.name],
                      'compile_s': impl.compile_s, **counts[impl.name]})
       log(format_table(rows[-len(impls):], ENGINES_COLUMNS, header=False))
+  return rows
 
 
 # --- Variable lengths -----------------------------------------------------------------

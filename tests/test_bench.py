@@ -194,3 +194,19 @@ def test_varlen_rows_count_valid_tokens_of_the_same_examples():
   assert all(r['valid_tokens_per_sec'] > 0 for r in rows)
   if torch:
     assert by_impl['torch packed']['padding'] == 0
+
+
+def test_engines_rows_time_every_engine_with_newtons_counts():
+  """``run_engines`` (``bench --engines``) on a small GRU: a row per engine that runs it
+  (the associative engine is n/a for a GRU), each timed, Newton's rows with their
+  iteration and fallback counts, the sequential row 1.00 against itself; the table
+  prints every row."""
+  rows = bench.run_engines(['gru'], [bench.Shape.parse('2x16x4')], input_size=3, steps=1,
+                           rounds=2)
+  assert [r['impl'] for r in rows] == ['sequential', 'newton dense', 'newton diagonal',
+                                       'newton diagonal, assoc. adjoint']
+  assert all(r['step_s'] > 0 and r['compile_s'] > 0 for r in rows)
+  assert rows[0]['vs_sequential'] == 1.0 and 'newton_iterations' not in rows[0]
+  for r in rows[1:]:
+    assert 1 <= r['newton_iterations'] <= 32 and r['newton_fallbacks'] == 0
+  assert bench.format_table(rows, bench.ENGINES_COLUMNS).count('\n| gru |') == len(rows)
