@@ -570,6 +570,8 @@ ENGINE_VARIANTS = [
     ('newton diagonal', dict(engine='newton', newton_jacobian='diagonal')),
     ('newton diagonal, assoc. adjoint', dict(engine='newton', newton_jacobian='diagonal',
                                              newton_adjoint='associative')),
+    ('newton diagonal, damped 1', dict(engine='newton', newton_jacobian='diagonal',
+                                       newton_damping=1.0)),
 ]
 # Rows whose [time, batch, D, D] Jacobians (dense Newton, or the associative adjoint)
 # would hold more float32 words than this are skipped: 256 MiB, what one of several

@@ -204,7 +204,8 @@ def test_engines_rows_time_every_engine_with_newtons_counts():
   rows = bench.run_engines(['gru'], [bench.Shape.parse('2x16x4')], input_size=3, steps=1,
                            rounds=2)
   assert [r['impl'] for r in rows] == ['sequential', 'newton dense', 'newton diagonal',
-                                       'newton diagonal, assoc. adjoint']
+                                       'newton diagonal, assoc. adjoint',
+                                       'newton diagonal, damped 1']
   assert all(r['step_s'] > 0 and r['compile_s'] > 0 for r in rows)
   assert rows[0]['vs_sequential'] == 1.0 and 'newton_iterations' not in rows[0]
   for r in rows[1:]:
