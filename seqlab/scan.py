@@ -293,7 +293,7 @@ def choose_engine(cell, engine: Engine, width: int) -> Engine:
   ASSOCIATIVE_MAX_WIDTH_CPU``, on accelerators always (not measured here; S5 and the
   LRU paper scan this way on GPU/TPU); classic cells are always sequential: 'auto'
   never picks NEWTON, which ran slower than the sequential engine at every measured
-  shape on a 2-core CPU (GRU and LSTM, T = 1k..10k and more, hidden 4..256: 0.03-0.42x;
+  shape on a 2-core CPU (GRU and LSTM, T = 1k..100k, hidden 4..256: 0.02-0.56x;
   records/2026-12-07_intel-xeon-2core.md, "The Newton engine") and is not measured on
   accelerators.
   """
