@@ -172,8 +172,11 @@ def test_sample_frames_equal_the_full_sequence_forward_pass(tmp_path):
 def test_length_buckets_cut_inputs_and_per_step_targets_to_the_bound(tmp_path):
   """``train.length_buckets`` on pieces of 2, 3, 5 and 9 frames (1, 2, 4, 8 steps): each
   train batch is the padded task's rows cut to its bucket's bound, targets as inputs
-  (one per step), nothing but padding cut; every piece once per epoch."""
-  pieces = dict(PIECES, train=[[(60 + i,)] * n for i, n in enumerate((2, 3, 5, 9))])
+  (one per step), nothing but padding cut; every piece once per epoch. A test piece of
+  12 frames pads the splits to 11 steps; the longest train batch (what the memory check
+  compiles) is cut to the top bound, 8, targets too."""
+  pieces = dict(PIECES, train=[[(60 + i,)] * n for i, n in enumerate((2, 3, 5, 9))],
+                test=[[(72,)] * 12])
   task = tasks.make_task(cfg(path=write_pickle(tmp_path / 'p.pickle', pieces)), seed=0)
   bucketed = tasks.length_buckets(task, 2)
   train_ = task.splits.train
@@ -189,3 +192,6 @@ def test_length_buckets_cut_inputs_and_per_step_targets_to_the_bound(tmp_path):
     assert not train_.targets[rows, bound:].any()
     np.add.at(seen, rows, batch['example_weight'])
   np.testing.assert_array_equal(seen, np.ones(len(train_)))
+  assert train_.inputs.shape[1] == 11
+  longest = tasks.longest_train_batch(bucketed, 2)
+  assert longest['inputs'].shape == (2, 8, 88) and longest['targets'].shape == (2, 8, 88)

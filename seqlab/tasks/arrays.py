@@ -174,7 +174,7 @@ class Bucketed:
   compiles once per bound (at most ``n`` times). ``padded.splits`` are ``Splits``;
   held-out batches, the spec and every other attribute are ``padded``'s.
   """
-  padded: Any  # its ``train`` Examples carry lengths; its ``seed`` orders the examples
+  padded: Any  # its ``splits.train`` carry lengths; its ``seed`` orders the examples
   n: int  # train.length_buckets
   _bounds: dict = dataclasses.field(default_factory=dict)  # batch size -> bounds
 
@@ -200,11 +200,8 @@ class Bucketed:
     train = self.padded.splits.train
     rows, weights, bound = bucket_indices(self.padded.seed, step, batch_size, train.lengths,
                                           self.bounds(batch_size))
-    targets = train.targets[rows]
-    if self.padded.spec.target == 'steps':  # one target per step: cut to the bound too
-      targets = targets[:, :bound]
-    return {'inputs': train.inputs[rows, :bound], 'targets': targets,
-            'example_weight': weights, 'lengths': train.lengths[rows]}
+    return self._cut({'inputs': train.inputs[rows], 'targets': train.targets[rows],
+                      'example_weight': weights, 'lengths': train.lengths[rows]}, bound)
 
   def num_eval_batches(self, *args) -> int:
     return self.padded.num_eval_batches(*args)
@@ -212,8 +209,15 @@ class Bucketed:
   def longest_batch(self, batch_size: int) -> dict[str, np.ndarray]:
     """A train batch of the longest bucket's shape: ``padded``'s batch 0 cut to the top
     bound (no training example is longer)."""
-    batch = self.padded.batch('train', 0, batch_size)
-    return dict(batch, inputs=batch['inputs'][:, :self.bounds(batch_size)[-1]])
+    return self._cut(self.padded.batch('train', 0, batch_size), self.bounds(batch_size)[-1])
+
+  def _cut(self, batch: dict, bound: int) -> dict[str, np.ndarray]:
+    """``batch`` with its time axis cut to ``bound``: the inputs, and the targets where
+    there is one per step."""
+    out = dict(batch, inputs=batch['inputs'][:, :bound])
+    if self.padded.spec.target == 'steps':
+      out['targets'] = batch['targets'][:, :bound]
+    return out
 
 
 def pad_sequences(sequences: list[np.ndarray], length: int | None = None

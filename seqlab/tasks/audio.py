@@ -125,8 +125,8 @@ def _read_list(path: str) -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def load(data_dir: str) -> tuple[list[str], arrays.Splits]:
-  """(labels, the three splits' Examples): log-mels normalised per band by the training frames'
-  mean and std, zero-padded to the longest clip of any split."""
+  """(labels, the three splits' Examples): log-mels normalised per band by the
+  training frames' mean and std, zero-padded to the longest clip of any split."""
   labels, clips = list_clips(data_dir)
   feats = {s: [log_mel(wav.read_wav(p)) for p, _ in rows] for s, rows in clips.items()}
   train = np.concatenate(feats['train'])
