@@ -497,20 +497,21 @@ def _loop(points, states, run, interrupt, cleanup) -> list:
   batch_at = lambda split, i, size: axis.stack([p.task.batch(split, i, size) for p in points])
   compiled = {}  # batch shapes -> the train step compiled for them: one per length bucket
 
-  def compile_for(batch) -> float:
-    """Compiles the train step for ``batch``'s shapes unless it is already; the seconds
-    that took (kept out of step time)."""
+  def step_for(batch):
+    """(the train step compiled for ``batch``'s shapes, the seconds compiling it took
+    now: 0 when it already was; kept out of step time)."""
     key = _shapes(batch)
     if key in compiled:
-      return 0.0
+      return compiled[key], 0.0
     t0 = time.perf_counter()
     compiled[key] = run.p_train.lower(states, batch, hparams).compile()
+    seconds = time.perf_counter() - t0
     logging.info('Compiled the %s step for inputs %s in %.1f s on %d device(s)',
-                 'train' if k == 1 else 'population', batch['inputs'].shape,
-                 time.perf_counter() - t0, jax.device_count())
-    return time.perf_counter() - t0
+                 'train' if k == 1 else 'population', batch['inputs'].shape, seconds,
+                 jax.device_count())
+    return compiled[key], seconds
 
-  compile_for(axis.put(batch_at('train', start, tc.batch_size)))  # before the first step
+  step_for(axis.put(batch_at('train', start, tc.batch_size)))  # before the first step
 
   def check_finite(states) -> list[int]:
     """The points still training; a point whose update was not finite stops here."""
@@ -545,8 +546,9 @@ def _loop(points, states, run, interrupt, cleanup) -> list:
     host = batch_at('train', step - 1, tc.batch_size)
     tokens += int(np.prod(axis.take(host, 0)['inputs'].shape[:2]))  # scanned, padding too
     batch = axis.put(host)
-    t_log += compile_for(batch)
-    states, metrics = compiled[_shapes(batch)](states, batch, hparams)
+    p_train, seconds = step_for(batch)
+    t_log += seconds
+    states, metrics = p_train(states, batch, hparams)
     pending.append(metrics)
     stop = any_process(interrupt.signal)  # read once: it may arrive at any moment
     if step % tc.log_every == 0 or step == tc.steps:
